@@ -1,0 +1,68 @@
+"""peft_zoo: parameter-efficient fine-tuning methods for PyTorch, small enough to learn from.
+
+Every public building block is importable from here::
+
+    from peft_zoo import LoRALinear, inject_lora, save_adapter
+"""
+
+from ._base import AdapterModule, merge_adapters, unmerge_adapters
+from .adapters import AdapterBlock, AdapterStack, BottleneckAdapter, ParallelAdapterBlock
+from .checkpoint import (
+    CheckpointError,
+    adapter_config,
+    adapter_state_dict,
+    load_adapter,
+    load_adapter_state_dict,
+    read_adapter,
+    save_adapter,
+)
+from .ia3 import IA3Linear
+from .inject import (
+    InjectionError,
+    adapter_named_parameters,
+    build_lora_adapter_model,
+    count_parameters,
+    inject_ia3,
+    inject_lora,
+    inject_lora_recursive,
+    mark_only_adapters_trainable,
+    print_trainable_parameters,
+    trainable_parameters,
+)
+from .lora import LoRALinear, lora_scale
+from .prefix import LearnablePrefix, PrefixKV
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterBlock",
+    "AdapterModule",
+    "AdapterStack",
+    "BottleneckAdapter",
+    "CheckpointError",
+    "IA3Linear",
+    "InjectionError",
+    "LearnablePrefix",
+    "LoRALinear",
+    "ParallelAdapterBlock",
+    "PrefixKV",
+    "__version__",
+    "adapter_config",
+    "adapter_named_parameters",
+    "adapter_state_dict",
+    "build_lora_adapter_model",
+    "count_parameters",
+    "inject_ia3",
+    "inject_lora",
+    "inject_lora_recursive",
+    "load_adapter",
+    "load_adapter_state_dict",
+    "lora_scale",
+    "mark_only_adapters_trainable",
+    "merge_adapters",
+    "print_trainable_parameters",
+    "read_adapter",
+    "save_adapter",
+    "trainable_parameters",
+    "unmerge_adapters",
+]

@@ -1,0 +1,64 @@
+"""The one protocol every adapter module follows, so generic code never special-cases a method.
+
+An adapter module says which of its own parameters are adapter weights (trainable, saved
+in adapter checkpoints) through :meth:`AdapterModule.adapter_named_parameters`. Everything
+else it holds (a wrapped base layer, a sublayer) belongs to the frozen model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+
+
+class AdapterModule(nn.Module):
+    """Base class of peft_zoo's adapter modules.
+
+    Subclasses set ``adapter_param_names`` to the *local* names of their adapter
+    parameters (``("lora_A", "lora_B")`` for LoRA), or leave it ``None`` when every
+    parameter of the module is an adapter parameter (a bottleneck adapter).
+    """
+
+    adapter_param_names: tuple[str, ...] | None = None
+
+    def adapter_named_parameters(self, prefix: str = "") -> Iterator[tuple[str, nn.Parameter]]:
+        """Yield ``(qualified_name, parameter)`` for this module's adapter parameters."""
+        dot = f"{prefix}." if prefix else ""
+        if self.adapter_param_names is None:
+            for name, param in self.named_parameters():
+                yield dot + name, param
+        else:
+            for name in self.adapter_param_names:
+                yield dot + name, getattr(self, name)
+
+    def adapter_config(self) -> dict[str, object]:
+        """The hyperparameters that, with the adapter tensors, define this module's function
+        (stored in adapter checkpoints and compared on load). Subclasses extend it."""
+        return {"method": type(self).__name__}
+
+
+def merge_adapters(model: nn.Module) -> int:
+    """Call ``merge()`` on every mergeable adapter layer in ``model`` (LoRA, IA³); return how
+    many layers were merged by this call. Already-merged layers are left as they are."""
+    done: list[nn.Module] = []
+    try:
+        for module in model.modules():
+            if isinstance(module, AdapterModule) and hasattr(module, "merge") and not module.merged:
+                module.merge()
+                done.append(module)
+    except Exception:
+        for module in reversed(done):  # all or nothing
+            module.unmerge()
+        raise
+    return len(done)
+
+
+def unmerge_adapters(model: nn.Module) -> int:
+    """Undo :func:`merge_adapters`: call ``unmerge()`` on every merged adapter layer."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, AdapterModule) and getattr(module, "merged", False):
+            module.unmerge()
+            count += 1
+    return count

@@ -1,0 +1,55 @@
+"""Argument checks shared by every method: one place, one wording for each error.
+
+Each check raises *before* anything is built or mutated, so a failed constructor or
+injection leaves the caller's model exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an ``int`` > 0 (``bool`` is refused), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int > 0, got {value!r} of type {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return int(value)
+
+
+def check_positive_float(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number > 0, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number > 0, got {value!r} of type {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_probability(value: object, name: str) -> float:
+    """Return ``value`` as a float if it lies in ``[0, 1)``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def check_linear(module: object, what: str) -> nn.Linear:
+    """Return ``module`` if it is an ``nn.Linear``, else raise a TypeError naming it."""
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{what} must be an nn.Linear, got {type(module).__name__}")
+    return module
+
+
+def check_last_dim(x: torch.Tensor, expected: int, layer: str) -> None:
+    """Raise a ValueError when ``x.shape[-1] != expected`` (or ``x`` is 0-d)."""
+    if x.dim() == 0 or x.shape[-1] != expected:
+        raise ValueError(
+            f"{layer} expects input of shape (..., {expected}), got {tuple(x.shape)}"
+        )

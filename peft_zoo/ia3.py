@@ -1,0 +1,93 @@
+"""IA³: learned elementwise rescaling of a frozen layer (Liu et al., 2022, arXiv:2205.05638).
+
+    y = (W0 x + b) ⊙ l          l: (out,)   (keys, values: scale the output)
+    y = W0 (x ⊙ l) + b          l: (in,)    (feed-forward: scale the input of the down projection)
+
+``l`` starts at ones, so at initialisation the layer equals its base. Only ``out`` (or
+``in``) parameters train, the fewest of any method here. Because the rescaling is
+diagonal it can be folded into the weight: ``W0 <- diag(l) W0`` (and ``b <- l ⊙ b``), or
+``W0 <- W0 diag(l)`` in the feed-forward form.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._base import AdapterModule
+from ._checks import check_last_dim, check_linear
+
+
+class IA3Linear(AdapterModule):
+    """An ``nn.Linear`` whose output (or, with ``feedforward=True``, input) is scaled by a
+    trainable vector ``scale``; the base layer is frozen.
+
+    Shapes: ``scale (out_features,)`` (``(in_features,)`` when ``feedforward``), initialised
+    to ones in the base weight's dtype and device; ``forward`` maps
+    ``(..., in_features) -> (..., out_features)``.
+    """
+
+    adapter_param_names = ("scale",)
+
+    def __init__(self, base: nn.Linear, *, feedforward: bool = False) -> None:
+        check_linear(base, "IA3Linear base")
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.feedforward = bool(feedforward)
+        n = self.in_features if self.feedforward else self.out_features
+        self.scale = nn.Parameter(torch.ones(n, device=base.weight.device, dtype=base.weight.dtype))
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``."""
+        check_last_dim(x, self.in_features, "IA3Linear")
+        if self.merged:
+            if self.training and torch.is_grad_enabled() and self.scale.requires_grad:
+                raise RuntimeError(
+                    "IA3Linear is merged, so its scale would get no gradient: call unmerge() "
+                    "before training, or run inference under model.eval() / torch.no_grad()"
+                )
+            return self.base(x)
+        if self.feedforward:
+            return self.base(x * self.scale)  # scale the input features
+        return self.base(x) * self.scale  # scale the output features
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the scale into ``base.weight`` (and ``base.bias``). Refuses a zero in the scale,
+        because such a merge could never be undone. No-op when already merged."""
+        if self.merged:
+            return
+        if bool((self.scale == 0).any()):
+            raise ValueError("IA3Linear.merge: scale has zero entries; merging would lose the base weight")
+        self._rescale(self.scale)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Divide the scale back out of the base weight. No-op when not merged."""
+        if not self.merged:
+            return
+        self._rescale(self.scale.reciprocal())
+        self.merged = False
+
+    def _rescale(self, factor: torch.Tensor) -> None:
+        w = self.base.weight  # (out, in)
+        if self.feedforward:
+            w.mul_(factor[None, :])
+        else:
+            w.mul_(factor[:, None])
+            if self.base.bias is not None:
+                self.base.bias.mul_(factor)
+
+    def adapter_config(self) -> dict[str, object]:
+        return {"method": "ia3", "feedforward": self.feedforward}
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"feedforward={self.feedforward}, merged={self.merged}"
+        )

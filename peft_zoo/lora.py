@@ -1,0 +1,144 @@
+"""LoRA: a frozen linear layer plus a trainable low-rank update (Hu et al., 2021, arXiv:2106.09685).
+
+    y = W0 x + b + scale * B (A dropout(x))        A: (r, in), B: (out, r), scale = alpha / r
+
+Only ``A`` and ``B`` train: ``r * (in + out)`` parameters instead of ``in * out``.
+``B`` starts at zero, so at initialisation ``ΔW = B A = 0`` and the layer equals its base.
+rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732) uses ``scale = alpha / sqrt(r)`` so the
+update's magnitude does not shrink as the rank grows.
+
+Merging folds the update into the base weight, ``W0 <- W0 + scale * B A``, so inference
+costs exactly one GEMM; unmerging subtracts it again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import AdapterModule
+from ._checks import (
+    check_last_dim,
+    check_linear,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+)
+
+
+def lora_scale(rank: int, alpha: float, rslora: bool = False) -> float:
+    """The factor in front of ``B A``: ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+class LoRALinear(AdapterModule):
+    """An ``nn.Linear`` with a trainable low-rank update; the base layer is frozen.
+
+    Args:
+        base: the layer to adapt; kept as ``self.base`` with ``requires_grad=False``.
+        rank: ``r`` > 0, the inner dimension of ``B A``.
+        alpha: scaling numerator; defaults to ``rank`` (so ``scale == 1``).
+        dropout: probability in ``[0, 1)`` of dropping inputs *of the LoRA path only*.
+        rslora: use ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
+
+    Shapes: ``lora_A (rank, in_features)``, ``lora_B (out_features, rank)``;
+    ``forward`` maps ``(..., in_features) -> (..., out_features)``. The adapter tensors take
+    the base weight's dtype and device.
+    """
+
+    adapter_param_names = ("lora_A", "lora_B")
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float | None = None,
+        *,
+        dropout: float = 0.0,
+        rslora: bool = False,
+    ) -> None:
+        # Validate everything before touching ``base``.
+        check_linear(base, "LoRALinear base")
+        rank = check_positive_int(rank, "rank")
+        alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
+        dropout = check_probability(dropout, "dropout")
+        super().__init__()
+
+        self.base = base
+        self.base.requires_grad_(False)
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.rank = rank
+        self.alpha = alpha
+        self.rslora = bool(rslora)
+        self.scale = lora_scale(rank, alpha, self.rslora)
+        self.dropout_p = dropout
+        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A ~ Kaiming-uniform (as ``nn.Linear`` initialises weights), B = 0, so ΔW = 0."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scale * B @ A``, shape ``(out_features, in_features)``, in the base dtype."""
+        return (self.lora_B @ self.lora_A) * self.scale
+
+    def _delta_for_merge(self) -> torch.Tensor:
+        # Half-precision products lose bits; form the update in float32 at least.
+        compute = torch.promote_types(self.lora_A.dtype, torch.float32)
+        return (self.lora_B.to(compute) @ self.lora_A.to(compute)) * self.scale
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``scale * B A`` into ``base.weight``. Merging an already-merged layer is a no-op."""
+        if self.merged:
+            return
+        w = self.base.weight
+        w.copy_((w.to(torch.promote_types(w.dtype, torch.float32)) + self._delta_for_merge()).to(w.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``scale * B A`` from ``base.weight`` again. No-op when not merged."""
+        if not self.merged:
+            return
+        w = self.base.weight
+        w.copy_((w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_for_merge()).to(w.dtype))
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``."""
+        check_last_dim(x, self.in_features, "LoRALinear")
+        if self.merged:
+            if self.training and torch.is_grad_enabled() and (
+                self.lora_A.requires_grad or self.lora_B.requires_grad
+            ):
+                raise RuntimeError(
+                    "LoRALinear is merged, so its LoRA weights would get no gradient: call "
+                    "unmerge() before training, or run inference under model.eval() / "
+                    "torch.no_grad()"
+                )
+            return self.base(x)
+        h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
+        return self.base(x) + F.linear(h, self.lora_B) * self.scale  # (..., out)
+
+    def adapter_config(self) -> dict[str, object]:
+        return {"method": "lora", "rank": self.rank, "alpha": self.alpha, "rslora": self.rslora,
+                "dropout": self.dropout_p}
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"alpha={self.alpha:g}, scale={self.scale:g}, rslora={self.rslora}, "
+            f"dropout={self.dropout_p:g}, merged={self.merged}"
+        )

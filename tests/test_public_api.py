@@ -1,0 +1,63 @@
+"""The public names and signatures of ../shared/DESIGN.md are relied on from outside."""
+
+import inspect
+
+import pytest
+
+import peft_zoo
+
+CONTRACT = {
+    "LoRALinear": ["base", "rank", "alpha", "dropout", "rslora"],
+    "BottleneckAdapter": ["d_model", "bottleneck_dim", "activation", "residual"],
+    "AdapterBlock": ["sublayer", "adapter"],
+    "ParallelAdapterBlock": ["sublayer", "adapter"],
+    "LearnablePrefix": ["prefix_len", "d_model"],
+    "IA3Linear": ["base"],
+    "AdapterStack": ["d_model", "bottleneck_dim", "num_adapters"],
+    "inject_lora": ["model", "linear_names", "rank", "alpha"],
+    "inject_lora_recursive": ["model", "rank", "alpha"],
+    "inject_ia3": ["model", "linear_names"],
+    "build_lora_adapter_model": ["base", "lora_names", "rank", "alpha", "adapter_bottleneck"],
+    "mark_only_adapters_trainable": ["model", "bias"],
+    "trainable_parameters": ["model"],
+    "print_trainable_parameters": ["model"],
+    "adapter_state_dict": ["model"],
+    "save_adapter": ["model", "path"],
+    "load_adapter": ["model", "path"],
+}
+KEYWORD_ONLY = {
+    ("LoRALinear", "dropout"),
+    ("LoRALinear", "rslora"),
+    ("BottleneckAdapter", "activation"),
+    ("BottleneckAdapter", "residual"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_contract_name_and_parameters(name: str) -> None:
+    obj = getattr(peft_zoo, name)
+    assert name in peft_zoo.__all__
+    params = inspect.signature(obj).parameters
+    for i, pname in enumerate(CONTRACT[name]):
+        assert pname in params, f"{name} lost its parameter {pname!r}"
+        kind = params[pname].kind
+        if (name, pname) in KEYWORD_ONLY:
+            assert kind is inspect.Parameter.KEYWORD_ONLY
+        else:
+            assert list(params)[i] == pname, f"{name}: {pname!r} must stay positional #{i}"
+    assert obj.__doc__ and obj.__doc__.strip(), f"{name} needs a docstring"
+
+
+def test_contract_defaults() -> None:
+    sig = inspect.signature(peft_zoo.LoRALinear)
+    assert sig.parameters["alpha"].default is None
+    assert sig.parameters["dropout"].default == 0.0
+    assert sig.parameters["rslora"].default is False
+    sig = inspect.signature(peft_zoo.BottleneckAdapter)
+    assert sig.parameters["activation"].default == "gelu" and sig.parameters["residual"].default is True
+    assert inspect.signature(peft_zoo.mark_only_adapters_trainable).parameters["bias"].default == "none"
+
+
+def test_every_exported_name_resolves() -> None:
+    missing = [n for n in peft_zoo.__all__ if not hasattr(peft_zoo, n)]
+    assert not missing
