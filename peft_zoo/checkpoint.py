@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,26 +82,20 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- saving
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A fresh name in the same directory (so the rename is atomic), created with O_EXCL and
+    # mode 0o666 so the umask gives it the permissions open() would.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        # mkstemp creates the file 0600; give it the mode open() would (0666 minus umask).
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path); os.fsync(0)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -202,7 +196,9 @@ def _check_fits(
     if not expected:
         return ["the model has no adapter layers: inject the same adapters before loading"]
     problems: list[str] = []
-    merged = [n for n, m in model.named_modules() if isinstance(m, AdapterModule) and getattr(m, "merged", False)]
+    merged = [
+        n for n, m in model.named_modules() if isinstance(m, AdapterModule) and getattr(m, "merged", False)
+    ]
     if merged:
         problems.append(f"layers {merged} are merged; unmerge() them before loading new weights")
     missing = [k for k in expected if k not in state]
