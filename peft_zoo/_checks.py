@@ -50,6 +50,4 @@ def check_linear(module: object, what: str) -> nn.Linear:
 def check_last_dim(x: torch.Tensor, expected: int, layer: str) -> None:
     """Raise a ValueError when ``x.shape[-1] != expected`` (or ``x`` is 0-d)."""
     if x.dim() == 0 or x.shape[-1] != expected:
-        raise ValueError(
-            f"{layer} expects input of shape (..., {expected}), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{layer} expects input of shape (..., {expected}), got {tuple(x.shape)}")

@@ -38,9 +38,7 @@ def _make_activation(activation: str | nn.Module) -> nn.Module:
         return activation
     if isinstance(activation, str) and activation.lower() in _ACTIVATIONS:
         return _ACTIVATIONS[activation.lower()]()
-    raise ValueError(
-        f"unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)} or an nn.Module"
-    )
+    raise ValueError(f"unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)} or an nn.Module")
 
 
 class BottleneckAdapter(AdapterModule):
@@ -83,9 +81,13 @@ class BottleneckAdapter(AdapterModule):
         return x + delta if self.residual else delta
 
     def adapter_config(self) -> dict[str, object]:
-        return {"method": "bottleneck", "d_model": self.d_model,
-                "bottleneck_dim": self.bottleneck_dim, "activation": type(self.act).__name__,
-                "residual": self.residual}
+        return {
+            "method": "bottleneck",
+            "d_model": self.d_model,
+            "bottleneck_dim": self.bottleneck_dim,
+            "activation": type(self.act).__name__,
+            "residual": self.residual,
+        }
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, bottleneck_dim={self.bottleneck_dim}, residual={self.residual}"

@@ -189,9 +189,7 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     return state, config
 
 
-def _check_fits(
-    model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]
-) -> list[str]:
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> list[str]:
     expected = adapter_state_dict(model)
     if not expected:
         return ["the model has no adapter layers: inject the same adapters before loading"]

@@ -120,8 +120,10 @@ class LoRALinear(AdapterModule):
         """``(..., in_features) -> (..., out_features)``."""
         check_last_dim(x, self.in_features, "LoRALinear")
         if self.merged:
-            if self.training and torch.is_grad_enabled() and (
-                self.lora_A.requires_grad or self.lora_B.requires_grad
+            if (
+                self.training
+                and torch.is_grad_enabled()
+                and (self.lora_A.requires_grad or self.lora_B.requires_grad)
             ):
                 raise RuntimeError(
                     "LoRALinear is merged, so its LoRA weights would get no gradient: call "
@@ -133,8 +135,13 @@ class LoRALinear(AdapterModule):
         return self.base(x) + F.linear(h, self.lora_B) * self.scale  # (..., out)
 
     def adapter_config(self) -> dict[str, object]:
-        return {"method": "lora", "rank": self.rank, "alpha": self.alpha, "rslora": self.rslora,
-                "dropout": self.dropout_p}
+        return {
+            "method": "lora",
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "rslora": self.rslora,
+            "dropout": self.dropout_p,
+        }
 
     def extra_repr(self) -> str:
         return (

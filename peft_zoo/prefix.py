@@ -111,8 +111,12 @@ class PrefixKV(AdapterModule):
         return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
 
     def adapter_config(self) -> dict[str, object]:
-        return {"method": "prefix_kv", "prefix_len": self.prefix_len,
-                "num_heads": self.num_heads, "head_dim": self.head_dim}
+        return {
+            "method": "prefix_kv",
+            "prefix_len": self.prefix_len,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+        }
 
     def extra_repr(self) -> str:
         return f"prefix_len={self.prefix_len}, num_heads={self.num_heads}, head_dim={self.head_dim}"

@@ -100,7 +100,8 @@ def _assert_same_adapters(a: nn.Module, b: nn.Module) -> None:
 def _rewrite(path: Path, state: dict[str, torch.Tensor], config: dict) -> None:
     """Write a safetensors file with the given tensors and peft_zoo config metadata."""
     safetensors.torch.save_file(
-        {k: v.contiguous() for k, v in state.items()}, str(path),
+        {k: v.contiguous() for k, v in state.items()},
+        str(path),
         metadata={ckpt.METADATA_KEY: json.dumps(config)},
     )
 
@@ -132,11 +133,16 @@ def test_adapter_state_dict_mixed_holds_only_adapter_tensors():
     model = _mixed(_base_block())
     state = adapter_state_dict(model)
     expected = {
-        "sublayer.attn.branch.q.lora_A", "sublayer.attn.branch.q.lora_B",
-        "sublayer.attn.branch.v.lora_A", "sublayer.attn.branch.v.lora_B",
-        "sublayer.attn.branch.k.scale", "sublayer.ffn.branch.fc2.scale",
-        "adapter.down_proj.weight", "adapter.down_proj.bias",
-        "adapter.up_proj.weight", "adapter.up_proj.bias",
+        "sublayer.attn.branch.q.lora_A",
+        "sublayer.attn.branch.q.lora_B",
+        "sublayer.attn.branch.v.lora_A",
+        "sublayer.attn.branch.v.lora_B",
+        "sublayer.attn.branch.k.scale",
+        "sublayer.ffn.branch.fc2.scale",
+        "adapter.down_proj.weight",
+        "adapter.down_proj.bias",
+        "adapter.up_proj.weight",
+        "adapter.up_proj.bias",
     }
     assert set(state) == expected
     full = model.state_dict()
@@ -161,7 +167,8 @@ def test_save_to_directory_writes_weights_and_config(tmp_path):
     directory = tmp_path / "run" / "adapter"
     assert out == directory / "adapter_model.safetensors"
     assert sorted(p.name for p in directory.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors",
+        "adapter_config.json",
+        "adapter_model.safetensors",
     ]
     config = json.loads((directory / "adapter_config.json").read_text())
     assert config["method"] == "lora"
@@ -170,8 +177,7 @@ def test_save_to_directory_writes_weights_and_config(tmp_path):
     assert config["library_version"] == peft_zoo.__version__
     assert config["format"] == ckpt.FORMAT
     assert config["layers"] == {
-        n: {"method": "lora", "rank": 3, "alpha": 6.0, "rslora": True, "dropout": 0.1}
-        for n in MLP_TARGETS
+        n: {"method": "lora", "rank": 3, "alpha": 6.0, "rslora": True, "dropout": 0.1} for n in MLP_TARGETS
     }
     # the same config travels inside the weights file
     state, inner = read_adapter(out)
@@ -196,8 +202,11 @@ def test_mixed_config_summarises_and_records_each_layer(tmp_path):
     config = adapter_config(model)
     assert config["method"] == "mixed" and config["rank"] is None
     assert config["targets"] == [
-        "sublayer.attn.branch.q", "sublayer.attn.branch.k", "sublayer.attn.branch.v",
-        "sublayer.ffn.branch.fc2", "adapter",
+        "sublayer.attn.branch.q",
+        "sublayer.attn.branch.k",
+        "sublayer.attn.branch.v",
+        "sublayer.ffn.branch.fc2",
+        "adapter",
     ]
     assert config["layers"]["sublayer.attn.branch.k"] == {"method": "ia3", "feedforward": False}
     assert config["layers"]["sublayer.ffn.branch.fc2"]["feedforward"] is True
@@ -461,11 +470,11 @@ def test_peft_directory_is_refused(tmp_path):
     peft_dir = tmp_path / "peft"
     peft_dir.mkdir()
     # a Hugging Face PEFT adapter: its own key names, no peft_zoo metadata
-    state = {f"base_model.model.{k}.weight": v.contiguous()
-             for k, v in adapter_state_dict(model).items()}
+    state = {f"base_model.model.{k}.weight": v.contiguous() for k, v in adapter_state_dict(model).items()}
     safetensors.torch.save_file(state, str(peft_dir / "adapter_model.safetensors"))
-    (peft_dir / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["head"]}))
+    (peft_dir / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["head"]})
+    )
     _refused(fresh, peft_dir, "'LORA'", "peft_zoo adapters only")
     with pytest.raises(CheckpointError, match="LORA"):
         read_adapter(peft_dir)
@@ -473,8 +482,12 @@ def test_peft_directory_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "config",
-    ["[1, 2]", '"lora"', json.dumps({"format": ckpt.FORMAT, "layers": ["head"]}),
-     json.dumps({"format": ckpt.FORMAT, "layers": {"head": 3}})],
+    [
+        "[1, 2]",
+        '"lora"',
+        json.dumps({"format": ckpt.FORMAT, "layers": ["head"]}),
+        json.dumps({"format": ckpt.FORMAT, "layers": {"head": 3}}),
+    ],
     ids=["list", "string", "layers-list", "layer-record-int"],
 )
 def test_config_of_the_wrong_shape_is_refused(saved, config):
@@ -510,8 +523,7 @@ def test_legacy_pt_file_loads(tmp_path):
 
 def test_legacy_bin_in_a_directory_loads(tmp_path):
     model, fresh = _lora_pair()
-    torch.save({k: v.clone() for k, v in adapter_state_dict(model).items()},
-               tmp_path / "adapter_model.bin")
+    torch.save({k: v.clone() for k, v in adapter_state_dict(model).items()}, tmp_path / "adapter_model.bin")
     load_adapter(fresh, tmp_path)
     _assert_same_adapters(fresh, model)
 

@@ -36,8 +36,12 @@ from peft_zoo.testing import assert_unchanged, requires_grad_map, snapshot
 
 MLP_LINEARS = ["encoder.0", "encoder.2.branch.fc1", "encoder.2.branch.fc2", "head"]
 BLOCK_LINEARS = [
-    "attn.branch.q", "attn.branch.k", "attn.branch.v", "attn.branch.o",
-    "ffn.branch.fc1", "ffn.branch.fc2",
+    "attn.branch.q",
+    "attn.branch.k",
+    "attn.branch.v",
+    "attn.branch.o",
+    "ffn.branch.fc1",
+    "ffn.branch.fc2",
 ]
 
 
@@ -119,8 +123,7 @@ def test_inject_lora_wraps_the_original_linears_of_a_nested_mlp():
     assert fc2 is originals["encoder.2.branch.fc2"] and type(fc2) is nn.Linear
     assert fc2.weight is untouched_weight and fc2.weight.requires_grad
 
-    expected = [p for n in names for p in (model.get_submodule(n).lora_A,
-                                           model.get_submodule(n).lora_B)]
+    expected = [p for n in names for p in (model.get_submodule(n).lora_A, model.get_submodule(n).lora_B)]
     assert _ids(params) == _ids(expected)
     assert len(set(_ids(params))) == len(params) == 6
     base_ids = {id(p) for n in names for p in originals[n].parameters()}
@@ -206,8 +209,12 @@ def test_inject_lora_accepts_a_single_string_as_one_name():
     _, params = inject_lora(model, "head", rank=2)
     assert isinstance(model.head, LoRALinear) and model.head.base is original
     assert _ids(params) == _ids([model.head.lora_A, model.head.lora_B])
-    assert _plain_linear_names(model) == ["encoder.0", "encoder.2.branch.fc1",
-                                          "encoder.2.branch.fc2", "head.base"]
+    assert _plain_linear_names(model) == [
+        "encoder.0",
+        "encoder.2.branch.fc1",
+        "encoder.2.branch.fc2",
+        "head.base",
+    ]
 
 
 def test_inject_lora_passes_dropout_and_alpha_to_each_layer():
@@ -291,7 +298,9 @@ def test_inject_lora_recursive_exclude_skips_the_head():
     _, params = inject_lora_recursive(model, rank=2, exclude="head")
     assert model.head is head and type(head) is nn.Linear
     assert [n for n, m in model.named_modules() if isinstance(m, LoRALinear)] == [
-        "encoder.0", "encoder.2.branch.fc1", "encoder.2.branch.fc2",
+        "encoder.0",
+        "encoder.2.branch.fc1",
+        "encoder.2.branch.fc2",
     ]
     assert len(params) == 6
 
@@ -346,10 +355,8 @@ def test_inject_ia3_output_and_feedforward_forms():
     model = _block()
     reference = copy.deepcopy(model)
     originals = {n: model.get_submodule(n) for n in BLOCK_LINEARS}
-    _, params = inject_ia3(model, ["attn.branch.k", "attn.branch.v"],
-                           feedforward_names=["ffn.branch.fc2"])
-    k, v, fc2 = (model.get_submodule(n)
-                 for n in ("attn.branch.k", "attn.branch.v", "ffn.branch.fc2"))
+    _, params = inject_ia3(model, ["attn.branch.k", "attn.branch.v"], feedforward_names=["ffn.branch.fc2"])
+    k, v, fc2 = (model.get_submodule(n) for n in ("attn.branch.k", "attn.branch.v", "ffn.branch.fc2"))
     for n, layer in (("attn.branch.k", k), ("attn.branch.v", v), ("ffn.branch.fc2", fc2)):
         assert type(layer) is IA3Linear and layer.base is originals[n]
         assert not layer.base.weight.requires_grad and layer.scale.requires_grad
@@ -400,8 +407,9 @@ def test_build_lora_adapter_model_without_adapter():
     assert out is model
     assert isinstance(model.encoder[0], LoRALinear) and isinstance(model.head, LoRALinear)
     assert set(_ids(params)) == _trainable_ids(model) and len(params) == 4
-    assert _ids(params) == _ids([model.encoder[0].lora_A, model.encoder[0].lora_B,
-                                 model.head.lora_A, model.head.lora_B])
+    assert _ids(params) == _ids(
+        [model.encoder[0].lora_A, model.encoder[0].lora_B, model.head.lora_A, model.head.lora_B]
+    )
     # the untouched Linears are frozen too ("everything else frozen")
     assert not model.encoder[2].branch.fc1.weight.requires_grad
     x = torch.randn(5, 8)
@@ -411,13 +419,18 @@ def test_build_lora_adapter_model_without_adapter():
 def test_build_lora_adapter_model_with_adapter_is_an_adapter_block():
     base = _block()
     reference = copy.deepcopy(base)
-    model, params = build_lora_adapter_model(base, ["attn.branch.q", "attn.branch.v"], rank=2,
-                                             adapter_bottleneck=4)
+    model, params = build_lora_adapter_model(
+        base, ["attn.branch.q", "attn.branch.v"], rank=2, adapter_bottleneck=4
+    )
     assert isinstance(model, AdapterBlock) and model.sublayer is base
     assert model.adapter.d_model == 16 and model.adapter.bottleneck_dim == 4
     assert set(_ids(params)) == _trainable_ids(model)
-    lora = [base.attn.branch.q.lora_A, base.attn.branch.q.lora_B,
-            base.attn.branch.v.lora_A, base.attn.branch.v.lora_B]
+    lora = [
+        base.attn.branch.q.lora_A,
+        base.attn.branch.q.lora_B,
+        base.attn.branch.v.lora_A,
+        base.attn.branch.v.lora_B,
+    ]
     assert _ids(params) == _ids(lora + list(model.adapter.parameters()))
     assert len(params) == 4 + 4
     x = torch.randn(2, 3, 16)
@@ -437,8 +450,7 @@ def test_build_lora_adapter_model_infers_d_model_from_the_first_linear():
 def test_build_lora_adapter_model_d_model_from_config():
     torch.manual_seed(0)
     cfg = TinyTransformerConfig(vocab_size=8, max_len=4, d_model=24, n_heads=2, d_ff=8)
-    model, _ = build_lora_adapter_model(TinyTransformer(cfg), "head", rank=1,
-                                        adapter_bottleneck=2)
+    model, _ = build_lora_adapter_model(TinyTransformer(cfg), "head", rank=1, adapter_bottleneck=2)
     assert model.adapter.d_model == 24
 
 
@@ -477,8 +489,7 @@ def test_build_lora_adapter_model_bad_name_changes_nothing():
     model = _block()
     before = _fingerprint(model)
     with pytest.raises(InjectionError, match=r"attn\.branch\.qq"):
-        build_lora_adapter_model(model, ["attn.branch.q", "attn.branch.qq"], rank=2,
-                                 adapter_bottleneck=4)
+        build_lora_adapter_model(model, ["attn.branch.q", "attn.branch.qq"], rank=2, adapter_bottleneck=4)
     _assert_same(model, before, "bad LoRA name in build_lora_adapter_model")
 
 
@@ -502,18 +513,26 @@ def _mixed_model() -> AdapterBlock:
 
 
 ADAPTER_NAMES = {
-    "sublayer.attn.branch.q.lora_A", "sublayer.attn.branch.q.lora_B",
-    "sublayer.ffn.branch.fc1.lora_A", "sublayer.ffn.branch.fc1.lora_B",
-    "adapter.down_proj.weight", "adapter.down_proj.bias",
-    "adapter.up_proj.weight", "adapter.up_proj.bias",
+    "sublayer.attn.branch.q.lora_A",
+    "sublayer.attn.branch.q.lora_B",
+    "sublayer.ffn.branch.fc1.lora_A",
+    "sublayer.ffn.branch.fc1.lora_B",
+    "adapter.down_proj.weight",
+    "adapter.down_proj.bias",
+    "adapter.up_proj.weight",
+    "adapter.up_proj.bias",
 }
 ALL_BIASES = {
     "sublayer.attn.branch.norm.bias",
-    "sublayer.attn.branch.q.base.bias", "sublayer.attn.branch.k.bias",
-    "sublayer.attn.branch.v.bias", "sublayer.attn.branch.o.bias",
-    "sublayer.ffn.branch.fc1.base.bias", "sublayer.ffn.branch.fc2.bias",
+    "sublayer.attn.branch.q.base.bias",
+    "sublayer.attn.branch.k.bias",
+    "sublayer.attn.branch.v.bias",
+    "sublayer.attn.branch.o.bias",
+    "sublayer.ffn.branch.fc1.base.bias",
+    "sublayer.ffn.branch.fc2.bias",
     "sublayer.ffn.branch.norm.bias",
-    "adapter.down_proj.bias", "adapter.up_proj.bias",
+    "adapter.down_proj.bias",
+    "adapter.up_proj.bias",
 }
 ADAPTED_LAYER_BIASES = {"sublayer.attn.branch.q.base.bias", "sublayer.ffn.branch.fc1.base.bias"}
 
@@ -602,9 +621,7 @@ def test_tied_parameters_are_counted_once(capsys):
     assert len(params) == len(set(_ids(params))) == 3
     assert sum(p.numel() for p in params) == 48
     print_trainable_parameters(model)
-    assert capsys.readouterr().out == (
-        "trainable params: 48 || all params: 68 || trainable%: 70.5882\n"
-    )
+    assert capsys.readouterr().out == ("trainable params: 48 || all params: 68 || trainable%: 70.5882\n")
 
 
 def test_trainable_parameters_match_requires_grad():
@@ -639,8 +656,7 @@ def test_unknown_bare_suffix_suggests_full_paths():
 
 def test_unknown_bare_suffix_lists_every_matching_path():
     torch.manual_seed(0)
-    model = TinyTransformer(TinyTransformerConfig(vocab_size=8, max_len=4, d_model=8, n_heads=2,
-                                                  d_ff=8))
+    model = TinyTransformer(TinyTransformerConfig(vocab_size=8, max_len=4, d_model=8, n_heads=2, d_ff=8))
     before = _fingerprint(model)
     with pytest.raises(InjectionError) as info:
         inject_lora(model, ["q"], rank=2)
@@ -731,8 +747,7 @@ def test_non_string_name_is_a_type_error():
         ({"rank": 2, "dropout": 1.0}, ValueError, "dropout"),
         ({"rank": 2, "no_such_option": 1}, TypeError, "no_such_option"),
     ],
-    ids=["rank0", "rank-neg", "rank-float", "rank-bool", "alpha0", "alpha-neg", "dropout1",
-         "unknown-kwarg"],
+    ids=["rank0", "rank-neg", "rank-float", "rank-bool", "alpha0", "alpha-neg", "dropout1", "unknown-kwarg"],
 )
 def test_bad_lora_arguments_change_nothing(kwargs, error, fragment):
     model = _mlp()
