@@ -55,6 +55,23 @@ class IA3Linear(AdapterModule):
             return self.base(x * self.scale)  # scale the input features
         return self.base(x) * self.scale  # scale the output features
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight this layer applies, ``diag(l) W0`` (``W0 diag(l)`` in the feed-forward form),
+        shape ``(out_features, in_features)``. Computed on access (see ``LoRALinear.weight``)."""
+        w = self.base.weight
+        if self.merged:
+            return w
+        return w * self.scale[None, :] if self.feedforward else w * self.scale[:, None]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias this layer applies: ``l ⊙ b`` in the output form, ``b`` in the feed-forward form."""
+        b = self.base.bias
+        if b is None or self.merged or self.feedforward:
+            return b
+        return b * self.scale
+
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the scale into ``base.weight`` (and ``base.bias``). Refuses a zero in the scale,

@@ -172,6 +172,8 @@ def inject_lora(
     Raises:
         InjectionError: a name is unknown (close matches are listed), is not an
             ``nn.Linear``, is already adapted, or appears twice. The model is unchanged.
+        TypeError, ValueError: a bad ``rank``, ``alpha`` or ``dropout`` (from
+            :class:`LoRALinear`'s checks). The model is unchanged.
     """
     names = _as_name_list(linear_names, "linear_names")
     params = _replace_linears(

@@ -93,6 +93,23 @@ class LoRALinear(AdapterModule):
         """``scale * B @ A``, shape ``(out_features, in_features)``, in the base dtype."""
         return (self.lora_B @ self.lora_A) * self.scale
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight this layer applies, ``W0 + scale * B A``, shape ``(out_features, in_features)``.
+
+        Computed on access, not a parameter: code that reads a Linear's ``.weight`` directly
+        (PyTorch's fused ``nn.TransformerEncoderLayer`` inference path, dtype and device
+        checks) then sees the adapted layer rather than failing or silently using ``W0``.
+        Writing into it changes nothing: train ``lora_A`` / ``lora_B``, or edit ``base.weight``.
+        """
+        w = self.base.weight
+        return w if self.merged else w + self.delta_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (LoRA leaves it unchanged), shape ``(out_features,)``."""
+        return self.base.bias
+
     def _delta_for_merge(self) -> torch.Tensor:
         # Half-precision products lose bits; form the update in float32 at least.
         compute = torch.promote_types(self.lora_A.dtype, torch.float32)

@@ -247,3 +247,20 @@ def test_merged_training_raises_but_inference_works(feedforward):
         assert_close(layer(x), expected, what="merged IA3 under no_grad")
     layer.eval()
     assert_close(layer(x), expected, what="merged IA3 in eval mode")
+
+
+@pytest.mark.parametrize("feedforward", [False, True])
+def test_weight_and_bias_properties_are_the_effective_ones(feedforward):
+    torch.manual_seed(0)
+    layer = IA3Linear(nn.Linear(6, 4), feedforward=feedforward)
+    with torch.no_grad():
+        layer.scale.uniform_(0.5, 1.5)
+    x = torch.randn(5, 6)
+    assert torch.allclose(torch.nn.functional.linear(x, layer.weight, layer.bias), layer(x), atol=1e-5)
+    if feedforward:
+        assert layer.bias is layer.base.bias
+    else:
+        assert torch.allclose(layer.bias, layer.base.bias * layer.scale)
+    effective = layer.weight.detach().clone()
+    layer.merge()
+    assert layer.weight is layer.base.weight and torch.allclose(layer.weight, effective, atol=1e-6)

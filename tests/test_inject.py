@@ -340,6 +340,32 @@ def test_inject_lora_recursive_skips_multihead_attention_out_proj_with_a_warning
     assert torch.allclose(layer(x), reference(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_transformer_encoder_layer_fused_inference_path_sees_the_adapter(method):
+    """In eval mode under no_grad, nn.TransformerEncoderLayer takes a fused path that reads
+    ``linear1.weight`` directly; the adapted layers must expose their effective weight there."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    reference = copy.deepcopy(layer).eval()
+    if method == "lora":
+        with pytest.warns(UserWarning):
+            _, params = inject_lora_recursive(layer, rank=2)
+    else:
+        _, params = inject_ia3(layer, ["linear1"], feedforward_names=["linear2"])
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.5 * torch.randn_like(p))
+    x = torch.randn(2, 3, 8)
+    layer.train()  # dropout=0: the train-mode path is the plain module-by-module one
+    slow = layer(x).detach()
+    layer.eval()
+    with torch.no_grad():
+        fast = layer(x)
+        base = reference(x)
+    assert not torch.allclose(slow, base, atol=1e-3), "the adapter should change the output"
+    assert torch.allclose(fast, slow, atol=1e-5), "the fused eval path ignored (part of) the adapter"
+
+
 def test_inject_lora_refuses_multihead_attention_out_proj_by_name():
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0)
     before = _fingerprint(layer)

@@ -416,3 +416,18 @@ def test_base_conv1d_rejected():
 def test_base_lora_linear_rejected():
     inner = LoRALinear(nn.Linear(4, 3), 2)
     _check_rejected(inner, TypeError, r"must be an nn\.Linear, got LoRALinear", 2)
+
+
+def test_weight_and_bias_properties_are_the_effective_ones():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 4), rank=3, alpha=6)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = layer.base.weight + 2.0 * layer.lora_B @ layer.lora_A
+    assert torch.allclose(layer.weight, expected, atol=1e-6)
+    assert layer.bias is layer.base.bias
+    x = torch.randn(5, 6)
+    assert torch.allclose(torch.nn.functional.linear(x, layer.weight, layer.bias), layer(x), atol=1e-5)
+    layer.merge()
+    assert layer.weight is layer.base.weight  # merged: the base weight already holds the update
+    assert torch.allclose(layer.weight, expected, atol=1e-6)
