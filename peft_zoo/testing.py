@@ -180,3 +180,30 @@ def assert_unchanged(model: nn.Module, before: Mapping[str, torch.Tensor], *, wh
 def requires_grad_map(model: nn.Module) -> dict[str, bool]:
     """``name -> requires_grad`` for every parameter."""
     return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Everything an operation that "changes nothing" must leave as it was: tensor values,
+    the module tree (names, types, identities) and every ``requires_grad`` flag."""
+    return {
+        "tensors": snapshot(model),
+        "types": {n: type(m) for n, m in model.named_modules()},
+        "ids": {n: id(m) for n, m in model.named_modules()},
+        "requires_grad": requires_grad_map(model),
+    }
+
+
+def assert_model_unchanged(model: nn.Module, before: Mapping[str, Any], *, what: str) -> None:
+    """Assert ``model`` still matches ``before`` (a :func:`fingerprint`) in every respect."""
+    assert_unchanged(model, before["tensors"], what=what)
+    now = fingerprint(model)
+    for key, problem in (
+        ("types", "module types changed"),
+        ("ids", "a module was replaced"),
+        ("requires_grad", "requires_grad flags changed"),
+    ):
+        if now[key] != before[key]:
+            diff = sorted(
+                k for k in set(now[key]) | set(before[key]) if now[key].get(k) != before[key].get(k)
+            )
+            raise AssertionError(f"{what}: {problem}: {diff[:10]}")

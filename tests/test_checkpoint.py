@@ -37,7 +37,11 @@ from peft_zoo import (
 )
 from peft_zoo import checkpoint as ckpt
 from peft_zoo.models import TinyMLP, TinyTransformerBlock
-from peft_zoo.testing import alphas, assert_unchanged, requires_grad_map, snapshot
+from peft_zoo.testing import (
+    alphas,
+    assert_model_unchanged,
+    fingerprint,
+)
 
 MLP_TARGETS = ["encoder.0", "encoder.2.branch.fc1", "head"]
 
@@ -77,17 +81,6 @@ def _mixed(base: TinyTransformerBlock) -> AdapterBlock:
     inject_lora(base, ["attn.branch.q", "attn.branch.v"], rank=2, alpha=4.0)
     inject_ia3(base, ["attn.branch.k"], feedforward_names=["ffn.branch.fc2"])
     return AdapterBlock(base, BottleneckAdapter(16, 4))
-
-
-def _fingerprint(model: nn.Module) -> tuple:
-    return snapshot(model), requires_grad_map(model), {n: type(m) for n, m in model.named_modules()}
-
-
-def _assert_same(model: nn.Module, before: tuple, what: str) -> None:
-    snap, grads, types = before
-    assert_unchanged(model, snap, what=what)
-    assert requires_grad_map(model) == grads, f"{what}: requires_grad changed"
-    assert {n: type(m) for n, m in model.named_modules()} == types, f"{what}: modules changed"
 
 
 def _assert_same_adapters(a: nn.Module, b: nn.Module) -> None:
@@ -330,13 +323,13 @@ def test_crashed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, fail_at, a
 
 
 def _refused(model: nn.Module, path, *fragments: str) -> str:
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(CheckpointError) as info:
         load_adapter(model, path)
     msg = str(info.value)
     for fragment in fragments:
         assert fragment in msg, f"{fragment!r} not in {msg!r}"
-    _assert_same(model, before, "refused load")
+    assert_model_unchanged(model, before, what="refused load")
     return msg
 
 
@@ -579,13 +572,13 @@ def test_legacy_pt_is_validated_like_safetensors(tmp_path):
 
 def test_read_adapter_returns_state_and_config_without_a_model(saved):
     model, fresh, path = saved
-    before = _fingerprint(fresh)
+    before = fingerprint(fresh)
     state, config = read_adapter(path)
     assert config == adapter_config(model)
     assert set(state) == set(adapter_state_dict(model))
     for k, v in adapter_state_dict(model).items():
         assert torch.equal(state[k], v) and state[k].dtype == v.dtype
-    _assert_same(fresh, before, "read_adapter")
+    assert_model_unchanged(fresh, before, what="read_adapter")
     # the tensors are independent of any model
     state["head.lora_A"].zero_()
     assert not torch.equal(model.head.lora_A, state["head.lora_A"])

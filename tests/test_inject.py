@@ -32,7 +32,11 @@ from peft_zoo import (
     trainable_parameters,
 )
 from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerBlock, TinyTransformerConfig
-from peft_zoo.testing import assert_unchanged, requires_grad_map, snapshot
+from peft_zoo.testing import (
+    assert_model_unchanged,
+    fingerprint,
+    requires_grad_map,
+)
 
 MLP_LINEARS = ["encoder.0", "encoder.2.branch.fc1", "encoder.2.branch.fc2", "head"]
 BLOCK_LINEARS = [
@@ -61,23 +65,6 @@ def _block(seed: int = 0) -> TinyTransformerBlock:
 def _plain_linear_names(model: nn.Module) -> list[str]:
     """Paths of modules whose type is exactly nn.Linear (not inside any check of ours)."""
     return [n for n, m in model.named_modules() if type(m) is nn.Linear]
-
-
-def _fingerprint(model: nn.Module) -> tuple:
-    return (
-        snapshot(model),
-        {n: type(m) for n, m in model.named_modules()},
-        {n: id(m) for n, m in model.named_modules()},
-        requires_grad_map(model),
-    )
-
-
-def _assert_same(model: nn.Module, before: tuple, what: str) -> None:
-    snap, types, ids, grads = before
-    assert_unchanged(model, snap, what=what)
-    assert {n: type(m) for n, m in model.named_modules()} == types, f"{what}: module types changed"
-    assert {n: id(m) for n, m in model.named_modules()} == ids, f"{what}: a module was replaced"
-    assert requires_grad_map(model) == grads, f"{what}: requires_grad flags changed"
 
 
 def _ids(params) -> list[int]:
@@ -254,10 +241,10 @@ def test_inject_lora_recursive_wraps_every_linear_but_not_the_root():
 
 def test_inject_lora_recursive_refuses_a_bare_linear_root():
     lin = nn.Linear(4, 4)
-    before = _fingerprint(lin)
+    before = fingerprint(lin)
     with pytest.raises(InjectionError, match="root"):
         inject_lora_recursive(lin, rank=2)
-    _assert_same(lin, before, "bare Linear root")
+    assert_model_unchanged(lin, before, what="bare Linear root")
     assert lin.weight.requires_grad
 
 
@@ -286,10 +273,10 @@ def test_inject_lora_recursive_after_partial_injection_wraps_only_plain_linears(
 def test_inject_lora_recursive_again_raises_and_changes_nothing():
     model = _mlp()
     inject_lora_recursive(model, rank=2)
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match=r"no nn\.Linear to wrap"):
         inject_lora_recursive(model, rank=2)
-    _assert_same(model, before, "second inject_lora_recursive")
+    assert_model_unchanged(model, before, what="second inject_lora_recursive")
 
 
 def test_inject_lora_recursive_exclude_skips_the_head():
@@ -368,10 +355,10 @@ def test_transformer_encoder_layer_fused_inference_path_sees_the_adapter(method)
 
 def test_inject_lora_refuses_multihead_attention_out_proj_by_name():
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0)
-    before = _fingerprint(layer)
+    before = fingerprint(layer)
     with pytest.raises(InjectionError, match="MultiheadAttention"):
         inject_lora(layer, ["self_attn.out_proj"], rank=2)
-    _assert_same(layer, before, "out_proj by name")
+    assert_model_unchanged(layer, before, what="out_proj by name")
 
 
 # ----------------------------------------------------------------------------- inject_ia3
@@ -405,18 +392,18 @@ def test_inject_ia3_single_string_and_only_feedforward():
 
 def test_inject_ia3_name_in_both_lists_raises_and_changes_nothing():
     model = _block()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match="more than once"):
         inject_ia3(model, ["attn.branch.k", "ffn.branch.fc2"], feedforward_names="ffn.branch.fc2")
-    _assert_same(model, before, "inject_ia3 overlap")
+    assert_model_unchanged(model, before, what="inject_ia3 overlap")
 
 
 def test_inject_ia3_unknown_feedforward_name_raises_and_changes_nothing():
     model = _block()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match=r"'ffn\.branch\.fc3'.*ffn\.branch\.fc"):
         inject_ia3(model, ["attn.branch.k"], feedforward_names=["ffn.branch.fc3"])
-    _assert_same(model, before, "inject_ia3 unknown feed-forward name")
+    assert_model_unchanged(model, before, what="inject_ia3 unknown feed-forward name")
 
 
 # --------------------------------------------------------------- build_lora_adapter_model
@@ -505,26 +492,26 @@ def test_build_lora_adapter_model_adapter_only():
 
 def test_build_lora_adapter_model_bad_bottleneck_changes_nothing():
     model = _block()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(ValueError, match="adapter_bottleneck"):
         build_lora_adapter_model(model, ["attn.branch.q"], rank=2, adapter_bottleneck=0)
-    _assert_same(model, before, "adapter_bottleneck=0")
+    assert_model_unchanged(model, before, what="adapter_bottleneck=0")
 
 
 def test_build_lora_adapter_model_bad_name_changes_nothing():
     model = _block()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match=r"attn\.branch\.qq"):
         build_lora_adapter_model(model, ["attn.branch.q", "attn.branch.qq"], rank=2, adapter_bottleneck=4)
-    _assert_same(model, before, "bad LoRA name in build_lora_adapter_model")
+    assert_model_unchanged(model, before, what="bad LoRA name in build_lora_adapter_model")
 
 
 def test_build_lora_adapter_model_nothing_to_train_raises():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match="nothing to train"):
         build_lora_adapter_model(model, [], rank=2)
-    _assert_same(model, before, "no targets, no adapter")
+    assert_model_unchanged(model, before, what="no targets, no adapter")
 
 
 # ----------------------------------------------------------------------------- trainability
@@ -584,18 +571,18 @@ def test_mark_only_adapters_trainable(bias, expected):
 
 def test_mark_only_adapters_trainable_invalid_bias_raises_and_changes_nothing():
     model = _mixed_model()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(ValueError, match="bias must be one of"):
         mark_only_adapters_trainable(model, bias="some")
-    _assert_same(model, before, "invalid bias mode")
+    assert_model_unchanged(model, before, what="invalid bias mode")
 
 
 def test_mark_only_adapters_trainable_without_adapters_raises_and_changes_nothing():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(ValueError, match="no adapter"):
         mark_only_adapters_trainable(model)
-    _assert_same(model, before, "no adapters")
+    assert_model_unchanged(model, before, what="no adapters")
     assert all(requires_grad_map(model).values())
 
 
@@ -663,32 +650,32 @@ def test_trainable_parameters_match_requires_grad():
 
 def test_unknown_name_typo_suggests_close_matches():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError) as info:
         inject_lora(model, ["encoder.2.branch.fc3"], rank=2)
     msg = str(info.value)
     assert "'encoder.2.branch.fc3'" in msg
     assert "encoder.2.branch.fc1" in msg and "encoder.2.branch.fc2" in msg
-    _assert_same(model, before, "typo name")
+    assert_model_unchanged(model, before, what="typo name")
 
 
 def test_unknown_bare_suffix_suggests_full_paths():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match=r"no module named 'fc1'.*'encoder\.2\.branch\.fc1'"):
         inject_lora(model, "fc1", rank=2)
-    _assert_same(model, before, "bare suffix name")
+    assert_model_unchanged(model, before, what="bare suffix name")
 
 
 def test_unknown_bare_suffix_lists_every_matching_path():
     torch.manual_seed(0)
     model = TinyTransformer(TinyTransformerConfig(vocab_size=8, max_len=4, d_model=8, n_heads=2, d_ff=8))
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError) as info:
         inject_lora(model, ["q"], rank=2)
     assert "blocks.0.attn.branch.q" in str(info.value)
     assert "blocks.1.attn.branch.q" in str(info.value)
-    _assert_same(model, before, "suffix q")
+    assert_model_unchanged(model, before, what="suffix q")
 
 
 @pytest.mark.parametrize(
@@ -701,64 +688,64 @@ def test_unknown_bare_suffix_lists_every_matching_path():
 )
 def test_name_that_is_not_a_linear(factory, name, type_name):
     model = factory()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     pattern = rf"'{re.escape(name)}' is a {type_name}, not an nn\.Linear"
     with pytest.raises(InjectionError, match=pattern):
         inject_lora(model, [name], rank=2)
-    _assert_same(model, before, f"{type_name} target")
+    assert_model_unchanged(model, before, what=f"{type_name} target")
 
 
 def test_injecting_twice_into_the_same_layer():
     model = _mlp()
     inject_lora(model, ["head"], rank=2)
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match="'head' already is a LoRALinear"):
         inject_lora(model, ["head"], rank=2)
-    _assert_same(model, before, "second injection into head")
+    assert_model_unchanged(model, before, what="second injection into head")
     with pytest.raises(InjectionError, match="'head' already is a LoRALinear"):
         inject_ia3(model, ["head"])
-    _assert_same(model, before, "IA3 into a LoRA layer")
+    assert_model_unchanged(model, before, what="IA3 into a LoRA layer")
 
 
 def test_targeting_the_base_of_a_lora_layer():
     model = _mlp()
     inject_lora(model, ["head"], rank=2)
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match=r"'head\.base' belongs to the adapter layer 'head'"):
         inject_lora(model, ["head.base"], rank=2)
-    _assert_same(model, before, "head.base target")
+    assert_model_unchanged(model, before, what="head.base target")
 
 
 def test_same_name_listed_twice():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match=r"more than once: \['head'\]"):
         inject_lora(model, ["head", "encoder.0", "head"], rank=2)
-    _assert_same(model, before, "duplicate name")
+    assert_model_unchanged(model, before, what="duplicate name")
 
 
 def test_empty_name_list():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match="no module names"):
         inject_lora(model, [], rank=2)
-    _assert_same(model, before, "empty list")
+    assert_model_unchanged(model, before, what="empty list")
 
 
 def test_root_name_empty_string():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError, match="root module"):
         inject_lora(model, "", rank=2)
-    _assert_same(model, before, "root name")
+    assert_model_unchanged(model, before, what="root name")
 
 
 def test_non_string_name_is_a_type_error():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(TypeError, match="must be module names"):
         inject_lora(model, [model.head], rank=2)
-    _assert_same(model, before, "module object as a name")
+    assert_model_unchanged(model, before, what="module object as a name")
 
 
 @pytest.mark.parametrize(
@@ -777,40 +764,40 @@ def test_non_string_name_is_a_type_error():
 )
 def test_bad_lora_arguments_change_nothing(kwargs, error, fragment):
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(error, match=fragment):
         inject_lora(model, ["encoder.0", "head"], **kwargs)
-    _assert_same(model, before, f"inject_lora(**{kwargs})")
+    assert_model_unchanged(model, before, what=f"inject_lora(**{kwargs})")
     assert model.encoder[0].weight.requires_grad and model.head.weight.requires_grad
     assert type(model.head) is nn.Linear
 
 
 def test_bad_lora_arguments_through_recursive_change_nothing():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(ValueError, match="rank"):
         inject_lora_recursive(model, rank=0)
-    _assert_same(model, before, "inject_lora_recursive(rank=0)")
+    assert_model_unchanged(model, before, what="inject_lora_recursive(rank=0)")
 
 
 def test_valid_and_invalid_names_mixed_injects_nothing():
     model = _mlp()
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with pytest.raises(InjectionError) as info:
         inject_lora(model, ["encoder.0", "encoder.2.branch.fc3", "head", "encoder.1"], rank=2)
     msg = str(info.value)
     # every problem is reported, not only the first
     assert "encoder.2.branch.fc3" in msg and "'encoder.1' is a GELU" in msg
-    _assert_same(model, before, "half-valid name list")
+    assert_model_unchanged(model, before, what="half-valid name list")
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
 
 
 def test_failed_injection_leaves_earlier_adapters_and_warnings_alone():
     model = _mlp()
     inject_lora(model, ["head"], rank=2)
-    before = _fingerprint(model)
+    before = fingerprint(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no stray warnings on the error path
         with pytest.raises(InjectionError):
             inject_lora(model, ["encoder.0", "head"], rank=2)
-    _assert_same(model, before, "second call naming an adapted layer")
+    assert_model_unchanged(model, before, what="second call naming an adapted layer")
