@@ -1,0 +1,194 @@
+"""Plumbing shared by the graders in ``practice/<track>/test_exNN_*.py``.
+
+- :func:`load_module` imports a learner's file in isolation: a syntax error, an import
+  error or an infinite loop at import time becomes one clear failure of that challenge.
+- :func:`learner_code` wraps a (hypothesis) test body: an unfinished stub stops the test at
+  once with "not implemented yet", and a call that never returns is cut off after a bounded
+  time. Both raise ``BaseException`` subclasses on purpose: hypothesis does not try to
+  shrink those, so the learner gets one short message instead of a long search.
+- :func:`diagnose` recognises the classic wrong answers: when the learner's output equals
+  what a known bug would produce, the failure names that bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_CALL_SECONDS = 20.0  # one hypothesis example of learner code
+DEFAULT_IMPORT_SECONDS = 20.0  # importing a learner file
+
+
+class NotImplementedYet(BaseException):
+    """The learner's code still raises ``NotImplementedError`` (an untouched stub)."""
+
+
+class LearnerTimeout(BaseException):
+    """The learner's code did not return within the time limit (an infinite loop?)."""
+
+
+class LearnerLoadError(BaseException):
+    """The learner's file cannot be imported (syntax error, import error, timeout)."""
+
+
+@contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise :class:`LearnerTimeout` in the main thread if the block runs past ``seconds``.
+
+    Uses ``SIGALRM``; where that is unavailable (Windows, a worker thread) the block runs
+    unguarded and pytest-timeout remains the backstop.
+    """
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable or seconds <= 0:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise LearnerTimeout(
+            f"{what} did not finish within {seconds:g} s: look for an infinite loop or a very "
+            "expensive operation"
+        )
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _not_implemented_message(err: NotImplementedError) -> str:
+    text = str(err) or "a function still raises NotImplementedError"
+    return f"not implemented yet: {text}. Fill in its TODO, then grade again."
+
+
+def learner_code(seconds: float = DEFAULT_CALL_SECONDS) -> Callable[[F], F]:
+    """Decorate a test body that calls learner code (put it *under* ``@given``)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with time_limit(seconds, "your code"):
+                    return fn(*args, **kwargs)
+            except NotImplementedError as err:
+                raise NotImplementedYet(_not_implemented_message(err)) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def load_module(path: Path, tag: str, seconds: float = DEFAULT_IMPORT_SECONDS) -> ModuleType:
+    """Import the Python file at ``path`` under a private module name and return it.
+
+    Raises :class:`LearnerLoadError` with a message that says what went wrong and where.
+    """
+    if not path.is_file():
+        raise LearnerLoadError(f"{path} does not exist (run `peft-zoo reset` to restore the stub)")
+    name = f"_peft_zoo_graded_{tag}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LearnerLoadError(f"{path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        with time_limit(seconds, f"importing {path.name}"):
+            spec.loader.exec_module(module)
+    except SyntaxError as err:
+        sys.modules.pop(name, None)
+        raise LearnerLoadError(
+            f"{path.name} has a syntax error at line {err.lineno}: {err.msg}\n    {(err.text or '').rstrip()}"
+        ) from None
+    except NotImplementedError as err:
+        sys.modules.pop(name, None)
+        raise NotImplementedYet(_not_implemented_message(err)) from None
+    except LearnerTimeout as err:
+        sys.modules.pop(name, None)
+        raise LearnerLoadError(str(err)) from None
+    except Exception as err:
+        sys.modules.pop(name, None)
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        raise LearnerLoadError(
+            f"importing {path.name} raised {type(err).__name__}: {err} "
+            f"(at {Path(where.filename).name}:{where.lineno})"
+        ) from None
+    return module
+
+
+def require(module: ModuleType, *names: str) -> list[Any]:
+    """The named objects of a learner module; a clear error when one is missing."""
+    missing = [n for n in names if not hasattr(module, n)]
+    if missing:
+        raise LearnerLoadError(
+            f"{Path(module.__file__ or '?').name} does not define {missing}; keep the names of the stub"
+        )
+    return [getattr(module, n) for n in names]
+
+
+def diagnose(
+    actual: torch.Tensor, candidates: Mapping[str, Callable[[], torch.Tensor]], *, rtol: float, atol: float
+) -> str | None:
+    """Return the name of the first known bug whose output ``actual`` reproduces, if any.
+
+    ``candidates`` maps a bug description to a function computing what that bug would
+    output (lazily, so only shapes that match are compared).
+    """
+    for description, compute in candidates.items():
+        try:
+            wrong = compute()
+        except Exception:  # a candidate that does not apply to these shapes
+            continue
+        if wrong.shape == actual.shape and torch.allclose(
+            actual.detach().double(), wrong.detach().double(), rtol=rtol, atol=atol
+        ):
+            return description
+    return None
+
+
+def assert_matches(
+    actual: Any,
+    expected: torch.Tensor,
+    *,
+    what: str,
+    drawn: Mapping[str, Any] | None = None,
+    bugs: Mapping[str, Callable[[], torch.Tensor]] | None = None,
+    hint: str | None = None,
+) -> None:
+    """Assert the learner's ``actual`` equals the reference ``expected``; on a mismatch, name
+    the classic bug from ``bugs`` that reproduces ``actual`` (else fall back to ``hint``)."""
+    from peft_zoo.testing import assert_close, explain, tolerance
+
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(
+            explain(
+                what,
+                drawn=drawn,
+                expected=f"a tensor of shape {tuple(expected.shape)}",
+                got=f"{type(actual).__name__}: {actual!r:.200}",
+                hint=hint,
+            )
+        )
+    rtol, atol = tolerance(expected.dtype)
+    close = actual.shape == expected.shape and torch.allclose(
+        actual.detach().double(), expected.detach().double(), rtol=rtol, atol=atol
+    )
+    if not close and bugs:
+        found = diagnose(actual, bugs, rtol=rtol, atol=atol)
+        if found:
+            hint = f"your result equals what this classic bug produces: {found}"
+    assert_close(actual, expected, what=what, drawn=drawn, hint=hint)

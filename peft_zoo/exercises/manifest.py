@@ -1,0 +1,277 @@
+"""The list of challenges: order, difficulty, prerequisites, progressive hints, interview prompts.
+
+Adding a challenge is one entry here, one reference file in ``source/<track>/`` and one
+grader ``practice/<track>/test_<stem>.py``; ``peft-zoo build`` writes the stub and answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TRACK = "13_lora_adapters"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    number: int  # 1-based position in the track
+    name: str  # snake_case; the files are exNN_<name>.py
+    title: str  # one line for listings
+    difficulty: int  # 1 (warm-up) .. 3 (interview-hard)
+    objects: tuple[str, ...]  # public names the learner implements
+    prerequisites: tuple[int, ...] = ()  # challenges whose ideas this one uses
+    hints: tuple[str, ...] = ()  # revealed one at a time by `peft-zoo hint N`
+    interview: tuple[str, ...] = field(default=())  # questions this challenge prepares for
+
+    @property
+    def tag(self) -> str:
+        return f"ex{self.number:02d}"
+
+    @property
+    def stem(self) -> str:
+        return f"{self.tag}_{self.name}"
+
+
+CHALLENGES: tuple[Challenge, ...] = (
+    Challenge(
+        1,
+        "lora_linear",
+        "LoRALinear: a frozen Linear plus a low-rank update",
+        1,
+        ("LoRALinear",),
+        hints=(
+            "Freeze the wrapped layer with base.requires_grad_(False); only lora_A and lora_B train.",
+            "lora_A has shape (rank, in_features), lora_B (out_features, rank); create them with the "
+            "base weight's dtype and device.",
+            "Initialise A like nn.Linear does (nn.init.kaiming_uniform_(A, a=math.sqrt(5))) and B with "
+            "zeros, so B @ A = 0 and the layer starts equal to its base.",
+            "scale = alpha / rank (alpha defaults to rank; rsLoRA: alpha / sqrt(rank)). forward = base(x) "
+            "+ scale * (dropout(x) @ A.T @ B.T): dropout touches the LoRA path only.",
+        ),
+        interview=(
+            "Why is B initialised to zero and not A? What happens if both are zero?",
+            "How many parameters does LoRA add to a d_in x d_out layer at rank r?",
+            "What does alpha do, why divide by r, and what does rsLoRA change?",
+        ),
+    ),
+    Challenge(
+        2,
+        "bottleneck_adapter",
+        "BottleneckAdapter: down, non-linearity, up (zero-initialised)",
+        1,
+        ("BottleneckAdapter",),
+        hints=(
+            "down_proj = nn.Linear(d_model, bottleneck_dim), up_proj = nn.Linear(bottleneck_dim, d_model).",
+            "Zero up_proj's weight AND bias, so the adapter's delta is exactly zero at initialisation.",
+            "forward_delta(x) = up(act(down(x))); forward(x) = x + delta if residual else delta.",
+        ),
+        interview=(
+            "Where do Houlsby adapters go in a transformer block, and how many parameters do they add?",
+            "Why zero-initialise the up projection rather than the down projection?",
+        ),
+    ),
+    Challenge(
+        3,
+        "adapter_block",
+        "AdapterBlock: a sublayer and a serial adapter, one residual each",
+        1,
+        ("AdapterBlock",),
+        prerequisites=(2,),
+        hints=(
+            "First the sublayer's own residual: h = x + sublayer(x).",
+            "The adapter sees h, not x, and contributes only its delta: out = h + adapter.forward_delta(h).",
+            "Calling adapter(h) (which already adds h) and then adding h again double-counts the residual.",
+        ),
+        interview=("Serial vs parallel adapters: what does each see, and what changes for the gradients?",),
+    ),
+    Challenge(
+        4,
+        "inject_lora",
+        "inject_lora: replace named Linear layers with LoRALinear",
+        2,
+        ("inject_lora",),
+        prerequisites=(1,),
+        hints=(
+            "Resolve every name first with model.get_submodule(name); raise before changing anything.",
+            "To replace a module you need its parent: parent = model.get_submodule(name.rpartition('.')[0]), "
+            "then setattr(parent, name.rpartition('.')[2], new_layer).",
+            "Return the new layers' lora_A and lora_B, in name order, and nothing else.",
+        ),
+        interview=(
+            "Why return the LoRA parameters instead of letting the caller use model.parameters()?",
+            "How do dotted names from named_modules() map onto nn.Sequential and nn.ModuleList children?",
+        ),
+    ),
+    Challenge(
+        5,
+        "build_lora_adapter_model",
+        "build_lora_adapter_model: LoRA + an optional adapter, all else frozen",
+        2,
+        ("build_lora_adapter_model",),
+        prerequisites=(3, 4),
+        hints=(
+            "Inject LoRA with peft_zoo.inject_lora, then, if adapter_bottleneck is given, wrap the whole "
+            "base in AdapterBlock(base, BottleneckAdapter(base.d_model, adapter_bottleneck)).",
+            "Freeze everything (model.requires_grad_(False)), then re-enable exactly the LoRA and adapter parameters.",
+            "Return those parameters and nothing else: no frozen weight, no duplicates.",
+        ),
+        interview=("When would you combine LoRA with adapters, and what does each add?",),
+    ),
+    Challenge(
+        6,
+        "parallel_adapter_block",
+        "ParallelAdapterBlock: the adapter sees the block's input",
+        1,
+        ("ParallelAdapterBlock",),
+        prerequisites=(2,),
+        hints=("out = sublayer(x) + adapter.forward_delta(x): both branches read the same x.",),
+        interview=("Why can a parallel adapter be computed concurrently with the sublayer?",),
+    ),
+    Challenge(
+        7,
+        "learnable_prefix",
+        "LearnablePrefix: trainable vectors prepended to the sequence",
+        1,
+        ("LearnablePrefix",),
+        hints=(
+            "self.prefix = nn.Parameter(torch.randn(prefix_len, d_model) * 0.02).",
+            "Expand it to (B, prefix_len, d) with prefix.unsqueeze(0).expand(B, -1, -1); cat copies, so "
+            "rows never share memory.",
+            "torch.cat([prefix, x], dim=1): prefix first.",
+        ),
+        interview=(
+            "Prefix tuning vs prompt tuning vs LoRA: what is trained, and what does it cost at inference?",
+        ),
+    ),
+    Challenge(
+        8,
+        "ia3_linear",
+        "IA3Linear: learned elementwise scaling of a frozen layer",
+        1,
+        ("IA3Linear",),
+        hints=(
+            "Freeze base; scale = nn.Parameter(torch.ones(out_features)) with the base weight's dtype and device.",
+            "forward = base(x) * scale: the scale multiplies the output, after the bias.",
+        ),
+        interview=(
+            "How many parameters does IA³ train per layer, and why can it be merged into the weight?",
+        ),
+    ),
+    Challenge(
+        9,
+        "inject_ia3",
+        "inject_ia3: replace named Linear layers with IA3Linear",
+        2,
+        ("inject_ia3",),
+        prerequisites=(4, 8),
+        hints=(
+            "Same shape as inject_lora: resolve and check every name first, then replace; return the scales.",
+        ),
+        interview=("Which layers does the IA³ paper rescale, and why those?",),
+    ),
+    Challenge(
+        10,
+        "inject_lora_recursive",
+        "inject_lora_recursive: LoRA on every Linear, exactly once",
+        2,
+        ("inject_lora_recursive",),
+        prerequisites=(4,),
+        hints=(
+            "Collect the names first (list(model.named_modules())), then replace: never mutate while iterating.",
+            "Skip the root (name ''), and skip any Linear that is the .base of an existing LoRALinear.",
+            "Use isinstance(module, nn.Linear); a LoRALinear is not an nn.Linear, so it is never wrapped again.",
+        ),
+        interview=("What goes wrong if you replace modules while iterating named_modules()?",),
+    ),
+    Challenge(
+        11,
+        "adapter_stack",
+        "AdapterStack: one adapter per task, chosen per call",
+        1,
+        ("AdapterStack",),
+        prerequisites=(2,),
+        hints=(
+            "self.adapters = nn.ModuleList(BottleneckAdapter(d_model, bottleneck_dim) for _ in range(num_adapters)).",
+            "Check 0 <= adapter_id < num_adapters yourself: Python's negative indexing would silently pick "
+            "the last adapter.",
+        ),
+        interview=("How would you serve many task adapters over one frozen base?",),
+    ),
+    Challenge(
+        12,
+        "merge_unmerge",
+        "merge / unmerge: fold scale·B·A into the weight and back",
+        2,
+        ("merge_lora", "unmerge_lora"),
+        prerequisites=(1,),
+        hints=(
+            "delta = layer.scale * (layer.lora_B @ layer.lora_A) has the weight's shape (out, in).",
+            "Update layer.base.weight in place under torch.no_grad(), and set layer.merged.",
+            "Merging twice must not add delta twice; unmerging an unmerged layer must do nothing.",
+        ),
+        interview=("Merge or keep adapters separate when serving? What does each cost per token?",),
+    ),
+    Challenge(
+        13,
+        "adapter_state_dict",
+        "adapter_state_dict: save and restore only the adapter tensors",
+        2,
+        ("adapter_state_dict", "load_adapter_state_dict"),
+        prerequisites=(4,),
+        hints=(
+            "Keep the model.state_dict() entries whose key ends in 'lora_A' or 'lora_B'.",
+            "Before copying anything, check that the keys match exactly and every shape agrees; raise otherwise.",
+            "Copy with param.copy_(tensor) under torch.no_grad().",
+        ),
+        interview=("Why save adapters separately from the base model, and what must match to load one?",),
+    ),
+    Challenge(
+        14,
+        "lora_param_count",
+        "lora_param_count: count LoRA parameters analytically",
+        1,
+        ("lora_params_for_linear", "lora_param_count"),
+        prerequisites=(1,),
+        hints=(
+            "One adapted Linear adds rank * (in_features + out_features) parameters.",
+            "q, k, v, o are (d_model, d_model); fc1 is d_model -> d_ff; fc2 is d_ff -> d_model.",
+            "Multiply the per-block sum by n_layers.",
+        ),
+        interview=("LLaMA-7B with rank 16 on q, k, v, o: how many trainable parameters? (16.8M)",),
+    ),
+    Challenge(
+        15,
+        "sanity_checks",
+        "sanity_checks: write the property tests that catch broken LoRA",
+        3,
+        (
+            "check_trainable_fraction",
+            "check_init_equals_base",
+            "check_loss_decreases",
+            "check_adapters_differ",
+        ),
+        prerequisites=(1,),
+        hints=(
+            "Each check builds what it needs from lora_cls (a class with LoRALinear's signature) and raises "
+            "AssertionError when the property fails.",
+            "Think of the bug each check should catch: a trainable base, a non-zero B at init, a LoRA path "
+            "that never learns, adapters that do not change the output.",
+            "Compare against independent computations (the base layer alone, the loss before training), not "
+            "against the implementation itself.",
+        ),
+        interview=(
+            "Which cheap checks would you run before a long LoRA fine-tune, and what does each catch?",
+        ),
+    ),
+)
+
+BY_NUMBER = {c.number: c for c in CHALLENGES}
+
+
+def get(number: int) -> Challenge:
+    """The challenge with this number; a clear error for an unknown one."""
+    try:
+        return BY_NUMBER[number]
+    except KeyError:
+        raise KeyError(
+            f"no challenge {number}; challenges are numbered {CHALLENGES[0].number}..{CHALLENGES[-1].number}"
+        ) from None
