@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import signal
 import sys
 import threading
@@ -28,8 +29,9 @@ import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_CALL_SECONDS = 20.0  # one hypothesis example of learner code
-DEFAULT_IMPORT_SECONDS = 20.0  # importing a learner file
+# Time limits for learner code; PEFT_ZOO_GRADER_TIMEOUT (seconds) overrides both.
+DEFAULT_CALL_SECONDS = float(os.environ.get("PEFT_ZOO_GRADER_TIMEOUT", 20.0))  # one example
+DEFAULT_IMPORT_SECONDS = float(os.environ.get("PEFT_ZOO_GRADER_TIMEOUT", 20.0))  # one import
 
 
 class NotImplementedYet(BaseException):

@@ -18,6 +18,47 @@ from peft_zoo.testing import dtypes, explain, leading_shapes, linear_specs
 CHALLENGE = "ex01_lora_linear"
 pytestmark = pytest.mark.timeout(120)
 
+# Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
+PLANTED_BUGS = [
+    ("base weight left trainable", "self.base.requires_grad_(False)", "self.base.requires_grad_(True)"),
+    (
+        "B random at init",
+        "self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))",
+        "self.lora_B = nn.Parameter(torch.randn(base.out_features, rank, **factory))",
+    ),
+    (
+        "A zero at init",
+        "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+        "nn.init.zeros_(self.lora_A)",
+    ),
+    (
+        "scale missing",
+        "return self.base(x) + self.scale * F.linear(h, self.lora_B)",
+        "return self.base(x) + F.linear(h, self.lora_B)",
+    ),
+    (
+        "scale squared",
+        "return self.base(x) + self.scale * F.linear(h, self.lora_B)",
+        "return self.base(x) + self.scale**2 * F.linear(h, self.lora_B)",
+    ),
+    (
+        "alpha used instead of alpha / rank",
+        "self.scale = alpha / math.sqrt(rank) if rslora else alpha / rank",
+        "self.scale = alpha / math.sqrt(rank) if rslora else alpha",
+    ),
+    (
+        "A and B transposed",
+        "self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))",
+        "self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, **factory))",
+    ),
+    (
+        "dropout applied to the base path",
+        "return self.base(x) + self.scale * F.linear(h, self.lora_B)",
+        "return self.base(self.lora_dropout(x)) + self.scale * F.linear(h, self.lora_B)",
+    ),
+]
+
 
 def _pair(impl, ref, spec, dtype=torch.float32, **kw):
     """The learner's layer and the reference layer around identical copies of one base,
