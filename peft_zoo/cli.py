@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .exercises import runner
 
     parser = argparse.ArgumentParser(
         prog="peft-zoo",
@@ -20,6 +21,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--steps", type=int, default=150, help="fine-tuning steps (default 150)")
     tour.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tour.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    runner.add_arguments(parser, sub)  # the exercise runner: check, hint, watch, solution, reset, ...
     return parser
 
 
@@ -36,9 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, seed=args.seed, config=tour.TOUR_CONFIG, progress=not args.no_progress
         )
         return 0 if result.loss_end < result.loss_start else 1
-    parser.print_help()
-    print("\nStart with:  peft-zoo tour")
-    return 0
+    from .exercises import runner
+
+    def no_exercises() -> int:
+        parser.print_help()
+        print("\nStart with:  peft-zoo tour")
+        return 0
+
+    # No command: the exercise progress screen (or the help, outside a checkout with exercises).
+    return runner.run(args, no_root=no_exercises)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,7 @@
 """Prove the graders: plant each classic bug into a copy of the answers and require a failure.
 
-Every grader lists its bugs in a module-level ``PLANTED_BUGS = [(description, old, new), ...]``:
+Every grader lists its bugs in a module-level ``PLANTED_BUGS = [(description, old, new), ...]``
+(a plain literal: it is read with ``ast.literal_eval``, never imported):
 ``old`` is a snippet that occurs exactly once in the reference answer and ``new`` the
 mistaken version. A bug is *killed* when the challenge's grader, run against the answers
 with that one snippet replaced, fails. The kill rate must be 100%.

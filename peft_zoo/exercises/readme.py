@@ -1,0 +1,187 @@
+"""``practice/<track>/README.md``, generated from the manifest so it never drifts.
+
+``peft-zoo build`` writes it; ``peft-zoo build --check`` (and the test suite) fail when the
+committed file differs from :func:`render_readme`. Edit the prose here and the challenge
+entries in ``manifest.py``, never the generated file.
+"""
+
+from __future__ import annotations
+
+from .manifest import BY_NUMBER, CHALLENGES, TRACK, Challenge
+
+LEVEL_NAMES = {1: "warm-up", 2: "core", 3: "interview-hard"}
+
+INTRO = """\
+# Exercises · LoRA and adapters, from scratch
+
+{count} short challenges that rebuild the heart of `peft_zoo` by hand: the LoRA layer,
+bottleneck and parallel adapters, prefix tuning, IA³, injecting all of them into an
+existing model, merging, adapter-only checkpoints, parameter counting, and finally the
+sanity checks you would want before trusting a long fine-tune. Each one is a stub of a
+few lines with `TODO` markers; you fill it in and a grader tells you whether it is right.
+
+The graders are property-based (hypothesis): they draw many shapes, ranks, dtypes and
+seeds, run your code next to the reference answer, and compare. When something is off
+the failure reads like a code review, not a stack trace:
+
+```
+forward output
+  drawn:    in_features=1, out_features=1, bias=False, rank=2, alpha=None, seed=0, ...
+  expected: shape (1,), dtype torch.float32, values [-0.198501]
+  got:      shape (1,), dtype torch.float32, values [-0.139626]
+  likely:   your result equals what this classic bug produces: the scale is missing (base(x) + B A x)
+```
+
+`drawn` is the input it picked, `expected` and `got` show the difference, and `likely`
+names the mistake when your output matches a known bug. Each challenge also lists the
+interview questions it prepares you for: once it passes, try answering them out loud.
+"""
+
+WORKFLOW = """\
+## How to work through them
+
+Run these from the repository root, after `python -m pip install -c constraints.txt -e ".[dev]"`
+(or anywhere, with `--root DIR` or `PEFT_ZOO_ROOT=DIR`):
+
+| command | what it does |
+|---|---|
+| `peft-zoo` | progress bar, every challenge's status, and exactly what to do next |
+| `peft-zoo check N` | grade challenge N now, print the grader's feedback, record the result |
+| `peft-zoo watch` | re-grade the current challenge every time you save; moves on when it passes |
+| `peft-zoo hint N` | reveal one more hint for N (`--all` shows every hint) |
+| `peft-zoo solution N` | the reference answer, unlocked once N passes (`--force` to peek) |
+| `peft-zoo reset N` | back your file up to `.backups/`, then restore the untouched stub |
+| `peft-zoo list` | number, title, difficulty, prerequisites and status of each challenge |
+
+A typical loop: `peft-zoo` to see where you are, open the file it names, replace each
+`TODO(exNN)`, then `peft-zoo check N` (or leave `peft-zoo watch` running in a second
+terminal). Stuck? `peft-zoo hint N`, as many times as there are hints. Once it passes,
+read the reference with `peft-zoo solution N` and compare.
+
+Status marks: `✓` passed, `✗` failing, `·` not started (the file is still the untouched
+stub), `!` missing (restore the file with `peft-zoo reset N`). `peft-zoo` only grades files
+that changed since their last grading, all in one pytest run, so it stays quick.
+
+Plain pytest works too, without the runner:
+
+```bash
+pytest practice/{track}                                   # grade all your files
+pytest practice/{track}/test_ex01_lora_linear.py          # one challenge
+pytest practice/{track} --impl=solutions                  # grade the reference answers
+pytest practice/{track} --impl=path/to/my/folder          # grade any folder of exNN_<name>.py
+```
+
+Your progress is kept in `practice/{track}/.progress.json` and your backups in
+`practice/{track}/.backups/`; both are git-ignored, and deleting the progress file is
+safe (it is recomputed from your files). `reset` never loses work: it saves a timestamped
+copy of your file before restoring the stub, and does nothing if the file is untouched.
+
+The stubs and reference answers are generated from one annotated source per challenge
+(`peft_zoo/exercises/source/{track}/`) by `peft-zoo build`; `peft-zoo build --check` fails
+when a committed file, or this README, differs from what the builder writes.
+"""
+
+
+def _count_word(n: int) -> str:
+    words = "Zero One Two Three Four Five Six Seven Eight Nine Ten Eleven Twelve Thirteen Fourteen Fifteen"
+    names = [*words.split(), "Sixteen", "Seventeen", "Eighteen", "Nineteen", "Twenty"]
+    return names[n] if n < len(names) else str(n)
+
+
+def _stars(level: int) -> str:
+    return "★" * level + "☆" * (3 - level)
+
+
+def _level(ch: Challenge) -> str:
+    return f"{_stars(ch.difficulty)} {LEVEL_NAMES.get(ch.difficulty, str(ch.difficulty))}"
+
+
+def _ref(number: int) -> str:
+    ch = BY_NUMBER.get(number)
+    return f"{number:02d} `{ch.name}`" if ch else f"{number:02d}"
+
+
+def _order() -> str:
+    lines = [
+        "## The order",
+        "",
+        "Work in number order: every prerequisite comes before the challenges that use it, and",
+        "difficulty climbs gently. The table is the whole track at a glance; `needs` lists the",
+        "challenges whose ideas a challenge reuses, handy if you want to jump ahead.",
+        "",
+        "| # | challenge | level | needs | you write |",
+        "|---|---|---|---|---|",
+    ]
+    for ch in CHALLENGES:
+        needs = ", ".join(f"{n:02d}" for n in ch.prerequisites) or "-"
+        objects = ", ".join(f"`{o}`" for o in ch.objects)
+        lines.append(f"| {ch.number:02d} | {ch.title} | {_stars(ch.difficulty)} | {needs} | {objects} |")
+    threads = _threads()
+    if threads:
+        lines += [
+            "",
+            "Only after one idea? Each line is a starting challenge and everything that builds on it",
+            "(a challenge that needs two ideas appears on both lines):",
+            "",
+        ]
+        lines += [f"- {' → '.join(f'{n:02d}' for n in thread)}" for thread in threads]
+    return "\n".join(lines) + "\n"
+
+
+def _threads() -> list[list[int]]:
+    """For each challenge without prerequisites that others build on: it and its dependents."""
+    dependents: dict[int, set[int]] = {ch.number: set() for ch in CHALLENGES}
+    for ch in CHALLENGES:
+        for n in ch.prerequisites:
+            dependents.setdefault(n, set()).add(ch.number)
+    threads = []
+    for ch in CHALLENGES:
+        if ch.prerequisites or not dependents[ch.number]:
+            continue
+        seen: set[int] = set()
+        todo = [ch.number]
+        while todo:
+            for n in dependents.get(todo.pop(), ()):
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        threads.append([ch.number, *sorted(seen)])
+    return threads
+
+
+def _challenge(ch: Challenge) -> str:
+    prereqs = ", ".join(_ref(n) for n in ch.prerequisites) or "none"
+    objects = ", ".join(f"`{o}`" for o in ch.objects)
+    lines = [
+        f"### {ch.number:02d} · {ch.title}",
+        "",
+        f"- **Difficulty:** {_level(ch)}",
+        f"- **Prerequisites:** {prereqs}",
+        f"- **You write:** {objects} in `{ch.stem}.py`; graded by `test_{ch.stem}.py`",
+        f"- **Check it:** `peft-zoo check {ch.number}`"
+        + (
+            f" · {len(ch.hints)} hint{'s' if len(ch.hints) != 1 else ''}: `peft-zoo hint {ch.number}`"
+            if ch.hints
+            else ""
+        ),
+    ]
+    if ch.interview:
+        lines += ["- **Interview questions it prepares you for:**"]
+        lines += [f"  - {q}" for q in ch.interview]
+    return "\n".join(lines) + "\n"
+
+
+def render_readme() -> str:
+    """The full text of ``practice/<track>/README.md``."""
+    notice = (
+        "<!-- Generated by `peft-zoo build` from peft_zoo/exercises/manifest.py and "
+        "peft_zoo/exercises/readme.py: edit those, not this file. -->\n"
+    )
+    parts = [
+        notice + "\n" + INTRO.format(count=_count_word(len(CHALLENGES))),
+        WORKFLOW.format(track=TRACK),
+        _order(),
+        "## The challenges\n",
+        *(_challenge(ch) for ch in CHALLENGES),
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,42 @@
+"""Serial adapters (Houlsby et al., 2019, arXiv:1902.00751): insert a bottleneck adapter
+right after a frozen sublayer (attention or feed-forward), inside its residual stream.
+
+    h   = x + F(x)              the sublayer with its own residual       x, h: (..., d)
+    out = h + delta(h)          the adapter reads h and adds its delta   out: (..., d)
+
+One residual each. ``delta`` (``adapter.forward_delta``) starts at zero, so the block
+starts equal to ``x + F(x)``: the pretrained computation. The adapter sits *after* the
+sublayer, so it sees what the sublayer produced and can correct it; gradients reach the
+adapter through ``out`` and reach ``x`` through both the sublayer and the adapter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peft_zoo import BottleneckAdapter
+
+
+class AdapterBlock(nn.Module):
+    """Wrap ``sublayer`` (``(..., d) -> (..., d)``) with a serial ``adapter``.
+
+    Keep both as attributes ``self.sublayer`` and ``self.adapter`` (so their parameters
+    belong to the block). ``forward(x)``: ``h = x + sublayer(x)``, then return
+    ``h + adapter.forward_delta(h)``; shapes ``(..., d) -> (..., d)``. Use ``forward_delta``,
+    not ``adapter(h)``: calling the adapter adds its own copy of ``h``. About 4 lines.
+    """
+
+    def __init__(self, sublayer: nn.Module, adapter: BottleneckAdapter) -> None:
+        super().__init__()
+        # BEGIN SOLUTION: keep sublayer and adapter as attributes
+        self.sublayer = sublayer
+        self.adapter = adapter
+        # END SOLUTION
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., d) -> (..., d)``: the sublayer's residual, then the adapter's. 2 lines."""
+        # BEGIN SOLUTION: h = x + sublayer(x); return h + the adapter's delta of h
+        h = x + self.sublayer(x)  # (..., d): the sublayer's own residual
+        return h + self.adapter.forward_delta(h)  # (..., d): the adapter sees h and adds only its delta
+        # END SOLUTION

@@ -1,0 +1,43 @@
+"""Many tasks, one frozen model: keep one bottleneck adapter (Houlsby et al., 2019,
+arXiv:1902.00751) per task and choose which one to apply on each call.
+
+    out = x + delta_k(x)          k = adapter_id in [0, num_adapters)     x, out: (..., d)
+
+Each task costs only its adapter's ``2·d·r + r + d`` parameters; the base model is shared.
+Switching tasks is picking a different ``k``: nothing is reloaded or merged. Every adapter
+has its own weights (a list holding the same adapter ``n`` times would make every task share
+one), and an id outside the range is an error, not Python's count-from-the-end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peft_zoo import BottleneckAdapter
+
+
+class AdapterStack(nn.Module):
+    """``num_adapters`` independent ``BottleneckAdapter(d_model, bottleneck_dim)``, one per task.
+
+    Attribute to create: ``adapters``, an ``nn.ModuleList`` of ``num_adapters`` distinct
+    ``peft_zoo.BottleneckAdapter`` (each with its own parameters).
+    ``forward(x, adapter_id)``: ``(..., d_model) -> (..., d_model)``, returns
+    ``x + adapters[adapter_id].forward_delta(x)``. Raise ``IndexError`` naming the valid range
+    when ``adapter_id`` is outside ``[0, num_adapters)``, negative ids included. About 6 lines.
+    """
+
+    def __init__(self, d_model: int, bottleneck_dim: int, num_adapters: int) -> None:
+        super().__init__()
+        # BEGIN SOLUTION: self.adapters, an nn.ModuleList of num_adapters separate BottleneckAdapters
+        self.adapters = nn.ModuleList(BottleneckAdapter(d_model, bottleneck_dim) for _ in range(num_adapters))
+        # END SOLUTION
+
+    def forward(self, x: torch.Tensor, adapter_id: int) -> torch.Tensor:
+        """``(..., d) -> (..., d)`` through adapter ``adapter_id``; IndexError outside the range. 4 lines."""
+        # BEGIN SOLUTION: check 0 <= adapter_id < num_adapters (IndexError), then x + that adapter's delta
+        n = len(self.adapters)
+        if not 0 <= adapter_id < n:  # negative ids too: adapters[-1] would silently pick the last
+            raise IndexError(f"adapter_id {adapter_id} out of range: valid ids are 0..{n - 1} ({n} adapters)")
+        return x + self.adapters[adapter_id].forward_delta(x)  # (..., d)
+        # END SOLUTION

@@ -1,0 +1,47 @@
+# Challenge 09 · inject_ia3: replace named Linear layers with IA3Linear. Replace each TODO(ex09) with your code, then run:
+#     peft-zoo check 9        (or: pytest practice/13_lora_adapters/test_ex09_inject_ia3.py)
+# Stuck? `peft-zoo hint 9`. Start over: `peft-zoo reset 9` (your file is backed up).
+"""Injecting IA³ (Liu et al., 2022, arXiv:2205.05638) into an existing model.
+
+The mechanics are those of ``inject_lora`` (challenge 04): resolve each dotted path from
+``model.named_modules()``, check it names an ``nn.Linear``, then swap the layer for its
+adapted version *through its parent*. Only the wrapper changes: ``IA3Linear(linear)``
+freezes ``linear`` and adds one trainable vector ``scale`` of shape ``(out_features,)``.
+
+Which layers? The paper rescales the attention keys and values and the inner activations
+of the feed-forward block of a T0 model: one vector per rescaled activation, about 0.01%
+of the model's parameters, and in the paper's few-shot experiments it matched or beat
+full fine-tuning. In the small models here the keys and values are ``attn.branch.k`` and
+``attn.branch.v``.
+
+As before: validate every name before replacing any (a failing call must leave the model
+exactly as it was), and return the new parameters, in the order of the names.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peft_zoo import IA3Linear
+
+
+def inject_ia3(model: nn.Module, linear_names: list[str]) -> tuple[nn.Module, list[nn.Parameter]]:
+    """Replace each named ``nn.Linear`` of ``model`` (in place) with ``IA3Linear(linear)``.
+
+    Args:
+        model: any ``nn.Module``; modified in place and returned.
+        linear_names: dotted paths exactly as ``model.named_modules()`` prints them, each
+            naming an ``nn.Linear``.
+
+    Returns:
+        ``(model, params)`` with ``params == [scale_1, scale_2, ...]``: the ``scale`` of each
+        new layer, in the order of ``linear_names``, and nothing else.
+
+    Raises:
+        ValueError: naming the problem, when a name does not exist or is not an
+            ``nn.Linear``, before anything changes.
+
+    About 15 lines.
+    """
+    # TODO(ex09): resolve and check every name first (ValueError), then swap each Linear for an IA3Linear via its parent
+    raise NotImplementedError("ex09 (inject_ia3): inject_ia3 is not implemented yet")

@@ -1,0 +1,50 @@
+# Challenge 10 · inject_lora_recursive: LoRA on every Linear, exactly once. Replace each TODO(ex10) with your code, then run:
+#     peft-zoo check 10        (or: pytest practice/13_lora_adapters/test_ex10_inject_lora_recursive.py)
+# Stuck? `peft-zoo hint 10`. Start over: `peft-zoo reset 10` (your file is backed up).
+"""LoRA on every Linear layer: walking the module tree safely.
+
+``inject_lora`` (challenge 04) needs the names spelled out. Often you want "every linear
+layer" instead (QLoRA's recipe puts LoRA on all of them), so the injector finds the names
+itself with ``model.named_modules()``, which visits the whole tree depth-first, root first
+(name ``''``), each module once.
+
+Three traps:
+
+1. Do not replace modules while ``named_modules()`` is still walking the tree: collect the
+   names into a list first, then replace. (Changing a structure while you iterate over it
+   is fragile: a walk that reaches a freshly inserted ``LoRALinear`` finds its ``.base``,
+   an ``nn.Linear``, and wraps it again.)
+2. The model may already hold ``LoRALinear`` layers. Their ``.base`` is an ``nn.Linear``
+   but it is already adapted: wrapping it would put a LoRA inside a LoRA. A ``LoRALinear``
+   itself is not an ``nn.Linear``, so ``isinstance`` already leaves it alone.
+3. The root has no parent, so it cannot be replaced in place: if the model *is* an
+   ``nn.Linear``, refuse (``LoRALinear(model, rank)`` is what the caller wants).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peft_zoo import LoRALinear
+
+
+def inject_lora_recursive(
+    model: nn.Module, rank: int, alpha: float | None = None
+) -> tuple[nn.Module, list[nn.Parameter]]:
+    """Wrap every ``nn.Linear`` below the root of ``model`` (in place) in ``LoRALinear(linear, rank, alpha)``.
+
+    Each Linear is wrapped exactly once; a Linear that already is the ``.base`` of a
+    ``peft_zoo.LoRALinear`` is skipped.
+
+    Returns:
+        ``(model, params)``: the ``lora_A`` and ``lora_B`` of each NEW layer,
+        ``[A1, B1, A2, B2, ...]`` in module order (the order of ``model.named_modules()``);
+        no parameter of a LoRA layer that was already there.
+
+    Raises:
+        ValueError: ``model`` itself is an ``nn.Linear`` (the root cannot be replaced in place).
+
+    About 12 lines.
+    """
+    # TODO(ex10): refuse a Linear root; collect every Linear that is not a LoRA base (no mutation yet); then replace
+    raise NotImplementedError("ex10 (inject_lora_recursive): inject_lora_recursive is not implemented yet")

@@ -1,0 +1,193 @@
+"""Grader for challenge 06 · ParallelAdapterBlock. Run: peft-zoo check 6 (or pytest this file)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from peft_zoo import BottleneckAdapter
+from peft_zoo.exercises.grading import assert_matches, learner_code, require
+from peft_zoo.testing import dims, dtypes, explain, leading_shapes, ranks, seeds
+
+CHALLENGE = "ex06_parallel_adapter_block"
+pytestmark = pytest.mark.timeout(120)
+
+# Classic mistakes planted into a copy of the answer; the grader must reject every one.
+PLANTED_BUGS: list[tuple[str, str, str]] = [
+    (
+        "the adapter is fed the sublayer's output instead of x",
+        "self.adapter.forward_delta(x)",
+        "self.adapter.forward_delta(self.sublayer(x))",
+    ),
+    ("an extra residual x is added", "return self.sublayer(x) + ", "return x + self.sublayer(x) + "),
+    (
+        "adapter(x) instead of adapter.forward_delta(x) (the adapter's own residual sneaks in)",
+        "self.adapter.forward_delta(x)",
+        "self.adapter(x)",
+    ),
+    (
+        "the serial form: h = x + sublayer(x); h + delta(h)",
+        "return self.sublayer(x) + self.adapter.forward_delta(x)",
+        "return (h := x + self.sublayer(x)) + self.adapter.forward_delta(h)",
+    ),
+    ("the sublayer branch is dropped", "return self.sublayer(x) + ", "return x + "),
+]
+
+
+def _sublayer(d: int) -> nn.Module:
+    """A small feed-forward sublayer (..., d) -> (..., d)."""
+    return nn.Sequential(nn.Linear(d, 2 * d), nn.Tanh(), nn.Linear(2 * d, d))
+
+
+def _parts(d, r, seed, *, adapter_residual=True, trained=True):
+    """A sublayer and a ``peft_zoo.BottleneckAdapter``; ``trained`` gives up_proj random
+    values (as after some training) so the adapter's delta is not zero."""
+    torch.manual_seed(seed)
+    sub = _sublayer(d)
+    adapter = BottleneckAdapter(d, r, residual=adapter_residual)
+    if trained:
+        with torch.no_grad():
+            adapter.up_proj.weight.normal_(0.0, 0.5)
+            adapter.up_proj.bias.normal_(0.0, 0.5)
+    return sub, adapter
+
+
+def _pair(impl, ref, d, r, seed, *, dtype=torch.float32, **kw):
+    """The learner's block and the reference block around identical copies of one sublayer
+    and one adapter."""
+    (impl_cls,) = require(impl, "ParallelAdapterBlock")
+    sub, adapter = _parts(d, r, seed, **kw)
+    mine = impl_cls(copy.deepcopy(sub), copy.deepcopy(adapter)).to(dtype)
+    theirs = ref.ParallelAdapterBlock(copy.deepcopy(sub), copy.deepcopy(adapter)).to(dtype)
+    return mine, theirs
+
+
+def _bugs(theirs, x):
+    """What the classic mistakes would output for input ``x``."""
+    f, delta = theirs.sublayer, theirs.adapter.forward_delta
+    return {
+        "the adapter is fed the sublayer's output (sublayer(x) + delta(sublayer(x))): in the "
+        "parallel form both branches read x": lambda: f(x) + delta(f(x)),
+        "an extra residual x is added (x + sublayer(x) + delta(x)), e.g. by calling adapter(x), "
+        "which adds its own x": lambda: x + f(x) + delta(x),
+        "the serial form (h = x + sublayer(x); h + delta(h)) instead of the parallel one": lambda: (
+            x + f(x) + delta(x + f(x))
+        ),
+        "the sublayer branch is missing (x + delta(x))": lambda: x + delta(x),
+        "the adapter branch is missing (returns sublayer(x))": lambda: f(x),
+        "adapter(x) used: with adapter.residual=False it is delta(x) alone, the sublayer is lost": lambda: (
+            delta(x)
+        ),
+    }
+
+
+@settings(max_examples=10, deadline=None)
+@given(d=dims(), r=ranks(), seed=seeds())
+@learner_code()
+def test_keeps_the_sublayer_and_the_adapter(impl, d, r, seed) -> None:
+    (impl_cls,) = require(impl, "ParallelAdapterBlock")
+    sub, adapter = _parts(d, r, seed)
+    block = impl_cls(sub, adapter)
+    drawn = {"d_model": d, "bottleneck_dim": r, "seed": seed}
+    for name, given_module in (("sublayer", sub), ("adapter", adapter)):
+        assert getattr(block, name, None) is given_module, explain(
+            f"self.{name} must be the module you were given",
+            drawn=drawn,
+            got=f"{type(getattr(block, name, None)).__name__}",
+            hint="store it as is (no copy, no new module): its parameters then belong to the block",
+        )
+    expected = sorted([f"sublayer.{n}" for n, _ in sub.named_parameters()])
+    expected += sorted(f"adapter.{n}" for n, _ in adapter.named_parameters())
+    names = sorted(n for n, _ in block.named_parameters())
+    assert names == sorted(expected), explain(
+        "the block's parameters must be exactly the sublayer's and the adapter's",
+        drawn=drawn,
+        expected=str(sorted(expected)),
+        got=str(names),
+    )
+
+
+@settings(max_examples=15, deadline=None)
+@given(d=dims(), r=ranks(), lead=leading_shapes(), seed=seeds())
+@learner_code()
+def test_initialisation_equals_the_sublayer(impl, d, r, lead, seed) -> None:
+    (impl_cls,) = require(impl, "ParallelAdapterBlock")
+    sub, adapter = _parts(d, r, seed, trained=False)  # up_proj zero: delta(x) = 0
+    block = impl_cls(sub, adapter)
+    drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "seed": seed}
+    x = torch.randn(*lead, d)
+    with torch.no_grad():
+        fx = sub(x)
+        assert_matches(
+            block(x),
+            fx,
+            what="with a fresh adapter (delta = 0) the block must compute exactly sublayer(x)",
+            drawn=drawn,
+            bugs={
+                "an extra residual x is added (x + sublayer(x)): calling adapter(x), which adds its "
+                "own x, or the serial form h = x + sublayer(x) both do this; the parallel block adds "
+                "no residual": lambda: x + fx,
+                "the sublayer branch is missing (x + delta(x), which is x at initialisation)": lambda: x,
+            },
+        )
+
+
+@settings(max_examples=25, deadline=None)
+@example(d=4, r=2, lead=(3,), adapter_residual=False, dtype=torch.float32, seed=0)
+@example(d=4, r=2, lead=(3,), adapter_residual=True, dtype=torch.float64, seed=1)
+@given(
+    d=dims(),
+    r=ranks(),
+    lead=leading_shapes(),
+    adapter_residual=st.booleans(),
+    dtype=dtypes(),
+    seed=seeds(),
+)
+@learner_code()
+def test_forward_matches_reference(impl, ref, d, r, lead, adapter_residual, dtype, seed) -> None:
+    mine, theirs = _pair(impl, ref, d, r, seed, dtype=dtype, adapter_residual=adapter_residual)
+    drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "adapter.residual": adapter_residual}
+    drawn |= {"dtype": dtype, "seed": seed}
+    x = torch.randn(*lead, d, dtype=dtype)
+    with torch.no_grad():
+        assert_matches(
+            mine(x),
+            theirs(x),
+            what="forward(x) = sublayer(x) + adapter.forward_delta(x)",
+            drawn=drawn,
+            bugs=_bugs(theirs, x),
+        )
+
+
+@settings(max_examples=15, deadline=None)
+@given(d=dims(), r=ranks(), lead=leading_shapes(max_dims=2), seed=seeds())
+@learner_code()
+def test_gradients_match_reference(impl, ref, d, r, lead, seed) -> None:
+    mine, theirs = _pair(impl, ref, d, r, seed, dtype=torch.float64)
+    drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "seed": seed}
+    x = torch.randn(*lead, d, dtype=torch.float64)
+    g = torch.randn(*lead, d, dtype=torch.float64)
+    x_mine, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    (mine(x_mine) * g).sum().backward()
+    (theirs(x_ref) * g).sum().backward()
+    own = dict(mine.named_parameters())
+    for name, p in theirs.named_parameters():
+        got = own[name].grad if name in own else None
+        assert got is not None, explain(
+            f"{name} received no gradient",
+            drawn=drawn,
+            hint="is part of the path detached, or computed outside forward?",
+        )
+        assert_matches(got, p.grad, what=f"gradient of {name}", drawn=drawn)
+    assert_matches(
+        x_mine.grad,
+        x_ref.grad,
+        what="gradient with respect to the input x",
+        drawn=drawn,
+        bugs={"an extra residual x (its gradient g is added once more)": lambda: x_ref.grad + g},
+    )
