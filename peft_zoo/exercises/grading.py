@@ -194,3 +194,40 @@ def assert_matches(
         if found:
             hint = f"your result equals what this classic bug produces: {found}"
     assert_close(actual, expected, what=what, drawn=drawn, hint=hint)
+
+
+def assert_gradients_match(
+    mine: torch.nn.Module,
+    theirs: torch.nn.Module,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    drawn: Mapping[str, Any],
+    input_bugs: Callable[[torch.Tensor], Mapping[str, Callable[[], torch.Tensor]]] | None = None,
+) -> None:
+    """Backpropagate the upstream gradient ``g`` through ``mine(x)`` and ``theirs(x)`` and compare
+    the gradient of every reference parameter (matched by name) and of the input ``x``.
+
+    ``input_bugs(reference_input_grad)`` may name classic mistakes for the input gradient.
+    """
+    from peft_zoo.testing import explain
+
+    x_mine, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    (mine(x_mine) * g).sum().backward()
+    (theirs(x_ref) * g).sum().backward()
+    own = dict(mine.named_parameters())
+    for name, p in theirs.named_parameters():
+        got = own[name].grad if name in own else None
+        assert got is not None, explain(
+            f"{name} received no gradient",
+            drawn=drawn,
+            hint="is part of the path detached (.detach(), .data, torch.no_grad()) inside forward?",
+        )
+        assert_matches(got, p.grad, what=f"gradient of {name}", drawn=drawn)
+    assert_matches(
+        x_mine.grad,
+        x_ref.grad,
+        what="gradient with respect to the input x",
+        drawn=drawn,
+        bugs=None if input_bugs is None else input_bugs(x_ref.grad),
+    )

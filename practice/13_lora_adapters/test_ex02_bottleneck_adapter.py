@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import assert_matches, learner_code, require
+from peft_zoo.exercises.grading import assert_gradients_match, assert_matches, learner_code, require
 from peft_zoo.testing import dims, dtypes, explain, leading_shapes, ranks, seeds
 
 CHALLENGE = "ex02_bottleneck_adapter"
@@ -287,22 +287,13 @@ def test_gradients_match_reference(impl, ref, d, r, lead, activation, residual, 
     drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "activation": activation, "residual": residual}
     x = torch.randn(*lead, d, dtype=torch.float64)
     g = torch.randn(*lead, d, dtype=torch.float64)
-    x_mine, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    (mine(x_mine) * g).sum().backward()
-    (theirs(x_ref) * g).sum().backward()
-    own = dict(mine.named_parameters())
-    for name, p in theirs.named_parameters():
-        got = own[name].grad
-        assert got is not None, explain(
-            f"{name} received no gradient",
-            drawn=drawn,
-            hint="is part of the path detached (.detach(), .data, torch.no_grad()) inside forward?",
-        )
-        assert_matches(got, p.grad, what=f"gradient of {name}", drawn=drawn)
-    assert_matches(
-        x_mine.grad,
-        x_ref.grad,
-        what="gradient with respect to the input x",
+    assert_gradients_match(
+        mine,
+        theirs,
+        x,
+        g,
         drawn=drawn,
-        bugs={"the residual's gradient is missing or doubled": lambda: x_ref.grad + (-g if residual else g)},
+        input_bugs=lambda ref_grad: {
+            "the residual's gradient is missing or doubled": lambda: ref_grad + (-g if residual else g)
+        },
     )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from peft_zoo import BottleneckAdapter
-from peft_zoo.exercises.grading import assert_matches, learner_code, require
+from peft_zoo.exercises.grading import assert_gradients_match, assert_matches, learner_code, require
 from peft_zoo.testing import dims, dtypes, explain, leading_shapes, ranks, seeds
 
 CHALLENGE = "ex06_parallel_adapter_block"
@@ -172,22 +172,13 @@ def test_gradients_match_reference(impl, ref, d, r, lead, seed) -> None:
     drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "seed": seed}
     x = torch.randn(*lead, d, dtype=torch.float64)
     g = torch.randn(*lead, d, dtype=torch.float64)
-    x_mine, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    (mine(x_mine) * g).sum().backward()
-    (theirs(x_ref) * g).sum().backward()
-    own = dict(mine.named_parameters())
-    for name, p in theirs.named_parameters():
-        got = own[name].grad if name in own else None
-        assert got is not None, explain(
-            f"{name} received no gradient",
-            drawn=drawn,
-            hint="is part of the path detached, or computed outside forward?",
-        )
-        assert_matches(got, p.grad, what=f"gradient of {name}", drawn=drawn)
-    assert_matches(
-        x_mine.grad,
-        x_ref.grad,
-        what="gradient with respect to the input x",
+    assert_gradients_match(
+        mine,
+        theirs,
+        x,
+        g,
         drawn=drawn,
-        bugs={"an extra residual x (its gradient g is added once more)": lambda: x_ref.grad + g},
+        input_bugs=lambda ref_grad: {
+            "an extra residual x (its gradient g is added once more)": lambda: ref_grad + g
+        },
     )
