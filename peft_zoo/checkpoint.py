@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import struct
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule
+from ._io import atomic_write
 from .inject import adapter_named_parameters
 
 FORMAT = "peft_zoo.adapter"
@@ -82,23 +82,6 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- saving
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    # A fresh name in the same directory (so the rename is atomic), created with O_EXCL and
-    # mode 0o666 so the umask gives it the permissions open() would.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Save only the adapter tensors of ``model`` and their config.
 
@@ -117,11 +100,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.suffix == ".safetensors":
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, blob)
+        atomic_write(path, blob)
         return path
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / WEIGHTS_NAME, blob)
-    _atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(path / WEIGHTS_NAME, blob)
+    atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
     return path / WEIGHTS_NAME
 
 

@@ -25,21 +25,6 @@ from peft_zoo.exercises.grading import assert_matches
 from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerBlock, TinyTransformerConfig
 from peft_zoo.testing import alphas, assert_model_unchanged, explain, fingerprint, seeds
 
-# ----------------------------------------------------------------------------- threads
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run tiny-model arithmetic on one thread: on a busy 2-core machine torch's intra-op
-    threads mostly wait for each other (about 30x slower for these models)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- the model zoo
 
 
@@ -89,8 +74,7 @@ SQUARE_KINDS: tuple[str, ...] = ("TinyMLP", "TinyTransformerBlock", "Stack")
 def build_model(kind: str, seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
     """A fresh model of ``kind`` in ``dtype``; the same ``seed`` gives the same weights."""
     torch.manual_seed(seed)
-    with one_thread():
-        return _BUILDERS[kind]().to(dtype)
+    return _BUILDERS[kind]().to(dtype)
 
 
 def example_input(kind: str, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -619,19 +603,6 @@ def compare_outputs_and_grads(
 ) -> None:
     """Give the adapter parameters ``adapter_names`` identical random values in both models,
     then compare the outputs and the gradients of every parameter."""
-    with one_thread():
-        _compare_outputs_and_grads(mine, theirs, adapter_names, x, drawn=drawn, seed=seed)
-
-
-def _compare_outputs_and_grads(
-    mine: nn.Module,
-    theirs: nn.Module,
-    adapter_names: Sequence[str],
-    x: torch.Tensor,
-    *,
-    drawn: Mapping[str, Any],
-    seed: int,
-) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name in adapter_names:

@@ -26,7 +26,6 @@ from peft_zoo.exercises.injection_checks import (
     example_input,
     injection_cases,
     library_function_closed,
-    one_thread,
     unpack,
 )
 from peft_zoo.testing import explain
@@ -95,7 +94,7 @@ def _build_both(impl, ref, case):
     before = dict(base.named_modules())
     args = (list(case["names"]), case["rank"], case["alpha"], case["adapter_bottleneck"])
     torch.manual_seed(case["seed"])  # the adapter's random down projection: same draw for both
-    with library_function_closed("build_lora_adapter_model", "build_lora_adapter_model"), one_thread():
+    with library_function_closed("build_lora_adapter_model", "build_lora_adapter_model"):
         out = call(
             build,
             base,
@@ -108,8 +107,7 @@ def _build_both(impl, ref, case):
         )
     mine, params = unpack(out, base, what="build_lora_adapter_model", drawn=drawn, in_place=False)
     torch.manual_seed(case["seed"])
-    with one_thread():
-        theirs, _ = ref.build_lora_adapter_model(ref_base, *args)
+    theirs, _ = ref.build_lora_adapter_model(ref_base, *args)
     return mine, theirs, base, before, params
 
 
@@ -204,7 +202,7 @@ def test_starts_equal_to_the_base_and_matches_the_reference(impl, ref, case) -> 
     check_same_tree(mine, theirs, drawn=drawn)
     x = example_input(case["model"], case["seed"], DTYPE)
     original = build_model(case["model"], case["seed"], DTYPE)
-    with torch.no_grad(), one_thread():
+    with torch.no_grad():
         # B = 0 and up_proj = 0 at initialisation: LoRA adds nothing, the adapter block is x + base(x).
         at_init = original(x) if case["adapter_bottleneck"] is None else x + original(x)
         assert_matches(
