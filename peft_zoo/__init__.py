@@ -7,6 +7,9 @@ Every public building block is importable from here::
 
 from ._base import AdapterModule, merge_adapters, unmerge_adapters
 from .adapters import AdapterBlock, AdapterStack, BottleneckAdapter, ParallelAdapterBlock
+from .bank import AdapterBank, BankError
+from .batched import BatchedLoRALinear, Routing, batched_lora_layers, inject_batched_lora, use_adapters
+from .cache import CacheStats, EmbeddingCache
 from .checkpoint import (
     CheckpointError,
     adapter_config,
@@ -31,30 +34,41 @@ from .inject import (
 )
 from .lora import LoRALinear, lora_scale
 from .prefix import LearnablePrefix, PrefixKV
+from .targets import find_targets, layer_index, target_matches
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterBank",
     "AdapterBlock",
     "AdapterModule",
     "AdapterStack",
+    "BankError",
+    "BatchedLoRALinear",
     "BottleneckAdapter",
+    "CacheStats",
     "CheckpointError",
+    "EmbeddingCache",
     "IA3Linear",
     "InjectionError",
     "LearnablePrefix",
     "LoRALinear",
     "ParallelAdapterBlock",
     "PrefixKV",
+    "Routing",
     "__version__",
     "adapter_config",
     "adapter_named_parameters",
     "adapter_state_dict",
+    "batched_lora_layers",
     "build_lora_adapter_model",
     "count_parameters",
+    "find_targets",
+    "inject_batched_lora",
     "inject_ia3",
     "inject_lora",
     "inject_lora_recursive",
+    "layer_index",
     "load_adapter",
     "load_adapter_state_dict",
     "lora_scale",
@@ -63,6 +77,8 @@ __all__ = [
     "print_trainable_parameters",
     "read_adapter",
     "save_adapter",
+    "target_matches",
     "trainable_parameters",
     "unmerge_adapters",
+    "use_adapters",
 ]

@@ -262,6 +262,56 @@ CHALLENGES: tuple[Challenge, ...] = (
             "Which cheap checks would you run before a long LoRA fine-tune, and what does each catch?",
         ),
     ),
+    Challenge(
+        16,
+        "batched_lora",
+        "batched_lora: many LoRA adapters in one batch (gather + bmm)",
+        3,
+        ("batched_lora_delta", "batched_lora_forward"),
+        prerequisites=(1, 11),
+        hints=(
+            "Validate first: one id per sample, x's last dim equal to lora_A's, every id in [-1, N); "
+            "raise ValueError naming the bad id and the valid range.",
+            "Never index with a raw -1: lora_A[-1] is the LAST adapter. Gather with idx = ids.clamp(min=0) "
+            "and give the base-only samples a scale of exactly 0.",
+            "lora_A[idx] is (B, r, in): torch.bmm(x, A.transpose(1, 2)) gives (B, T, r), then torch.bmm(h, "
+            "B.transpose(1, 2)) with B = lora_B[idx] gives (B, T, out).",
+            "The per-sample scale is scale[idx] * (ids >= 0), indexed by id, not by position b; reshape it "
+            "to (B, 1, 1) so it broadcasts over T and out. forward = base(x) + delta.",
+        ),
+        interview=(
+            "How do you serve many LoRA fine-tunes of one base in a single batch, and why can't you merge?",
+            "What does the gather in gather-and-bmm cost, and when do segmented kernels (Punica's SGMV, "
+            "S-LoRA) win?",
+            "Why is -1 a dangerous sentinel for 'no adapter' in PyTorch indexing, and how do you make "
+            "those rows exactly the base output with zero gradient into every adapter?",
+        ),
+    ),
+    Challenge(
+        17,
+        "embedding_cache",
+        "embedding_cache: a versioned LRU cache that never serves stale embeddings",
+        2,
+        ("VersionedLRUCache",),
+        prerequisites=(16,),
+        hints=(
+            "Key every entry by (key, adapter, version(adapter)): after bump(adapter) the old entries "
+            "can never be hit again, and bump stays O(1).",
+            "collections.OrderedDict is an LRU: move_to_end(k) marks k most recent (on a hit and on put), "
+            "popitem(last=False) removes the least recent (the front).",
+            "Insert first, then evict while len > capacity: a full cache holds exactly capacity entries.",
+            "In lookup, get() each item in order, collect the first position of each missing (key, adapter) "
+            "pair, call compute once with those positions (not at all if nothing missed), put each row, "
+            "and reuse it for duplicates.",
+        ),
+        interview=(
+            "Why put the adapter version in the cache key instead of deleting an adapter's entries on "
+            "every update?",
+            "How is an LRU cache built so that get, put and evict are all O(1)?",
+            "When one adapter of many is retrained, what else goes stale in a serving stack (cached "
+            "embeddings, KV caches, merged weights), and how do you invalidate each?",
+        ),
+    ),
 )
 
 BY_NUMBER = {c.number: c for c in CHALLENGES}

@@ -16,9 +16,11 @@ INTRO = """\
 
 {count} short challenges that rebuild the heart of `peft_zoo` by hand: the LoRA layer,
 bottleneck and parallel adapters, prefix tuning, IA³, injecting all of them into an
-existing model, merging, adapter-only checkpoints, parameter counting, and finally the
-sanity checks you would want before trusting a long fine-tune. Each one is a stub of a
-few lines with `TODO` markers; you fill it in and a grader tells you whether it is right.
+existing model, merging, adapter-only checkpoints, parameter counting, the sanity checks
+you would want before trusting a long fine-tune, and finally serving: many adapters in one
+batch and a cache that never returns an embedding computed by an adapter's old weights.
+Each one is a stub of a few lines with `TODO` markers; you fill it in and a grader tells
+you whether it is right.
 
 The graders are property-based (hypothesis): they draw many shapes, ranks, dtypes and
 seeds, run your code next to the reference answer, and compare. When something is off

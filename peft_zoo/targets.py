@@ -1,0 +1,188 @@
+"""Choose which modules to adapt, by name, with the same rules as Hugging Face PEFT.
+
+A module is addressed by its dotted path in ``model.named_modules()``
+(``"bert.encoder.layer.3.attention.self.query"``). The rules, chosen so that one config
+means the same modules here and in PEFT (``peft.tuners.tuners_utils.check_target_module_exists``):
+
+- ``target_modules`` as a **list**: a name matches when it equals an entry or ends with
+  ``"." + entry`` (``"query"`` matches every layer's query projection).
+- ``target_modules`` as a **string**: a regular expression that must match the *whole* name
+  (``r".*\\.layer\\.1\\d\\..*(query|value)"``), or ``"all-linear"``: every linear layer except
+  the output head.
+- ``exclude_modules``: the same two forms; an excluded name never matches.
+- ``layers_to_transform``: an int or a list of ints; with a *list* of ``target_modules``, only
+  modules whose layer index is in it match. The index is the first number that follows a
+  ``layers_pattern`` component (``"layer"``, ``"h"``, ``"layers"``...), or, without a
+  pattern, the first ``.<name>.<number>.`` in the path. As in PEFT, a name listed exactly in
+  ``target_modules`` and a regex ``target_modules`` ignore ``layers_to_transform``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+ALL_LINEAR = "all-linear"
+# Names that usually hold a model's output layer; "all-linear" never adapts them.
+HEAD_NAMES = ("lm_head", "head", "classifier", "score", "cls", "output_layer")
+
+TargetSpec = str | Sequence[str]
+
+
+def _excluded(key: str, exclude_modules: TargetSpec | None) -> bool:
+    if not exclude_modules:
+        return False
+    if isinstance(exclude_modules, str):
+        return re.fullmatch(exclude_modules, key) is not None
+    return key in exclude_modules or any(key.endswith(f".{e}") for e in exclude_modules)
+
+
+def layer_index(key: str, layers_pattern: str | Sequence[str] | None = None) -> int | None:
+    """The transformer-layer index in a module path, or ``None`` when it has none.
+
+    ``layer_index("encoder.layer.11.attention.self.query") == 11``. With ``layers_pattern``
+    (``"layer"`` or a list of candidates) the index is the number right after that component;
+    the *first* match counts, so an expert index deeper in the path is never taken for it.
+    """
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
+        match = None
+        for pattern in patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    return int(match.group("idx")) if match else None
+
+
+def target_matches(
+    key: str,
+    target_modules: TargetSpec,
+    *,
+    exclude_modules: TargetSpec | None = None,
+    layers_to_transform: int | Iterable[int] | None = None,
+    layers_pattern: str | Sequence[str] | None = None,
+) -> bool:
+    """Does the module path ``key`` match? (PEFT's rules; see the module docstring.)"""
+    if _excluded(key, exclude_modules):
+        return False
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, key) is not None
+    if key in target_modules:
+        return True
+    if not any(key.endswith(f".{t}") for t in target_modules):
+        return False
+    if layers_to_transform is None:
+        return True
+    wanted = {layers_to_transform} if isinstance(layers_to_transform, int) else set(layers_to_transform)
+    if not wanted and not isinstance(layers_to_transform, int):
+        return True  # an empty list means "no restriction", as in PEFT
+    index = layer_index(key, layers_pattern)
+    return index is not None and index in wanted
+
+
+def output_head_names(model: nn.Module) -> set[str]:
+    """Names of the model's output layer(s), which ``"all-linear"`` leaves alone: the module
+    ``model.get_output_embeddings()`` returns (``transformers`` models), else top-level
+    modules with a usual head name."""
+    names: set[str] = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    if out is not None:
+        names.update(n for n, m in model.named_modules() if m is out)
+    if not names:
+        names.update(n for n in HEAD_NAMES if n in dict(model.named_children()))
+    return names
+
+
+def _target_hint(target: str, names: Sequence[str]) -> str:
+    """Why ``target`` selected nothing, with close names: targets are usually the last
+    component(s) of a path (``"qeury"`` -> ``"query"``), so compare with those first."""
+    hits = [n for n in names if n == target or n.endswith("." + target)]
+    if hits:
+        return f"{target!r} names {hits[:5]}, but layers_to_transform / exclude_modules rule them out"
+    depth = target.count(".") + 1
+    suffixes = sorted({".".join(n.split(".")[-depth:]) for n in names})
+    close = difflib.get_close_matches(target, suffixes, n=5, cutoff=0.6) or difflib.get_close_matches(
+        target, names, n=5, cutoff=0.5
+    )
+    hint = f"; did you mean {close}?" if close else ""
+    return f"no module named {target!r} in the model{hint}"
+
+
+def find_targets(
+    model: nn.Module,
+    target_modules: TargetSpec,
+    *,
+    exclude_modules: TargetSpec | None = None,
+    layers_to_transform: int | Iterable[int] | None = None,
+    layers_pattern: str | Sequence[str] | None = None,
+    types: tuple[type[nn.Module], ...] = (nn.Linear,),
+) -> list[str]:
+    """The dotted names of the ``types`` modules in ``model`` that the rules select, in
+    ``named_modules()`` order. Modules inside an already-injected adapter layer (its frozen
+    base) are never returned.
+
+    Raises ``InjectionError`` when nothing matches, listing close names, so a typo is never
+    a silent no-op. ``"all-linear"`` selects every module of ``types`` except the output head
+    and anything inside it.
+    """
+    from ._base import AdapterModule
+    from .inject import InjectionError
+
+    if layers_to_transform is not None and isinstance(target_modules, str):
+        raise InjectionError(
+            "layers_to_transform only works with a list of target_modules; with a regex, write "
+            "the layer numbers into the pattern"
+        )
+    inside_adapter = {
+        id(sub)
+        for module in model.modules()
+        if isinstance(module, AdapterModule)
+        for sub in module.modules()
+        if sub is not module
+    }
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and isinstance(module, types) and id(module) not in inside_adapter
+    ]
+    if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
+        heads = output_head_names(model)
+        return [
+            name
+            for name, _ in candidates
+            if not any(name == h or name.startswith(h + ".") for h in heads)
+            and not _excluded(name, exclude_modules)
+        ]
+    chosen = [
+        name
+        for name, _ in candidates
+        if target_matches(
+            name,
+            target_modules,
+            exclude_modules=exclude_modules,
+            layers_to_transform=layers_to_transform,
+            layers_pattern=layers_pattern,
+        )
+    ]
+    if not chosen:
+        all_names = [n for n, _ in candidates]
+        wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+        hints = "; ".join(_target_hint(t, all_names) for t in wanted[:5])
+        kinds = "/".join(t.__name__ for t in types)
+        raise InjectionError(
+            f"no {kinds} module matches target_modules={target_modules!r}"
+            + (
+                f" with layers_to_transform={layers_to_transform!r}"
+                if layers_to_transform is not None
+                else ""
+            )
+            + (f" and exclude_modules={exclude_modules!r}" if exclude_modules else "")
+            + f" ({hints})"
+        )
+    return chosen

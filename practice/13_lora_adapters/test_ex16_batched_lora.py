@@ -1,0 +1,464 @@
+"""Grader for challenge 16 · batched_lora. Run: peft-zoo check 16 (or pytest this file)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.func import functional_call
+
+from peft_zoo import LoRALinear
+from peft_zoo.exercises.grading import assert_gradients_match, assert_matches, learner_code, require
+from peft_zoo.testing import explain, seeds
+
+CHALLENGE = "ex16_batched_lora"
+pytestmark = pytest.mark.timeout(120)
+
+# Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
+PLANTED_BUGS: list[tuple[str, str, str]] = [
+    (
+        "ids shifted by one (sample with id i uses adapter i + 1)",
+        "idx = adapter_ids.clamp(min=0)",
+        "idx = (adapter_ids.clamp(min=0) + 1) % n",
+    ),
+    (
+        "ids treated as 1-based (adapter i - 1)",
+        "idx = adapter_ids.clamp(min=0)",
+        "idx = (adapter_ids - 1).clamp(min=0)",
+    ),
+    (
+        "-1 not handled: lora_A[ids] silently picks the LAST adapter",
+        "    idx = adapter_ids.clamp(min=0)",
+        "    idx = adapter_ids\n    adapter_ids = adapter_ids.clamp(min=0)",
+    ),
+    (
+        "-1 clamped to adapter 0 but never masked (base-only samples get adapter 0)",
+        "* (adapter_ids >= 0).to(x.dtype)",
+        "* torch.ones_like(adapter_ids).to(x.dtype)",
+    ),
+    (
+        "scale of adapter 0 used for every sample",
+        "s = scale[idx].to(x.dtype)",
+        "s = scale[0].to(x.dtype)",
+    ),
+    (
+        "scale indexed by position b instead of by adapter id",
+        "s = scale[idx].to(x.dtype)",
+        "s = scale[torch.arange(len(idx)) % n].to(x.dtype)",
+    ),
+    (
+        "A and B swapped in the gather",
+        "    A = lora_A[idx]  # (B, r, in): sample b's A\n    B = lora_B[idx]  # (B, out, r): sample b's B\n",
+        "    A = lora_B[idx].transpose(1, 2)\n    B = lora_A[idx].transpose(1, 2)\n",
+    ),
+    (
+        "A reshaped instead of transposed (a (r, in) -> (in, r) view scrambles the matrix)",
+        "h = torch.bmm(x, A.transpose(1, 2))",
+        "h = torch.bmm(x, A.reshape(A.shape[0], A.shape[2], A.shape[1]))",
+    ),
+    ("scale missing", "return y * s.view(-1, 1, 1)", "return y"),
+    (
+        "ids >= N not rejected with a ValueError (off-by-one bound)",
+        "(adapter_ids < -1) | (adapter_ids >= n)",
+        "(adapter_ids < -1) | (adapter_ids > n)",
+    ),
+    (
+        "ids below -1 not rejected",
+        "(adapter_ids < -1) | (adapter_ids >= n)",
+        "(adapter_ids >= n)",
+    ),
+    (
+        "the number of ids is not checked against the batch",
+        "if tuple(adapter_ids.shape) != (x.shape[0],):",
+        "if adapter_ids.dim() != 1:",
+    ),
+    (
+        "the ids are clamped in place: the caller's -1 become 0",
+        "idx = adapter_ids.clamp(min=0)",
+        "idx = adapter_ids.clamp_(min=0)",
+    ),
+]
+
+
+@st.composite
+def setups(draw: st.DrawFn, base_only: bool = False, adapted: bool = False) -> dict:
+    """Batch, sequence, number of adapters, rank, features, and one id per sample (with -1 and
+    repeats); ``base_only=True`` makes at least one sample base-only (id -1), ``adapted=True``
+    at least one sample use an adapter."""
+    n = draw(st.integers(1, 4))
+    batch = draw(st.integers(1, 5))
+    ids = draw(st.lists(st.integers(-1, n - 1), min_size=batch, max_size=batch))
+    if base_only and -1 not in ids:
+        ids[draw(st.integers(0, batch - 1))] = -1
+    if adapted and all(i == -1 for i in ids):
+        ids[draw(st.integers(0, batch - 1))] = draw(st.integers(0, n - 1))
+    return {
+        "B": batch,
+        "T": draw(st.integers(1, 3)),
+        "N": n,
+        "r": draw(st.integers(1, 4)),
+        "in": draw(st.integers(1, 6)),
+        "out": draw(st.integers(1, 6)),
+        "ids": ids,
+        "seed": draw(seeds()),
+    }
+
+
+def _tensors(setup, dtype=torch.float32):
+    """A frozen base, x (B, T, in), ids (B,), stacked A (N, r, in), B (N, out, r) and distinct scales (N,)."""
+    torch.manual_seed(setup["seed"])
+    base = nn.Linear(setup["in"], setup["out"], dtype=dtype).requires_grad_(False)
+    x = torch.randn(setup["B"], setup["T"], setup["in"], dtype=dtype)
+    ids = torch.tensor(setup["ids"], dtype=torch.long)
+    A = torch.randn(setup["N"], setup["r"], setup["in"], dtype=dtype)
+    B = torch.randn(setup["N"], setup["out"], setup["r"], dtype=dtype)
+    scale = (
+        0.5 + torch.arange(setup["N"], dtype=dtype) + torch.rand(setup["N"], dtype=dtype) / 2
+    )  # all distinct
+    return base, x, ids, A, B, scale
+
+
+def _loop_reference(base, x, ids, A, B, scale):
+    """Each sample alone through a peft_zoo.LoRALinear holding its adapter (the base alone for -1)."""
+    rows = []
+    for b, i in enumerate(ids.tolist()):
+        if i == -1:
+            rows.append(base(x[b]))
+            continue
+        layer = LoRALinear(base, A.shape[1])
+        layer.scale = float(scale[i])
+        # functional_call swaps in A[i] and B[i] for the layer's parameters, so gradients
+        # flow back into the stacked tensors.
+        rows.append(functional_call(layer, {"lora_A": A[i], "lora_B": B[i]}, (x[b],)))
+    return torch.stack(rows)  # (B, T, out)
+
+
+def _with(base, x, ids, A, B, scale, pick, scale_of, *, mask_minus_one=True, use_scale=True):
+    """What a forward computes when sample b uses adapter ``pick(b, i)`` and scale ``scale_of(b, i)``."""
+    n = A.shape[0]
+    rows = []
+    for b, i in enumerate(ids.tolist()):
+        if i == -1 and mask_minus_one:
+            rows.append(base(x[b]))
+            continue
+        k = pick(b, i) % n
+        s = scale_of(b, i) if use_scale else 1.0
+        rows.append(base(x[b]) + s * (x[b] @ A[k].T @ B[k].T))
+    return torch.stack(rows)
+
+
+def _bugs(base, x, ids, A, B, scale):
+    """What the classic mistakes would output for these inputs."""
+    n = A.shape[0]
+
+    def by_id(b, i):
+        return scale[i % n]
+
+    table = {
+        "-1 picked the LAST adapter (plain lora_A[ids]: Python negative indexing)": (
+            lambda b, i: i % n,
+            by_id,
+            {"mask_minus_one": False},
+        ),
+        "-1 was clamped to 0 but never masked: base-only samples got adapter 0": (
+            lambda b, i: max(i, 0),
+            lambda b, i: scale[max(i, 0)],
+            {"mask_minus_one": False},
+        ),
+        "ids shifted by one: id i used adapter i + 1": (
+            lambda b, i: i + 1,
+            lambda b, i: scale[(i + 1) % n],
+            {},
+        ),
+        "ids shifted by one: id i used adapter i - 1 (1-based ids)": (
+            lambda b, i: i - 1,
+            lambda b, i: scale[(i - 1) % n],
+            {},
+        ),
+        "the scale of adapter 0 is used for every sample": (lambda b, i: i, lambda b, i: scale[0], {}),
+        "the scale is indexed by position b instead of by the sample's adapter id": (
+            lambda b, i: i,
+            lambda b, i: scale[b % n],
+            {},
+        ),
+        "the scale is missing (no alpha / r)": (lambda b, i: i, by_id, {"use_scale": False}),
+        "the scale is missing and -1 picked the last adapter": (
+            lambda b, i: i % n,
+            by_id,
+            {"use_scale": False, "mask_minus_one": False},
+        ),
+        "the scale is missing and -1 picked adapter 0": (
+            lambda b, i: max(i, 0),
+            by_id,
+            {"use_scale": False, "mask_minus_one": False},
+        ),
+    }
+    out = {
+        name: (lambda pick=pick, sc=sc, kw=kw: _with(base, x, ids, A, B, scale, pick, sc, **kw))
+        for name, (pick, sc, kw) in table.items()
+    }
+    out["A and B swapped (x @ B @ A instead of x @ A^T @ B^T)"] = lambda: (
+        base(x) + _per_sample(x, ids, scale, lambda i: B[i], lambda i: A[i])
+    )
+    out["A reshaped instead of transposed (A.view(in, r) is not A^T)"] = lambda: (
+        base(x) + _per_sample(x, ids, scale, lambda i: A[i].reshape(A.shape[2], A.shape[1]), lambda i: B[i].T)
+    )
+    out["the LoRA path is never added (output = base(x))"] = lambda: base(x)
+    out["the base output is missing (only the LoRA delta)"] = lambda: (
+        _with(base, x, ids, A, B, scale, lambda b, i: i, by_id) - base(x)
+    )
+    return out
+
+
+def _per_sample(x, ids, scale, first, second):
+    """``scale[i] * x[b] @ first(i) @ second(i)`` per sample (zero for id -1): for wrong-matrix bugs."""
+    rows = []
+    for b, i in enumerate(ids.tolist()):
+        if i == -1:
+            rows.append(torch.zeros(x.shape[1], second(0).shape[1], dtype=x.dtype))
+        else:
+            rows.append(scale[i] * (x[b] @ first(i) @ second(i)))
+    return torch.stack(rows)
+
+
+def _drawn(setup, **extra):
+    return {**setup, **extra}
+
+
+def _check_output(got, expected, setup, bugs, *, what):
+    """Compare the whole output; on a mismatch, point at the first wrong sample and its id."""
+    ids = setup["ids"]
+    drawn = _drawn(setup)
+    if isinstance(got, torch.Tensor) and got.shape == expected.shape:
+        rtol, atol = (1e-9, 1e-10) if expected.dtype == torch.float64 else (1e-4, 1e-5)
+        for b in range(expected.shape[0]):
+            if not torch.allclose(got[b].double(), expected[b].double(), rtol=rtol, atol=atol):
+                row_bugs = {name: (lambda f=f, b=b: f()[b]) for name, f in bugs.items()}
+                assert_matches(
+                    got[b],
+                    expected[b],
+                    what=f"{what}: sample b={b} (adapter id {ids[b]}) is wrong",
+                    drawn=drawn,
+                    bugs=row_bugs,
+                    hint=None
+                    if ids[b] != -1
+                    else "a sample with id -1 must get exactly base(x[b]): no adapter, no scale",
+                )
+    assert_matches(got, expected, what=what, drawn=drawn, bugs=bugs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(setup=setups())
+@example(setup={"B": 3, "T": 2, "N": 3, "r": 2, "in": 3, "out": 4, "ids": [-1, 2, 0], "seed": 0})
+@example(setup={"B": 4, "T": 1, "N": 2, "r": 1, "in": 2, "out": 2, "ids": [1, 1, 0, 1], "seed": 1})
+@learner_code()
+def test_forward_matches_a_loop_of_lora_linear_layers(impl, ref, setup) -> None:
+    (forward,) = require(impl, "batched_lora_forward")
+    base, x, ids, A, B, scale = _tensors(setup)
+    originals = [t.clone() for t in (x, ids, A, B, scale)]
+    with torch.no_grad():
+        got = forward(base, x, ids, A, B, scale)
+        expected = _loop_reference(base, x, ids, A, B, scale)
+        bugs = _bugs(base, x, ids, A, B, scale)
+        _check_output(got, expected, setup, bugs, what="batched_lora_forward vs one LoRALinear per sample")
+        _check_output(
+            got,
+            ref.batched_lora_forward(base, x, ids, A, B, scale),
+            setup,
+            bugs,
+            what="batched_lora_forward vs the reference answer",
+        )
+    inputs = {"x": x, "adapter_ids": ids, "lora_A": A, "lora_B": B, "scale": scale}
+    for (name, now), before in zip(inputs.items(), originals, strict=True):
+        assert torch.equal(before, now), explain(
+            f"batched_lora_forward changed its input {name} in place",
+            drawn=_drawn(setup),
+            expected=f"{name} unchanged: {before.tolist()}"[:300],
+            got=f"{now.tolist()}"[:300],
+            hint="clamp_ / masked_fill_ / index_put_ on an argument edit the caller's tensor (its -1 ids "
+            "become 0); use the out-of-place versions (ids.clamp(min=0))",
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(setup=setups())
+@learner_code()
+def test_delta_matches_the_reference_answer(impl, ref, setup) -> None:
+    (delta,) = require(impl, "batched_lora_delta")
+    base, x, ids, A, B, scale = _tensors(setup, dtype=torch.float64)
+    got = delta(x, ids, A, B, scale)
+    expected = ref.batched_lora_delta(x, ids, A, B, scale)
+    zero = torch.zeros_like(base(x))
+    bugs = {name: (lambda f=f: f() - base(x)) for name, f in _bugs(base, x, ids, A, B, scale).items()}
+    bugs["the LoRA path is never added (output = base(x))"] = lambda: zero
+    _check_output(got, expected, setup, bugs, what="batched_lora_delta (the LoRA path alone)")
+
+
+class _Batched(nn.Module):
+    """``fn(base, x, ids, lora_A, lora_B, scale)`` as a module with lora_A and lora_B as parameters,
+    for :func:`assert_gradients_match`. The frozen base is kept out of ``named_parameters``."""
+
+    def __init__(self, fn, base, ids, A, B, scale) -> None:
+        super().__init__()
+        self.fn, self.ids, self.scale = fn, ids, scale
+        object.__setattr__(self, "frozen_base", base)  # not a submodule
+        self.lora_A = nn.Parameter(A.clone())
+        self.lora_B = nn.Parameter(B.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.frozen_base, x, self.ids, self.lora_A, self.lora_B, self.scale)
+
+
+@settings(max_examples=25, deadline=None)
+@given(setup=setups(adapted=True))
+@example(setup={"B": 3, "T": 2, "N": 3, "r": 2, "in": 3, "out": 4, "ids": [-1, 2, 2], "seed": 0})
+@learner_code()
+def test_gradients_match_the_loop_and_the_reference(impl, ref, setup) -> None:
+    (forward,) = require(impl, "batched_lora_forward")
+    base, x, ids, A, B, scale = _tensors(setup, dtype=torch.float64)
+    g = torch.randn(setup["B"], setup["T"], setup["out"], dtype=torch.float64)
+    drawn = _drawn(setup)
+    for fn in (_loop_reference, ref.batched_lora_forward):
+        assert_gradients_match(
+            _Batched(forward, base, ids, A, B, scale),
+            _Batched(fn, copy.deepcopy(base), ids, A, B, scale),
+            x,
+            g,
+            drawn=drawn,
+        )
+
+
+@settings(max_examples=25, deadline=None)
+@given(setup=setups(base_only=True))
+@example(setup={"B": 3, "T": 2, "N": 3, "r": 2, "in": 3, "out": 4, "ids": [-1, 2, 0], "seed": 0})
+@learner_code()
+def test_base_only_rows_are_exactly_the_base_and_train_no_adapter(impl, setup) -> None:
+    (forward,) = require(impl, "batched_lora_forward")
+    base, x, ids, A, B, scale = _tensors(setup, dtype=torch.float64)
+    drawn = _drawn(setup)
+    plain = (ids == -1).view(-1, 1, 1)  # (B, 1, 1) base-only samples
+    lora_A, lora_B = A.clone().requires_grad_(True), B.clone().requires_grad_(True)
+    xg = x.clone().requires_grad_(True)
+    out = forward(base, xg, ids, lora_A, lora_B, scale)
+    with torch.no_grad():
+        base_out = base(x)
+    for b, i in enumerate(setup["ids"]):
+        if i == -1:
+            assert isinstance(out, torch.Tensor) and out.shape == base_out.shape
+            assert torch.allclose(out[b], base_out[b], rtol=1e-12, atol=1e-12), explain(
+                f"sample b={b} has adapter id -1 but its output is not base(x[b])",
+                drawn=drawn,
+                expected=f"base(x[{b}]) = {base_out[b].flatten()[:4].tolist()}",
+                got=f"{out[b].detach().flatten()[:4].tolist()}",
+                hint="-1 means 'no adapter': lora_A[-1] is the LAST adapter in Python indexing; gather "
+                "with ids.clamp(min=0) and multiply those rows by a scale of 0",
+            )
+    # Backpropagate only through the base-only rows: no adapter may receive any gradient.
+    g = torch.randn(out.shape, dtype=torch.float64) * plain
+    (out * g).sum().backward()
+    for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
+        if t.grad is None:
+            continue
+        touched = sorted({k for k in range(setup["N"]) if torch.count_nonzero(t.grad[k]) > 0})
+        assert not touched, explain(
+            f"samples with id -1 sent gradient into {name} of adapters {touched}",
+            drawn=drawn,
+            expected="zero gradient into every adapter from base-only samples",
+            got=f"nonzero {name}.grad for adapters {touched}",
+            hint="the -1 rows went through an adapter (the last one if you indexed with -1, adapter 0 if "
+            "you clamped without masking): their scale must be exactly 0",
+        )
+    expected_x_grad = g @ base.weight  # the base path alone
+    assert_matches(
+        xg.grad,
+        expected_x_grad,
+        what="gradient of x through the base-only samples (must be the base's alone)",
+        drawn=drawn,
+    )
+
+
+def _expect_value_error(call, *, problem, drawn, mention):
+    try:
+        call()
+    except NotImplementedError:
+        raise  # an unfinished stub: reported as "not implemented yet"
+    except ValueError as err:
+        assert mention in str(err), explain(
+            f"the ValueError for {problem} should name the bad value",
+            drawn=drawn,
+            expected=f"a message mentioning {mention!r}",
+            got=f"ValueError: {err}",
+        )
+    except Exception as err:
+        raise AssertionError(
+            explain(
+                f"{problem} raised the wrong error",
+                drawn=drawn,
+                expected="ValueError",
+                got=f"{type(err).__name__}: {err}",
+                hint="check the ids and shapes yourself before indexing: an IndexError or a RuntimeError "
+                "from torch.bmm does not tell the caller which id or size is wrong",
+            )
+        ) from None
+    else:
+        raise AssertionError(
+            explain(
+                f"{problem} was accepted",
+                drawn=drawn,
+                expected="ValueError",
+                got="no error",
+                hint="-1 is the only negative id allowed, and ids must be < N: plain indexing "
+                "wraps negatives around silently",
+            )
+        )
+
+
+@settings(max_examples=20, deadline=None)
+@given(setup=setups(), bad=st.one_of(st.integers(-5, -2), st.integers(0, 3)), data=st.data())
+@learner_code()
+def test_bad_ids_and_shapes_raise_value_error(impl, setup, bad, data) -> None:
+    delta, forward = require(impl, "batched_lora_delta", "batched_lora_forward")
+    base, x, ids, A, B, scale = _tensors(setup)
+    n = setup["N"]
+    if bad >= 0:
+        bad = n + bad  # an id >= N (N itself included)
+    pos = data.draw(st.integers(0, setup["B"] - 1), label="position of the bad id")
+    bad_ids = ids.clone()
+    bad_ids[pos] = bad
+    drawn = _drawn(setup, bad_ids=bad_ids.tolist())
+    for name, fn in (
+        ("batched_lora_delta", lambda i: delta(x, i, A, B, scale)),
+        ("batched_lora_forward", lambda i: forward(base, x, i, A, B, scale)),
+    ):
+        _expect_value_error(
+            lambda fn=fn: fn(bad_ids),
+            problem=f"{name} with adapter id {bad} (valid: -1 and 0..{n - 1})",
+            drawn=drawn,
+            mention=str(bad),
+        )
+    extra = torch.cat([ids, torch.zeros(1, dtype=torch.long)])  # one id too many
+    _expect_value_error(
+        lambda: delta(x, extra, A, B, scale),
+        problem=f"{len(extra)} adapter ids for a batch of {setup['B']}",
+        drawn=drawn,
+        mention=str(len(extra)),
+    )
+    if setup["B"] > 1:
+        _expect_value_error(
+            lambda: delta(x, ids[:-1], A, B, scale),
+            problem=f"{setup['B'] - 1} adapter ids for a batch of {setup['B']}",
+            drawn=drawn,
+            mention=str(setup["B"] - 1),
+        )
+    wide = torch.randn(setup["B"], setup["T"], setup["in"] + 1)
+    _expect_value_error(
+        lambda: delta(wide, ids, A, B, scale),
+        problem=f"x with {setup['in'] + 1} input features for adapters of {setup['in']}",
+        drawn=drawn,
+        mention=str(setup["in"] + 1),
+    )

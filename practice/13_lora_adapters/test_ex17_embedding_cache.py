@@ -1,0 +1,513 @@
+"""Grader for challenge 17 · embedding_cache. Run: peft-zoo check 17 (or pytest this file)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from peft_zoo.exercises.grading import learner_code, require
+from peft_zoo.testing import explain
+
+CHALLENGE = "ex17_embedding_cache"
+pytestmark = pytest.mark.timeout(120)
+
+# Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
+PLANTED_BUGS: list[tuple[str, str, str]] = [
+    (
+        "stale entry after an update: the version is not part of the key",
+        "return (key, adapter, self.version(adapter))",
+        "return (key, adapter, 0)",
+    ),
+    (
+        "bump sets the version to 1 instead of incrementing it (the second update serves stale entries)",
+        "self._versions[adapter] = self.version(adapter) + 1",
+        "self._versions[adapter] = 1",
+    ),
+    (
+        "LRU evicts the most recent entry (popitem(last=True))",
+        "self._entries.popitem(last=False)",
+        "self._entries.popitem(last=True)",
+    ),
+    (
+        "get() does not refresh recency",
+        "self._entries.move_to_end(full)  # a hit refreshes recency",
+        "pass",
+    ),
+    (
+        "put() over an existing entry does not refresh its recency",
+        "self._entries.move_to_end(slot)",
+        "pass",
+    ),
+    (
+        "compute called with all indices instead of only the misses",
+        "computed = compute(miss)",
+        "computed = compute(list(range(len(keys))))[miss]",
+    ),
+    (
+        "duplicate misses in one lookup are computed twice",
+        "if rows[i] is None and pair not in first_miss:",
+        "if rows[i] is None:",
+    ),
+    (
+        "off-by-one capacity: evicts at len == capacity (holds capacity - 1)",
+        "while len(self._entries) > self.capacity:",
+        "while len(self._entries) >= self.capacity:",
+    ),
+    (
+        "off-by-one capacity: holds capacity + 1 entries",
+        "while len(self._entries) > self.capacity:",
+        "while len(self._entries) > self.capacity + 1:",
+    ),
+    (
+        "a non-positive capacity is accepted",
+        "if capacity <= 0:",
+        "if capacity < 0:",
+    ),
+]
+
+KEYS = st.integers(0, 3)
+ADAPTERS = st.sampled_from(["a", "b", "c"])
+
+# ----------------------------------------------------------------------------- the model
+
+
+class _Model:
+    """The cache spelled out with a plain dict and a recency list (least recent first).
+
+    ``bug`` names a classic mistake to reproduce instead (used to name the learner's bug).
+    """
+
+    def __init__(self, capacity: int, bug: str | None = None) -> None:
+        self.capacity, self.bug = capacity, bug
+        self.entries: dict[tuple, torch.Tensor] = {}
+        self.order: list[tuple] = []  # least recently used first
+        self.versions: dict[str, int] = {}
+        self.hits = self.misses = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def version(self, adapter: str) -> int:
+        return self.versions.get(adapter, 0)
+
+    def bump(self, adapter: str) -> None:
+        self.versions[adapter] = 1 if self.bug == "bump_resets" else self.version(adapter) + 1
+
+    def _key(self, key, adapter: str) -> tuple:
+        return (key, adapter) if self.bug == "stale" else (key, adapter, self.version(adapter))
+
+    def _touch(self, full: tuple) -> None:
+        self.order.remove(full)
+        self.order.append(full)
+
+    def get(self, key, adapter: str):
+        full = self._key(key, adapter)
+        if full not in self.entries:
+            self.misses += 1
+            return None
+        if self.bug != "get_no_refresh":
+            self._touch(full)
+        self.hits += 1
+        return self.entries[full]
+
+    def put(self, key, adapter: str, value: torch.Tensor) -> None:
+        full = self._key(key, adapter)
+        if full not in self.entries:
+            self.order.append(full)
+        elif self.bug != "put_no_refresh":
+            self._touch(full)
+        self.entries[full] = value
+        limit = self.capacity + {"cap_minus": -1, "cap_plus": 1}.get(self.bug or "", 0)
+        while len(self.entries) > limit:
+            victim = self.order.pop() if self.bug == "evict_newest" else self.order.pop(0)
+            del self.entries[victim]
+            self.evictions += 1
+
+    def lookup(self, keys, adapters, compute):
+        pairs = list(zip(keys, adapters, strict=True))
+        rows = [self.get(*pair) for pair in pairs]
+        slot: dict[tuple, int] = {}
+        miss: list[int] = []
+        for i, pair in enumerate(pairs):
+            if rows[i] is None and (pair not in slot or self.bug == "no_dedupe"):
+                slot[pair] = len(miss)
+                miss.append(i)
+        if not miss:
+            return torch.stack(rows)
+        # with the "compute_all" bug every row is computed, then the missing ones are picked out
+        everything = self.bug == "compute_all"
+        computed = compute(list(range(len(keys))))[miss] if everything else compute(miss)
+        for j, i in enumerate(miss):
+            self.put(*pairs[i], computed[j])
+        return torch.stack([computed[slot[p]] if r is None else r for p, r in zip(pairs, rows, strict=True)])
+
+
+BUG_MODELS = {
+    "stale": "stale entry after an update: the adapter version is not part of the key, so bump() "
+    "changes nothing and old embeddings are served",
+    "bump_resets": "bump() sets the version to 1 instead of incrementing it: after the second update "
+    "the entries of the first are served again (stale)",
+    "evict_newest": "the LRU evicts the MOST recent entry (popitem(last=True)); the front of an "
+    "OrderedDict is the least recently used: popitem(last=False)",
+    "get_no_refresh": "get() does not refresh recency: a hit must move_to_end the entry",
+    "put_no_refresh": "put() over an existing entry does not refresh it: assigning to an existing "
+    "OrderedDict key keeps its old position, so move_to_end it",
+    "compute_all": "compute is called with every index instead of only the misses",
+    "no_dedupe": "a (key, adapter) pair that misses twice in one lookup is computed twice",
+    "cap_minus": "off-by-one capacity: entries are evicted at len == capacity (the cache holds capacity - 1)",
+    "cap_plus": "off-by-one capacity: the cache holds capacity + 1 entries",
+}
+
+# ----------------------------------------------------------------------------- running operations
+
+
+def _as_list(t) -> object:
+    return tuple(t.flatten().tolist()) if isinstance(t, torch.Tensor) else repr(t)
+
+
+def _label(row) -> str:
+    """Name a stored value by where it came from: ``put@3`` (put at step 3), ``computed@3``."""
+    if not isinstance(row, torch.Tensor) or row.shape != (2,):
+        return repr(row)
+    step, tag = (float(v) for v in row.tolist())
+    return f"put@{step:g}" if tag == -1 else f"computed@{step:g}"
+
+
+def _rows(out) -> str:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != 2:
+        return f"{out!r:.200}"
+    return "[" + ", ".join(_label(r) for r in out) + "]"
+
+
+def _describe(op) -> str:
+    kind = op[0]
+    if kind == "put":
+        return f"put({op[1]!r}, {op[2]!r}, value)"
+    if kind == "get":
+        return f"get({op[1]!r}, {op[2]!r})"
+    if kind == "bump":
+        return f"bump({op[1]!r})"
+    keys, adapters = [k for k, _ in op[1]], [a for _, a in op[1]]
+    return f"lookup(keys={keys}, adapters={adapters}, compute)"
+
+
+def _step(cache, op, step: int) -> tuple[str, str]:
+    """Apply one operation; return what it showed: ``(result, "hits=.., misses=.., evictions=.., len=..")``.
+
+    Values say where they came from: ``put@k`` was put at step k, ``computed@k`` returned by
+    compute at step k (an old step after a bump means a stale embedding)."""
+    kind = op[0]
+    if kind == "put":
+        cache.put(op[1], op[2], torch.tensor([float(step), -1.0]))  # a value unique to this step
+        result = "-"
+    elif kind == "get":
+        got = cache.get(op[1], op[2])
+        result = "None" if got is None else _label(got)
+    elif kind == "bump":
+        cache.bump(op[1])
+        result = f"version({op[1]!r}) = {cache.version(op[1])}"
+    else:
+        calls: list[list[int]] = []
+
+        def compute(indices) -> torch.Tensor:
+            idx = [int(i) for i in indices]
+            calls.append(idx)
+            return torch.tensor([[float(step), float(i)] for i in idx]).reshape(len(idx), 2)
+
+        keys, adapters = [k for k, _ in op[1]], [a for _, a in op[1]]
+        out = cache.lookup(keys, adapters, compute)
+        called = "no compute call" if not calls else " then ".join(f"compute({c})" for c in calls)
+        result = f"{called}, rows {_rows(out)}"
+    counters = f"hits={cache.hits}, misses={cache.misses}, evictions={cache.evictions}, len={len(cache)}"
+    return result, counters
+
+
+def _trace(cache, ops) -> list:
+    return [_step(cache, op, step) for step, op in enumerate(ops)]
+
+
+def _diagnose(capacity: int, ops, got: list) -> str | None:
+    """The classic bug whose model reproduces everything the learner's cache showed."""
+    for bug, description in BUG_MODELS.items():
+        try:
+            if _trace(_Model(capacity, bug), ops) == got:
+                return description
+        except Exception:  # that bug crashes on these operations
+            continue
+    return None
+
+
+def _drawn(capacity, ops, upto: int) -> dict:
+    return {"capacity": capacity, "operations": [_describe(op) for op in ops[: upto + 1]]}
+
+
+def _run_learner(cache_cls, ref_cls, capacity: int, ops) -> None:
+    """Replay ``ops`` on the learner's cache, the reference answer and the model; compare every step."""
+    model, ref_cache = _Model(capacity), ref_cls(capacity)
+    mine = cache_cls(capacity)
+    got: list = []
+    for step, op in enumerate(ops):
+        expected = _step(model, op, step)
+        assert _step(ref_cache, op, step) == expected, "grader error: the reference disagrees with the model"
+        try:
+            shown = _step(mine, op, step)
+        except NotImplementedError:
+            raise  # an unfinished stub: reported as "not implemented yet"
+        except Exception as err:
+            raise AssertionError(
+                explain(
+                    f"step {step}: {_describe(op)} raised {type(err).__name__}: {err}",
+                    drawn=_drawn(capacity, ops, step),
+                    expected=f"{expected[0]}; {expected[1]}",
+                )
+            ) from None
+        got.append(shown)
+        if shown == expected:
+            continue
+        part = "returned a different result" if shown[0] != expected[0] else "left different counters"
+        raise AssertionError(
+            explain(
+                f"step {step}: {_describe(op)} {part} than a correct LRU cache "
+                "(put@k: the value put at step k; computed@k: a row compute returned at step k)",
+                drawn=_drawn(capacity, ops, step),
+                expected=f"{expected[0]}; {expected[1]}",
+                got=f"{shown[0]}; {shown[1]}",
+                hint=_diagnose(capacity, ops[: step + 1], got),
+            )
+        )
+
+
+# ----------------------------------------------------------------------------- graders
+
+
+OPS = st.one_of(
+    st.tuples(st.just("put"), KEYS, ADAPTERS),
+    st.tuples(st.just("get"), KEYS, ADAPTERS),
+    st.tuples(st.just("bump"), ADAPTERS),
+    st.tuples(st.just("lookup"), st.lists(st.tuples(KEYS, ADAPTERS), min_size=1, max_size=5)),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(capacity=st.integers(1, 4), ops=st.lists(OPS, min_size=1, max_size=20))
+@example(
+    capacity=2,
+    ops=[
+        ("lookup", [(0, "a"), (1, "a"), (0, "a")]),
+        ("get", 0, "a"),
+        ("put", 2, "b"),
+        ("bump", "a"),
+        ("lookup", [(0, "a"), (2, "b")]),
+        ("bump", "a"),
+        ("put", 2, "b"),
+        ("put", 3, "c"),
+        ("get", 2, "b"),
+    ],
+)
+@learner_code()
+def test_every_operation_matches_a_model_lru_cache(impl, ref, capacity, ops) -> None:
+    (cache_cls,) = require(impl, "VersionedLRUCache")
+    _run_learner(cache_cls, ref.VersionedLRUCache, capacity, ops)
+
+
+@settings(max_examples=10, deadline=None)
+@given(capacity=st.integers(-3, 0))
+@learner_code()
+def test_capacity_must_be_positive(impl, capacity) -> None:
+    (cache_cls,) = require(impl, "VersionedLRUCache")
+    try:
+        cache_cls(capacity)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(
+            explain(
+                f"VersionedLRUCache({capacity}) was accepted",
+                expected="ValueError",
+                got="no error",
+                hint="a cache that can hold nothing evicts every entry as soon as it is stored: reject "
+                "capacity <= 0 in __init__",
+            )
+        )
+    assert len(cache_cls(1)) == 0, explain("a new cache must be empty", got=str(len(cache_cls(1))))
+
+
+def _emb(tag: float, n: int) -> torch.Tensor:
+    return torch.full((n, 3), tag)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 4), updates=st.integers(1, 3))
+@learner_code()
+def test_an_update_makes_the_next_lookup_recompute(impl, n, updates) -> None:
+    (cache_cls,) = require(impl, "VersionedLRUCache")
+    cache = cache_cls(4 * n)
+    keys = list(range(n))
+    drawn = {"capacity": 4 * n, "keys": keys, "updates": updates}
+    calls: list[tuple[str, list[int]]] = []
+
+    def compute_for(weights: str, tag: float):
+        def compute(indices):
+            calls.append((weights, [int(i) for i in indices]))
+            return _emb(tag, len(indices))
+
+        return compute
+
+    assert cache.version("lora") == 0, explain(
+        "versions start at 0", drawn=drawn, got=str(cache.version("lora"))
+    )
+    cache.lookup(keys, ["lora"] * n, compute_for("v0", 0.0))
+    cache.lookup(keys, ["other"] * n, compute_for("other", 9.0))
+    for u in range(1, updates + 1):
+        calls.clear()
+        cache.bump("lora")  # the adapter's weights changed
+        assert cache.version("lora") == u, explain(
+            f"after {u} bump(s) the version must be {u}",
+            drawn=drawn,
+            got=str(cache.version("lora")),
+            hint="bump increments: self._versions[adapter] = self.version(adapter) + 1",
+        )
+        out = cache.lookup(keys, ["lora"] * n, compute_for(f"v{u}", float(u)))
+        assert calls == [(f"v{u}", keys)], explain(
+            f"after update {u} the next lookup must recompute every embedding of that adapter",
+            drawn=drawn,
+            expected=f"compute called once with {keys}",
+            got=f"compute calls {calls}",
+            hint="key the entries by (key, adapter, version): otherwise the old embeddings are served "
+            "(stale) after the weights changed",
+        )
+        assert torch.equal(out, _emb(float(u), n)), explain(
+            f"after update {u} lookup returned stale embeddings",
+            drawn=drawn,
+            expected=f"rows computed with the new weights (all {float(u)})",
+            got=str(out.tolist()),
+        )
+    calls.clear()
+    out = cache.lookup(keys, ["other"] * n, compute_for("other", -1.0))
+    assert calls == [] and torch.equal(out, _emb(9.0, n)), explain(
+        "an update of one adapter must not invalidate another adapter's entries",
+        drawn=drawn,
+        expected="no compute call, the cached rows (all 9.0)",
+        got=f"compute calls {calls}, rows {out.tolist()}",
+    )
+
+
+@settings(max_examples=10, deadline=None)
+@given(capacity=st.integers(1, 5))
+@learner_code()
+def test_the_least_recently_used_entry_is_evicted(impl, capacity) -> None:
+    (cache_cls,) = require(impl, "VersionedLRUCache")
+    cache = cache_cls(capacity)
+    drawn = {"capacity": capacity, "puts": list(range(capacity + 1))}
+    for k in range(capacity):
+        cache.put(k, "a", _emb(float(k), 1)[0])
+    assert len(cache) == capacity and cache.evictions == 0, explain(
+        f"after {capacity} puts into a cache of capacity {capacity} nothing may be evicted",
+        drawn=drawn,
+        expected=f"len {capacity}, evictions 0",
+        got=f"len {len(cache)}, evictions {cache.evictions}",
+        hint="evict only while len > capacity (after inserting)",
+    )
+    cache.put(capacity, "a", _emb(float(capacity), 1)[0])
+    assert len(cache) == capacity and cache.evictions == 1, explain(
+        "one put into a full cache must evict exactly one entry",
+        drawn=drawn,
+        expected=f"len {capacity}, evictions 1",
+        got=f"len {len(cache)}, evictions {cache.evictions}",
+        hint="insert, then evict while len(self._entries) > self.capacity",
+    )
+    gone = cache.get(0, "a")
+    assert gone is None, explain(
+        "key 0 was put first and never used again: it is the least recently used and must be evicted",
+        drawn=drawn,
+        expected="get(0, 'a') is None",
+        got=f"{_as_list(gone)}",
+        hint="OrderedDict.popitem(last=False) removes the front, the least recently used; "
+        "popitem() (last=True) removes the most recent",
+    )
+    for k in range(1, capacity + 1):
+        got = cache.get(k, "a")
+        assert got is not None and torch.equal(got, _emb(float(k), 1)[0]), explain(
+            f"key {k} is among the {capacity} most recent entries and must still be cached",
+            drawn=drawn,
+            got=f"get({k}, 'a') = {_as_list(got) if got is not None else None}",
+        )
+
+
+@settings(max_examples=10, deadline=None)
+@given(capacity=st.integers(2, 5))
+@learner_code()
+def test_get_refreshes_recency(impl, capacity) -> None:
+    (cache_cls,) = require(impl, "VersionedLRUCache")
+    cache = cache_cls(capacity)
+    drawn = {"capacity": capacity, "operations": [f"put({k}, 'a')" for k in range(capacity)]}
+    drawn["operations"] += ["get(0, 'a')", f"put({capacity}, 'a')"]
+    for k in range(capacity):
+        cache.put(k, "a", _emb(float(k), 1)[0])
+    assert cache.get(0, "a") is not None and cache.hits == 1, explain(
+        "get of a cached key must hit and count one hit", drawn=drawn, got=f"hits {cache.hits}"
+    )
+    cache.put(capacity, "a", _emb(float(capacity), 1)[0])
+    kept, dropped = cache.get(0, "a"), cache.get(1, "a")
+    assert kept is not None and dropped is None, explain(
+        "key 0 was just read, so key 1 is now the least recently used: it must be the one evicted",
+        drawn=drawn,
+        expected="get(0, 'a') cached, get(1, 'a') None",
+        got=f"get(0, 'a') {'cached' if kept is not None else 'None'}, get(1, 'a') "
+        f"{'cached' if dropped is not None else 'None'}",
+        hint="a hit must mark the entry most recently used: self._entries.move_to_end(full_key)",
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    cached=st.lists(KEYS, min_size=1, max_size=4, unique=True),
+    batch=st.lists(st.integers(0, 6), min_size=1, max_size=8),
+)
+@learner_code()
+def test_compute_receives_only_the_misses(impl, cached, batch) -> None:
+    (cache_cls,) = require(impl, "VersionedLRUCache")
+    cache = cache_cls(32)
+    for k in cached:
+        cache.put(k, "a", _emb(float(k), 1)[0])
+    calls: list[list[int]] = []
+
+    def compute(indices):
+        calls.append([int(i) for i in indices])
+        return torch.stack([_emb(float(batch[int(i)]), 1)[0] for i in indices])
+
+    out = cache.lookup(batch, ["a"] * len(batch), compute)
+    first: dict[int, int] = {}
+    for i, k in enumerate(batch):
+        if k not in cached:
+            first.setdefault(k, i)
+    expected_calls = [sorted(first.values())] if first else []
+    drawn = {"cached keys": cached, "lookup keys": batch}
+    assert calls == expected_calls, explain(
+        "compute must be called once with the positions of the misses only (first occurrence of a "
+        "repeated key), and not at all when everything hits",
+        drawn=drawn,
+        expected=f"compute calls {expected_calls}",
+        got=f"compute calls {calls}",
+        hint="collect the missing positions while you look the items up, skip a pair already "
+        "collected, then call compute(miss) once if miss is not empty",
+    )
+    want = torch.stack([_emb(float(k), 1)[0] for k in batch])
+    assert isinstance(out, torch.Tensor) and torch.equal(out, want), explain(
+        "lookup returned the wrong rows",
+        drawn=drawn,
+        expected=str(want[:, 0].tolist()),
+        got=str(out[:, 0].tolist() if isinstance(out, torch.Tensor) and out.dim() == 2 else out),
+        hint="row i of the result belongs to keys[i]: a hit comes from the cache, a miss from "
+        "compute's row for its first occurrence",
+    )
+    hits = sum(k in cached for k in batch)
+    assert (cache.hits, cache.misses) == (hits, len(batch) - hits), explain(
+        "every item of a lookup counts one hit or one miss",
+        drawn=drawn,
+        expected=f"hits {hits}, misses {len(batch) - hits}",
+        got=f"hits {cache.hits}, misses {cache.misses}",
+    )

@@ -1,0 +1,377 @@
+"""Tests for peft_zoo.targets: choosing modules by name with Hugging Face PEFT's rules.
+
+Examples on a small ``transformers`` BERT and on the library's tiny models, then a
+property test that draws realistic module paths and configs and compares
+:func:`target_matches` with PEFT's own ``check_target_module_exists``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from peft_zoo import InjectionError, find_targets, inject_lora, layer_index, target_matches
+from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerConfig
+from peft_zoo.targets import output_head_names
+
+# ----------------------------------------------------------------------------- small BERT
+
+
+def _bert_config():
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
+
+
+@pytest.fixture(scope="module")
+def bert():
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertModel(_bert_config())
+
+
+@pytest.fixture(scope="module")
+def bert_mlm():
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertForMaskedLM(_bert_config())
+
+
+def _qv(layers=(0, 1), prefix="encoder.layer") -> list[str]:
+    return [f"{prefix}.{i}.attention.self.{p}" for i in layers for p in ("query", "value")]
+
+
+def _linears(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+# ----------------------------------------------------------------------------- examples on BERT
+
+
+def test_suffix_list_selects_every_layer(bert):
+    assert find_targets(bert, ["query", "value"]) == _qv()
+
+
+def test_multi_component_suffix_matches_whole_components_only(bert):
+    # "output.dense" ends both "attention.output.dense" and the FFN "output.dense".
+    assert find_targets(bert, ["attention.output.dense"]) == [
+        f"encoder.layer.{i}.attention.output.dense" for i in (0, 1)
+    ]
+    assert len(find_targets(bert, ["output.dense"])) == 4
+    with pytest.raises(InjectionError):
+        find_targets(bert, ["uery"])  # a partial component is not a suffix match
+
+
+def test_layers_to_transform_with_pattern(bert):
+    assert find_targets(bert, ["query", "value"], layers_to_transform=[1], layers_pattern="layer") == _qv([1])
+    assert find_targets(bert, ["query", "value"], layers_to_transform=0, layers_pattern="layer") == _qv([0])
+    assert find_targets(bert, ["query", "value"], layers_to_transform=[1]) == _qv(
+        [1]
+    )  # no pattern: first index
+
+
+def test_regex_target_must_match_the_whole_name(bert):
+    assert find_targets(bert, r".*\.1\.attention\.self\.(query|value)") == _qv([1])
+    with pytest.raises(InjectionError):
+        find_targets(bert, "query")  # would match with re.search, not with re.fullmatch
+    with pytest.raises(InjectionError):
+        find_targets(bert, r"encoder\.layer\.1")  # a prefix of the name is not the name
+
+
+def test_exclude_modules_list_and_regex(bert):
+    assert find_targets(bert, ["query", "value"], exclude_modules=["value"]) == [
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.1.attention.self.query",
+    ]
+    assert (
+        find_targets(bert, ["query", "value"], exclude_modules=["encoder.layer.0.attention.self.query"])
+        == _qv()[1:]
+    )
+    assert find_targets(bert, ["query", "value"], exclude_modules=r".*\.0\..*") == _qv([1])
+    # An exclude regex must match the whole name too: "query" alone excludes nothing.
+    assert find_targets(bert, ["query", "value"], exclude_modules="query") == _qv()
+
+
+def test_all_linear_keeps_the_mlm_decoder_out(bert_mlm):
+    chosen = find_targets(bert_mlm, "all-linear")
+    assert output_head_names(bert_mlm) == {"cls.predictions.decoder"}
+    assert "cls.predictions.decoder" not in chosen
+    assert chosen == [n for n in _linears(bert_mlm) if n != "cls.predictions.decoder"]
+    assert "cls.predictions.transform.dense" in chosen and len(chosen) == 13
+    assert find_targets(bert_mlm, "ALL-LINEAR") == chosen
+
+
+def test_all_linear_equals_peft(bert_mlm):
+    peft = pytest.importorskip("peft")
+    import copy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(copy.deepcopy(bert_mlm), peft.LoraConfig(target_modules="all-linear"))
+    theirs = {n.removeprefix("base_model.model.") for n in wrapped.targeted_module_names}
+    assert set(find_targets(bert_mlm, "all-linear")) == theirs
+
+
+def test_all_linear_with_exclude(bert):
+    chosen = find_targets(bert, "all-linear", exclude_modules=["query", "key", "value"])
+    assert not any(n.endswith(("query", "key", "value")) for n in chosen)
+    assert "pooler.dense" in chosen  # BertModel has no output embeddings: nothing is a head
+    assert len(chosen) == len(_linears(bert)) - 6
+
+
+def test_all_linear_on_a_plain_model_skips_the_head_child():
+    assert find_targets(TinyMLP(), "all-linear") == [
+        "encoder.0",
+        "encoder.2.branch.fc1",
+        "encoder.2.branch.fc2",
+    ]
+    model = TinyTransformer(TinyTransformerConfig(d_model=16, n_heads=2, d_ff=32, n_layers=1))
+    chosen = find_targets(model, "all-linear")
+    assert "head" not in chosen and len(chosen) == 6
+    seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    assert find_targets(seq, "all-linear") == ["0", "2"]  # no head: every linear
+
+
+def test_layers_inside_adapters_are_never_targets():
+    model = TinyMLP()
+    inject_lora(model, ["encoder.0"], rank=2)
+    chosen = find_targets(model, "all-linear")
+    assert "encoder.0" not in chosen and "encoder.0.base" not in chosen
+    assert chosen == ["encoder.2.branch.fc1", "encoder.2.branch.fc2"]
+    with pytest.raises(InjectionError):
+        find_targets(model, ["base"])
+
+
+def test_typo_raises_with_close_matches(bert):
+    with pytest.raises(InjectionError, match="qeury") as info:
+        find_targets(bert, ["qeury"])
+    assert "'query'" in str(info.value)
+    with pytest.raises(InjectionError) as info:
+        find_targets(bert, ["attention.self.valeu"])
+    assert "'attention.self.value'" in str(info.value)
+
+
+def test_nothing_left_after_layer_filter_says_why(bert):
+    with pytest.raises(InjectionError, match=r"layers_to_transform=\[5\]") as info:
+        find_targets(bert, ["query"], layers_to_transform=[5], layers_pattern="layer")
+    assert "encoder.layer.0.attention.self.query" in str(info.value)
+
+
+def test_layers_to_transform_with_a_regex_raises(bert):
+    with pytest.raises(InjectionError, match="layers_to_transform"):
+        find_targets(bert, r".*query", layers_to_transform=[1])
+    with pytest.raises(InjectionError, match="layers_to_transform"):
+        find_targets(bert, "all-linear", layers_to_transform=0)
+
+
+def test_other_module_types():
+    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    assert find_targets(model, ["1"], types=(nn.LayerNorm,)) == ["1"]
+    with pytest.raises(InjectionError, match="LayerNorm"):
+        find_targets(model, ["0"], types=(nn.LayerNorm,))
+
+
+# ----------------------------------------------------------------------------- layer_index / target_matches
+
+
+@pytest.mark.parametrize(
+    ("key", "pattern", "expected"),
+    [
+        ("encoder.layer.11.attention.self.query", None, 11),
+        ("encoder.layer.11.attention.self.query", "layer", 11),
+        ("model.layers.1.mlp.experts.7.down_proj", None, 1),  # the first index, not the expert
+        ("model.layers.1.mlp.experts.7.down_proj", "layers", 1),
+        ("model.layers.1.mlp.experts.7.down_proj", "experts", 7),
+        (
+            "model.layers.1.mlp.experts.7.down_proj",
+            ["h", "experts", "layers"],
+            7,
+        ),  # list: first pattern that hits
+        ("transformer.h.0.attn.c_attn", "h", 0),
+        ("transformer.h.0.attn.c_attn", "layer", None),
+        ("lm_head", None, None),
+        ("layers.3.q_proj", None, None),  # no component before the index
+        ("layers.3.q_proj", "layers", 3),
+        ("model.layers.2.sub.layers.0.q_proj", "layers", 2),  # the first match of the pattern
+        ("model.layers.2.sub.layers.0.q_proj", None, 2),
+        ("encoder.layer.11.attention.self.query", "", 11),  # an empty pattern means "any"
+        ("encoder.layer.11.attention.self.query", [], 11),
+    ],
+)
+def test_layer_index(key, pattern, expected):
+    assert layer_index(key, pattern) == expected
+
+
+def test_target_matches_examples():
+    key = "model.layers.3.self_attn.q_proj"
+    assert target_matches(key, ["q_proj"])
+    assert not target_matches(key, ["proj"])  # a suffix is whole components
+    assert target_matches(key, ["self_attn.q_proj"])
+    assert target_matches(key, ["q_proj"], layers_to_transform=3)
+    assert not target_matches(key, ["q_proj"], layers_to_transform=[0, 1])
+    assert target_matches(key, ["q_proj"], layers_to_transform=[])  # empty: no restriction
+    assert target_matches(key, [key], layers_to_transform=[0])  # an exact name ignores layers
+    assert not target_matches(key, ["q_proj"], exclude_modules=["self_attn.q_proj"])
+    assert target_matches(key, ["q_proj"], exclude_modules=["proj", "_proj"])  # whole components only
+    assert target_matches(key, ["q_proj"], layers_to_transform=3, layers_pattern="")
+    assert target_matches(key, ["q_proj"], layers_to_transform=3, layers_pattern=[])
+    assert target_matches(key, r".*q_proj") and not target_matches(key, "q_proj")
+    # A regex ignores layers_to_transform here, as in PEFT; only find_targets refuses it.
+    assert target_matches(key, r".*q_proj", layers_to_transform=[0])
+
+
+# ----------------------------------------------------------------------------- equivalence with PEFT
+
+KEYS = [
+    "model.layers.3.self_attn.q_proj",
+    "model.layers.3.self_attn.v_proj",
+    "model.layers.12.mlp.down_proj",
+    "model.layers.1.mlp.experts.0.down_proj",
+    "model.layers.1.mlp.experts.7.up_proj",
+    "model.layers.2.sub.layers.0.q_proj",
+    "model.layers.3.self_attn",
+    "model.embed_tokens",
+    "encoder.layer.11.attention.self.query",
+    "encoder.layer.1.attention.self.value",
+    "encoder.layer.0.output.dense",
+    "bert.encoder.layer.1.attention.output.dense",
+    "transformer.h.0.attn.c_attn",
+    "transformer.h.10.mlp.c_fc",
+    "model.decoder.layers.2.fc1",
+    "vision.blocks.4.attn.qkv",
+    "layers.0.q_proj",
+    "q_proj",
+    "lm_head",
+    "cls.predictions.decoder",
+    "pooler.dense",
+]
+SUFFIXES = [
+    "q_proj",
+    "v_proj",
+    "down_proj",
+    "up_proj",
+    "self_attn",
+    "query",
+    "value",
+    "dense",
+    "output.dense",
+    "attention.output.dense",
+    "c_attn",
+    "c_fc",
+    "fc1",
+    "qkv",
+    "lm_head",
+    "proj",
+    "experts.0.down_proj",
+    "model.layers.3.self_attn.q_proj",
+    "layers.0.q_proj",
+]
+REGEXES = [
+    r".*\.(q_proj|v_proj)",
+    r".*layers\.1\..*",
+    r".*(query|value)",
+    r".*\.\d+\..*proj",
+    r"model\..*",
+    "lm_head",
+    "q_proj",
+    r".*dense",
+]
+PATTERNS = ["layers", "layer", "h", "blocks", "experts", "mlp", ""]
+
+target_specs = st.one_of(st.lists(st.sampled_from(SUFFIXES), max_size=4), st.sampled_from(REGEXES))
+exclude_specs = st.one_of(
+    st.none(), st.lists(st.sampled_from(SUFFIXES), max_size=3), st.sampled_from(REGEXES)
+)
+# layers_to_transform as PEFT types it (an int or a list). Deliberate divergence, not drawn: an
+# empty *tuple* means "no restriction" here, while PEFT then matches nothing.
+layer_specs = st.one_of(st.none(), st.integers(0, 12), st.lists(st.integers(0, 12), max_size=3))
+pattern_specs = st.one_of(
+    st.none(), st.sampled_from(PATTERNS), st.lists(st.sampled_from(PATTERNS), min_size=0, max_size=3)
+)
+
+
+def _peft_config(target_modules, exclude_modules, layers_to_transform, layers_pattern):
+    """A LoraConfig when PEFT accepts the combination; otherwise the same attributes in a
+    namespace (check_target_module_exists reads nothing else), so every combination is compared."""
+    peft = pytest.importorskip("peft")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return peft.LoraConfig(
+                target_modules=list(target_modules) if isinstance(target_modules, list) else target_modules,
+                exclude_modules=list(exclude_modules)
+                if isinstance(exclude_modules, list)
+                else exclude_modules,
+                layers_to_transform=layers_to_transform,
+                layers_pattern=layers_pattern,
+            )
+    except ValueError:  # e.g. a regex target with layers_to_transform, or a pattern without layers
+        return SimpleNamespace(
+            target_modules=target_modules,
+            exclude_modules=exclude_modules,
+            layers_to_transform=layers_to_transform,
+            layers_pattern=layers_pattern,
+            modules_to_save=None,
+            target_parameters=None,
+        )
+
+
+@given(
+    keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=5),
+    target_modules=target_specs,
+    exclude_modules=exclude_specs,
+    layers_to_transform=layer_specs,
+    layers_pattern=pattern_specs,
+)
+def test_target_matches_equals_peft(
+    keys, target_modules, exclude_modules, layers_to_transform, layers_pattern
+):
+    pytest.importorskip("peft")
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    cfg = _peft_config(target_modules, exclude_modules, layers_to_transform, layers_pattern)
+    for key in keys:
+        # PEFT returns True/False, a re.Match, None, or an _ExcludedModule (falsy) for excluded keys.
+        theirs = bool(check_target_module_exists(cfg, key))
+        ours = target_matches(
+            key,
+            target_modules,
+            exclude_modules=exclude_modules,
+            layers_to_transform=layers_to_transform,
+            layers_pattern=layers_pattern,
+        )
+        assert ours is theirs, (
+            f"key={key!r} target_modules={target_modules!r} exclude_modules={exclude_modules!r} "
+            f"layers_to_transform={layers_to_transform!r} layers_pattern={layers_pattern!r}: "
+            f"peft_zoo says {ours}, PEFT says {theirs} (config {type(cfg).__name__})"
+        )
+
+
+@given(
+    target_modules=st.lists(st.sampled_from(["query", "key", "value", "dense", "output.dense"]), max_size=3),
+    exclude_modules=st.one_of(
+        st.none(), st.lists(st.sampled_from(["query", "intermediate.dense"]), max_size=2)
+    ),
+    layers_to_transform=st.one_of(st.none(), st.integers(0, 2), st.lists(st.integers(0, 2), max_size=2)),
+)
+def test_find_targets_on_bert_equals_peft(bert, target_modules, exclude_modules, layers_to_transform):
+    pytest.importorskip("peft")
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    cfg = _peft_config(target_modules, exclude_modules, layers_to_transform, None)
+    theirs = [n for n in _linears(bert) if check_target_module_exists(cfg, n)]
+    kwargs = {"exclude_modules": exclude_modules, "layers_to_transform": layers_to_transform}
+    if not theirs:
+        with pytest.raises(InjectionError):
+            find_targets(bert, target_modules, **kwargs)
+    else:
+        assert find_targets(bert, target_modules, **kwargs) == theirs
