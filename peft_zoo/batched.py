@@ -15,26 +15,29 @@ a slot zero-padded to ``r`` (the padded rows and columns add exactly zero).
 **Strategies** (all give the same numbers, property-tested; ``strategy=`` picks one):
 
 - ``"bmm"``: gather each sample's ``A`` and ``B`` (``index_select``), two batched matmuls,
-  and the second one accumulates into the base output in place (``baddbmm_``). The gathers
-  copy ``B * r * (in + out)`` numbers; with many tokens per sample that copy is negligible
-  next to the matmuls, so this wins for long sequences.
-- ``"bag"``: the same first matmul, but the up-projection is an ``embedding_bag``: with
-  ``B`` stored as ``(N, r, out)`` rows, ``s * B[i] h`` is a weighted sum of ``r`` rows, which
-  the kernel reads in place, with no gathered copy. With one or a few tokens per sample the
-  gathered copies *are* the cost (as many bytes as the base weights when 64 rank-8 adapters
-  are in flight), so this wins for short sequences (decode-like batches).
+  the second accumulating into the base output in place (``baddbmm_``). The gathers copy
+  ``B * r * (in + out)`` numbers; with many tokens per sample that copy is negligible next
+  to the matmuls, so this wins for long sequences.
+- ``"bag"``: both projections as ``embedding_bag`` sums that read the stacked tables in
+  place, no gathered copy: with ``A`` stored as ``(N, in, r)`` rows, ``x A_i^T`` is the sum
+  of ``in`` rows weighted by ``x``; with ``B`` stored as ``(N, r, out)`` rows, ``h B_i^T`` is
+  the sum of ``r`` rows weighted by ``h``. With one or two tokens per sample the adapter
+  bytes *are* the cost (64 rank-8 adapters in flight weigh as much as the base weights),
+  and reading them once instead of gather-copy-read wins (decode-like batches).
 - ``"dense"``: no gather at all: every token goes through *all* ``N`` adapters'
-  down-projections and a one-hot mask keeps its own; cost grows with ``N`` so it only pays
-  for a handful of adapter slots.
+  down-projections and a one-hot mask keeps its own; cost grows with ``N * r`` so it only
+  pays for two or so slots.
 - ``"loop"``: group samples by adapter and loop, as PEFT does. A host synchronisation per
   forward and Python control flow on the data: a reference, never chosen by ``"auto"``.
 
 ``"auto"`` (the default) picks by shape only, never by the values of the ids, so the same
 code runs under ``torch.export`` / CUDA graphs without host synchronisation: ``"dense"`` when
-``N * r`` is at most ``DENSE_MAX_INNER``; otherwise ``"bag"`` for at most ``BAG_MAX_TOKENS``
-tokens per sample and ``"bmm"`` beyond. The thresholds come from
-``benchmarks/batched_lora.py`` on a BERT encoder of Geneformer geometry (see the docstring
-constants for the measured crossover).
+``N * r <= DENSE_MAX_INNER``, else ``"bag"`` for at most ``BAG_MAX_TOKENS`` tokens per
+sample and ``"bmm"`` beyond. The thresholds are crossovers measured with
+``benchmarks/batched_lora.py`` on a BERT encoder of Geneformer geometry (2 CPU threads,
+rank 8; time / base model): 64 adapters, 64 x 1 tokens: bag 1.22, bmm 1.27; 64 x 2: bag
+1.19, bmm 1.21; 64 x 4: bmm 1.15, bag 1.19; 16 x 128: bmm 1.02-1.06, bag 1.13-1.23; two slots,
+64 x 1: dense 1.10, bag 1.15; four slots: bag 1.16, dense 1.17.
 
 The lookups that depend only on the ids (clamped ids, the keep mask, the embedding-bag row
 indices) are computed once per forward by :class:`Routing` and shared by every layer.
@@ -67,11 +70,9 @@ __all__ = [
 ]
 
 STRATEGIES = ("auto", "bmm", "bag", "dense", "loop")
-# "auto" thresholds (see the module docstring). Measured with benchmarks/batched_lora.py:
-# the embedding-bag up-projection beats gathered bmm up to ~16 tokens per sample, and
-# the all-adapters "dense" path beats gathering while N * r <= ~32 on a 2-core CPU.
-BAG_MAX_TOKENS = 16
-DENSE_MAX_INNER = 32
+# "auto" thresholds: measured crossovers, see the module docstring.
+BAG_MAX_TOKENS = 2  # tokens per sample up to which "bag" beats "bmm"
+DENSE_MAX_INNER = 16  # N * r up to which "dense" beats gathering
 
 
 def _exporting() -> bool:
@@ -112,7 +113,7 @@ class Routing:
         self.ids = adapter_ids.long()  # (B,)
         self.safe_ids = self.ids.clamp(min=0)  # (B,) gather index; -1 rows are masked below
         self.keep = self.ids >= 0  # (B,) bool
-        self._bag_index: dict[tuple[int, int], torch.Tensor] = {}
+        self._bag_index: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._onehot: dict[int, torch.Tensor] = {}
         self._keep: dict[torch.dtype, torch.Tensor] = {}
 
@@ -127,12 +128,17 @@ class Routing:
             keep = self._keep[slot_scale.dtype] = self.keep.to(slot_scale.dtype)
         return slot_scale.index_select(0, self.safe_ids) * keep
 
-    def bag_index(self, rank: int, tokens: int) -> torch.Tensor:
-        """Rows of the ``(N * r, out)`` up-projection table each token sums: ``(B * T, r)``."""
-        key = (rank, tokens)
+    def bag_index(self, width: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a table whose slot ``i`` owns rows ``i * width ... i * width + width - 1``: the
+        rows each token sums, flat ``(B * T * width,)``, and where each token's bag starts,
+        ``(B * T,)``. Shared by every layer with the same ``width``."""
+        key = (width, tokens)
         if key not in self._bag_index:
-            rows = self.safe_ids[:, None] * rank + torch.arange(rank, device=self.ids.device)  # (B, r)
-            self._bag_index[key] = rows[:, None, :].expand(-1, tokens, -1).reshape(-1, rank)
+            dev = self.ids.device
+            rows = self.safe_ids[:, None] * width + torch.arange(width, device=dev)  # (B, width)
+            flat = rows[:, None, :].expand(-1, tokens, -1).reshape(-1)  # (B * T * width,)
+            offsets = torch.arange(0, flat.shape[0], width, device=dev)  # (B * T,)
+            self._bag_index[key] = (flat, offsets)
         return self._bag_index[key]
 
     def onehot(self, num_adapters: int) -> torch.Tensor:
@@ -162,9 +168,10 @@ class BatchedLoRALinear(AdapterModule):
 
     Parameters: ``lora_A (N, r, in)``, ``lora_B (N, out, r)`` (each slot initialised like
     :class:`LoRALinear`: A Kaiming-uniform, B zero, so every slot starts equal to the base);
-    buffer ``lora_scale (N,)``. ``lora_B`` is stored row-major as ``(N, r, out)`` and exposed
-    as its transposed view, so the up-projection can read rows in place; the shape users
-    and checkpoints see is still ``(N, out, r)``.
+    buffer ``lora_scale (N,)``. The parameters are *stored* as ``(N, in, r)`` and
+    ``(N, r, out)`` and exposed as transposed views, so both projections can read table rows
+    in place (the ``"bag"`` strategy); the shapes users, optimizers and checkpoints see are
+    still ``(N, r, in)`` and ``(N, out, r)``.
 
     ``forward(x, adapter_ids=None)``: ``x (B, ..., in) -> (B, ..., out)``; ``adapter_ids``
     ``(B,)``, or taken from the enclosing :func:`use_adapters` block.
@@ -199,8 +206,11 @@ class BatchedLoRALinear(AdapterModule):
         self.rslora = bool(rslora)
         self.strategy = strategy
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(num_adapters, rank, self.in_features, **factory))
-        # Row-major (N, r, out) storage, exposed as (N, out, r): see the class docstring.
+        # Stored as (N, in, r) and (N, r, out), exposed as (N, r, in) and (N, out, r): see the
+        # class docstring.
+        self.lora_A = nn.Parameter(
+            torch.empty(num_adapters, self.in_features, rank, **factory).transpose(1, 2)
+        )
         self.lora_B = nn.Parameter(
             torch.empty(num_adapters, rank, self.out_features, **factory).transpose(1, 2)
         )
@@ -262,6 +272,11 @@ class BatchedLoRALinear(AdapterModule):
         return layer
 
     # ------------------------------------------------------------------ forward
+
+    def _a_rows(self) -> torch.Tensor:
+        """``lora_A`` as ``(N, in, r)``; a view unless someone replaced its storage."""
+        rows = self.lora_A.transpose(1, 2)
+        return rows if rows.is_contiguous() else rows.contiguous()
 
     def _b_rows(self) -> torch.Tensor:
         """``lora_B`` as ``(N, r, out)``; a view unless someone replaced its storage."""
@@ -333,11 +348,13 @@ class BatchedLoRALinear(AdapterModule):
 
 def _down(layer: BatchedLoRALinear, x3: torch.Tensor, route: Routing) -> torch.Tensor:
     """Gathered down-projection, scaled: ``s_b * x_b A_b^T``, shape (B, T, r)."""
-    a = layer.lora_A.index_select(0, route.safe_ids)  # (B, r, in), a copy
-    # A_b x_b^T as (B, r, T): the wide-by-thin product runs ~1.5x faster in this
-    # orientation than x_b A_b^T on CPU BLAS (benchmarks/batched_lora.py).
-    h_t = torch.bmm(a, x3.transpose(1, 2)) * route.sample_scale(layer.lora_scale)[:, None, None]
-    return h_t.transpose(1, 2)  # (B, T, r), a view
+    a_t = layer._a_rows().index_select(0, route.safe_ids)  # (B, in, r), a copy
+    s = route.sample_scale(layer.lora_scale)[:, None, None]  # (B, 1, 1)
+    if x3.shape[1] <= BAG_MAX_TOKENS:
+        return torch.bmm(x3, a_t) * s  # (B, T, r)
+    # With many tokens the wide-by-thin product runs ~1.5x faster as A_b x_b^T, (B, r, T),
+    # on CPU BLAS; with few tokens the other orientation wins (benchmarks/batched_lora.py).
+    return (torch.bmm(a_t.transpose(1, 2), x3.transpose(1, 2)) * s).transpose(1, 2)  # (B, T, r), a view
 
 
 def _forward_bmm(layer: BatchedLoRALinear, x3: torch.Tensor, route: Routing) -> torch.Tensor:
@@ -348,13 +365,19 @@ def _forward_bmm(layer: BatchedLoRALinear, x3: torch.Tensor, route: Routing) -> 
 
 def _forward_bag(layer: BatchedLoRALinear, x3: torch.Tensor, route: Routing) -> torch.Tensor:
     bsz, tokens, _ = x3.shape
-    h = _down(layer, x3, route)  # (B, T, r)
-    table = layer._b_rows().reshape(-1, layer.out_features)  # (N * r, out), a view
-    rows = route.bag_index(layer.rank, tokens)  # (B * T, r)
-    # Token t of sample b: sum_j h[b, t, j] * table[slot_b * r + j]: the up-projection,
-    # read in place from the stacked table.
-    delta = F.embedding_bag(rows, table, per_sample_weights=h.reshape(-1, layer.rank), mode="sum")
-    return layer.base(x3).add_(delta.view(bsz, tokens, layer.out_features))
+    r, d_in, d_out = layer.rank, layer.in_features, layer.out_features
+    # Both projections as weighted sums of table rows, read in place (the aten op directly:
+    # F.embedding_bag would rebuild the same indices and offsets in every layer).
+    # Down: h[b, t, :] = sum_i x[b, t, i] * A_rows[slot_b * in + i]   (A_rows: (N * in, r)).
+    rows, offsets = route.bag_index(d_in, tokens)  # (B * T * in,), (B * T,)
+    table = layer._a_rows().reshape(-1, r)
+    h = torch.embedding_bag(table, rows, offsets, False, 0, False, x3.reshape(-1), False, None)[0]
+    h = h * route.sample_scale(layer.lora_scale).repeat_interleave(tokens)[:, None]  # (B * T, r)
+    # Up: delta[b, t, :] = sum_j h[b, t, j] * B_rows[slot_b * r + j]   (B_rows: (N * r, out)).
+    rows, offsets = route.bag_index(r, tokens)  # (B * T * r,), (B * T,)
+    table = layer._b_rows().reshape(-1, d_out)
+    delta = torch.embedding_bag(table, rows, offsets, False, 0, False, h.reshape(-1), False, None)[0]
+    return layer.base(x3).add_(delta.view(bsz, tokens, d_out))
 
 
 def _forward_dense(layer: BatchedLoRALinear, x3: torch.Tensor, route: Routing) -> torch.Tensor:

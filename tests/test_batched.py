@@ -132,8 +132,8 @@ def test_fresh_layer_equals_its_base_and_only_adapters_train() -> None:
     assert [n for n, p in layer.named_parameters() if p.requires_grad] == ["lora_A", "lora_B"]
     assert layer.lora_A.shape == (4, 3, 8) and layer.lora_B.shape == (4, 5, 3)
     assert layer.lora_scale.shape == (4,) and torch.all(layer.lora_scale == 1.0)
-    # B is stored as (N, r, out) rows so the up-projection reads it in place.
-    assert layer.lora_B.transpose(1, 2).is_contiguous()
+    # A and B are stored as (N, in, r) and (N, r, out) rows, read in place by "bag".
+    assert layer.lora_A.transpose(1, 2).is_contiguous() and layer.lora_B.transpose(1, 2).is_contiguous()
 
 
 def test_training_a_mixed_batch_updates_only_the_slots_it_uses() -> None:
@@ -154,7 +154,7 @@ def test_training_a_mixed_batch_updates_only_the_slots_it_uses() -> None:
 
 
 def test_strategy_auto_is_chosen_by_shape_only() -> None:
-    small = BatchedLoRALinear(nn.Linear(4, 4), num_adapters=2, rank=2)
+    small = BatchedLoRALinear(nn.Linear(4, 4), num_adapters=2, rank=8)
     big = BatchedLoRALinear(nn.Linear(4, 4), num_adapters=64, rank=8)
     assert small.resolve_strategy(1) == "dense"
     assert big.resolve_strategy(1) == "bag"
