@@ -416,3 +416,18 @@ def test_huggingface_bert_forward_runs_unchanged_inside_use_adapters() -> None:
     with torch.no_grad():
         want = per_sample_reference(Hidden(base), Hidden(model), [f"m.{n}" for n in names], x, ids)
     assert_close(out, want, what="BERT under use_adapters vs per-sample LoRALinear")
+
+
+def test_only_layers_10_to_19_of_a_20_layer_bert_get_batched_attention() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        hidden_size=8, num_hidden_layers=20, num_attention_heads=2, intermediate_size=16, vocab_size=30
+    )
+    model = transformers.BertForMaskedLM(config)
+    attention = find_targets(model, ["query", "key", "value"], layers_to_transform=range(10, 20))
+    assert len(attention) == 30 and all(10 <= int(n.split(".")[3]) <= 19 for n in attention)
+    everything = find_targets(model, "all-linear")
+    assert "cls.predictions.decoder" not in everything and len(everything) == 20 * 6 + 1  # + transform.dense
+    inject_batched_lora(model, attention, num_adapters=2, rank=2)
+    with torch.no_grad(), use_adapters(model, torch.tensor([1, -1])):
+        assert model(input_ids=torch.randint(0, 30, (2, 4))).logits.shape == (2, 4, 30)
