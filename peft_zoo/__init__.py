@@ -19,6 +19,8 @@ from .checkpoint import (
     read_adapter,
     save_adapter,
 )
+from .config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
 from .inject import (
     InjectionError,
@@ -49,14 +51,19 @@ __all__ = [
     "CacheStats",
     "CheckpointError",
     "EmbeddingCache",
+    "FusedLoRALinear",
+    "IA3Config",
     "IA3Linear",
     "InjectionError",
     "LearnablePrefix",
     "LoRALinear",
+    "LoraConfig",
+    "ModulesToSave",
     "ParallelAdapterBlock",
     "PrefixKV",
     "Routing",
     "__version__",
+    "adapt_model",
     "adapter_config",
     "adapter_named_parameters",
     "adapter_state_dict",

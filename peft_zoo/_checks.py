@@ -47,6 +47,35 @@ def check_linear(module: object, what: str) -> nn.Linear:
     return module
 
 
+def is_conv1d(module: object) -> bool:
+    """Is ``module`` a Hugging Face ``Conv1D`` (GPT-2's projections): a linear layer that
+    stores its weight as ``(in, out)`` and computes ``x @ W + b``? Checked by duck typing, so
+    transformers is never imported."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and getattr(module, "nf", None) == weight.shape[1]
+    )
+
+
+def linear_features(base: object, what: str, fan_in_fan_out: bool | None = None) -> tuple[int, int, bool]:
+    """``(in_features, out_features, fan_in_fan_out)`` of a layer an adapter can wrap: an
+    ``nn.Linear`` (weight ``(out, in)``) or a ``Conv1D`` (weight ``(in, out)``, so
+    ``fan_in_fan_out`` is True). ``fan_in_fan_out=None`` infers it; a wrong explicit value raises."""
+    if isinstance(base, nn.Linear):
+        if fan_in_fan_out:
+            raise ValueError(f"{what}: fan_in_fan_out=True, but an nn.Linear stores its weight as (out, in)")
+        return base.in_features, base.out_features, False
+    if is_conv1d(base):
+        if fan_in_fan_out is False:
+            raise ValueError(f"{what}: fan_in_fan_out=False, but a Conv1D stores its weight as (in, out)")
+        d_in, d_out = base.weight.shape  # type: ignore[union-attr]
+        return int(d_in), int(d_out), True
+    raise TypeError(f"{what} must be an nn.Linear or a transformers Conv1D, got {type(base).__name__}")
+
+
 def check_last_dim(x: torch.Tensor, expected: int, layer: str) -> None:
     """Raise a ValueError when ``x.shape[-1] != expected`` (or ``x`` is 0-d)."""
     if x.dim() == 0 or x.shape[-1] != expected:

@@ -439,6 +439,7 @@ def inject_batched_lora(
         names,
         lambda _n, lin: BatchedLoRALinear(lin, num_adapters, rank, alpha, **kwargs),
         "inject_batched_lora",
+        allow_conv1d=False,
     )
     return model, params
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_last_dim, check_linear
+from ._checks import check_last_dim, linear_features
 
 
 class IA3Linear(AdapterModule):
@@ -29,13 +29,16 @@ class IA3Linear(AdapterModule):
 
     adapter_param_names = ("scale",)
 
-    def __init__(self, base: nn.Linear, *, feedforward: bool = False) -> None:
-        check_linear(base, "IA3Linear base")
+    def __init__(
+        self, base: nn.Linear, *, feedforward: bool = False, fan_in_fan_out: bool | None = None
+    ) -> None:
+        d_in, d_out, fan_in_fan_out = linear_features(base, "IA3Linear base", fan_in_fan_out)
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
-        self.in_features = base.in_features
-        self.out_features = base.out_features
+        self.in_features = d_in
+        self.out_features = d_out
+        self.fan_in_fan_out = fan_in_fan_out  # base weight stored (in, out), as GPT-2's Conv1D
         self.feedforward = bool(feedforward)
         n = self.in_features if self.feedforward else self.out_features
         self.scale = nn.Parameter(torch.ones(n, device=base.weight.device, dtype=base.weight.dtype))
@@ -62,7 +65,7 @@ class IA3Linear(AdapterModule):
         w = self.base.weight
         if self.merged:
             return w
-        return w * self.scale[None, :] if self.feedforward else w * self.scale[:, None]
+        return w * self._along(self.scale, self.feedforward)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -91,14 +94,17 @@ class IA3Linear(AdapterModule):
         self._rescale(self.scale.reciprocal())
         self.merged = False
 
+    def _along(self, v: torch.Tensor, inputs: bool) -> torch.Tensor:
+        """``v`` shaped to broadcast along the weight's input (or output) axis, whichever
+        layout the base stores: ``(out, in)``, or ``(in, out)`` with ``fan_in_fan_out``."""
+        input_axis = 0 if self.fan_in_fan_out else 1
+        axis = input_axis if inputs else 1 - input_axis
+        return v[:, None] if axis == 0 else v[None, :]
+
     def _rescale(self, factor: torch.Tensor) -> None:
-        w = self.base.weight  # (out, in)
-        if self.feedforward:
-            w.mul_(factor[None, :])
-        else:
-            w.mul_(factor[:, None])
-            if self.base.bias is not None:
-                self.base.bias.mul_(factor)
+        self.base.weight.mul_(self._along(factor, self.feedforward))
+        if not self.feedforward and self.base.bias is not None:
+            self.base.bias.mul_(factor)
 
     def adapter_config(self) -> dict[str, object]:
         return {"method": "ia3", "feedforward": self.feedforward}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_positive_int
+from ._checks import check_positive_int, is_conv1d
 from .adapters import AdapterBlock, BottleneckAdapter
 from .ia3 import IA3Linear
 from .lora import LoRALinear
@@ -78,8 +78,11 @@ def _unknown_name_message(name: str, all_names: Sequence[str]) -> str:
     return f"no module named {name!r} in the model{hint}"
 
 
-def _validate_targets(model: nn.Module, names: list[str], method: str) -> list[nn.Linear]:
-    """Resolve every name to an injectable ``nn.Linear`` or raise one error listing all problems."""
+def _validate_targets(
+    model: nn.Module, names: list[str], method: str, allow_conv1d: bool = True
+) -> list[nn.Linear]:
+    """Resolve every name to an injectable ``nn.Linear`` (or GPT-2 ``Conv1D``) or raise one
+    error listing all problems."""
     if not names:
         raise InjectionError(f"{method}: no module names given")
     all_names = [n for n, _ in model.named_modules() if n]
@@ -102,8 +105,9 @@ def _validate_targets(model: nn.Module, names: list[str], method: str) -> list[n
                 f"{name!r} belongs to the adapter layer {owned[id(module)]!r} (for example its "
                 "frozen base); target the adapter layer's own name only once"
             )
-        elif not isinstance(module, nn.Linear):
-            problems.append(f"{name!r} is a {type(module).__name__}, not an nn.Linear")
+        elif not (isinstance(module, nn.Linear) or (allow_conv1d and is_conv1d(module))):
+            kinds = "an nn.Linear or a Conv1D" if allow_conv1d else "an nn.Linear"
+            problems.append(f"{name!r} is a {type(module).__name__}, not {kinds}")
         elif isinstance(_parent_of(model, name)[0], nn.MultiheadAttention):
             problems.append(
                 f"{name!r} is used inside nn.MultiheadAttention, which reads its weight "
@@ -121,10 +125,11 @@ def _replace_linears(
     names: list[str],
     build: Callable[[str, nn.Linear], AdapterModule],
     method: str,
+    allow_conv1d: bool = True,
 ) -> list[nn.Parameter]:
     """Swap each named Linear for ``build(name, linear)``, all or nothing; return the new
     adapter parameters in name order."""
-    targets = _validate_targets(model, names, method)
+    targets = _validate_targets(model, names, method, allow_conv1d)
     flags = {id(p): (p, p.requires_grad) for t in targets for p in t.parameters()}
     try:
         # Build every replacement before installing any, so a failing build changes nothing.
@@ -206,7 +211,7 @@ def inject_lora_recursive(
     owned = _adapter_owned(model)
     names, skipped = [], []
     for name, module in model.named_modules():
-        if not name or not isinstance(module, nn.Linear) or id(module) in owned:
+        if not name or not (isinstance(module, nn.Linear) or is_conv1d(module)) or id(module) in owned:
             continue
         if any(_matches(name, p) for p in excluded):
             continue
@@ -343,7 +348,8 @@ def mark_only_adapters_trainable(model: nn.Module, bias: str = "none") -> list[n
     elif mode == "adapter_only":
         for module in model.modules():
             inner = getattr(module, "base", None)
-            if isinstance(module, AdapterModule) and isinstance(inner, nn.Linear) and inner.bias is not None:
+            is_layer = isinstance(inner, nn.Linear) or is_conv1d(inner)
+            if isinstance(module, AdapterModule) and is_layer and inner.bias is not None:
                 inner.bias.requires_grad_(True)
     return trainable_parameters(model)
 

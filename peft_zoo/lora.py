@@ -22,10 +22,10 @@ from torch import nn
 from ._base import AdapterModule
 from ._checks import (
     check_last_dim,
-    check_linear,
     check_positive_float,
     check_positive_int,
     check_probability,
+    linear_features,
 )
 
 
@@ -43,6 +43,8 @@ class LoRALinear(AdapterModule):
         alpha: scaling numerator; defaults to ``rank`` (so ``scale == 1``).
         dropout: probability in ``[0, 1)`` of dropping inputs *of the LoRA path only*.
         rslora: use ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
+        fan_in_fan_out: the base stores its weight as ``(in, out)``, as GPT-2's ``Conv1D``
+            does; ``None`` (default) infers it from the base's type.
 
     Shapes: ``lora_A (rank, in_features)``, ``lora_B (out_features, rank)``;
     ``forward`` maps ``(..., in_features) -> (..., out_features)``. The adapter tensors take
@@ -59,9 +61,10 @@ class LoRALinear(AdapterModule):
         *,
         dropout: float = 0.0,
         rslora: bool = False,
+        fan_in_fan_out: bool | None = None,
     ) -> None:
         # Validate everything before touching ``base``.
-        check_linear(base, "LoRALinear base")
+        d_in, d_out, fan_in_fan_out = linear_features(base, "LoRALinear base", fan_in_fan_out)
         rank = check_positive_int(rank, "rank")
         alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
         dropout = check_probability(dropout, "dropout")
@@ -69,8 +72,9 @@ class LoRALinear(AdapterModule):
 
         self.base = base
         self.base.requires_grad_(False)
-        self.in_features = base.in_features
-        self.out_features = base.out_features
+        self.in_features = d_in
+        self.out_features = d_out
+        self.fan_in_fan_out = fan_in_fan_out
         self.rank = rank
         self.alpha = alpha
         self.rslora = bool(rslora)
@@ -95,7 +99,8 @@ class LoRALinear(AdapterModule):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight this layer applies, ``W0 + scale * B A``, shape ``(out_features, in_features)``.
+        """The weight this layer applies, ``W0 + scale * B A``, shape ``(out_features, in_features)``
+        (``(in, out)`` for a ``fan_in_fan_out`` base: always the base's own layout).
 
         Computed on access, not a parameter: code that reads a Linear's ``.weight`` directly
         (PyTorch's fused ``nn.TransformerEncoderLayer`` inference path, dtype and device
@@ -103,17 +108,21 @@ class LoRALinear(AdapterModule):
         Writing into it changes nothing: train ``lora_A`` / ``lora_B``, or edit ``base.weight``.
         """
         w = self.base.weight
-        return w if self.merged else w + self.delta_weight()
+        return w if self.merged else w + self._layout(self.delta_weight())
 
     @property
     def bias(self) -> torch.Tensor | None:
         """The base layer's bias (LoRA leaves it unchanged), shape ``(out_features,)``."""
         return self.base.bias
 
+    def _layout(self, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` (out, in) in the base weight's layout."""
+        return delta.T if self.fan_in_fan_out else delta
+
     def _delta_for_merge(self) -> torch.Tensor:
         # Half-precision products lose bits; form the update in float32 at least.
         compute = torch.promote_types(self.lora_A.dtype, torch.float32)
-        return (self.lora_B.to(compute) @ self.lora_A.to(compute)) * self.scale
+        return self._layout((self.lora_B.to(compute) @ self.lora_A.to(compute)) * self.scale)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -165,4 +174,5 @@ class LoRALinear(AdapterModule):
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
             f"alpha={self.alpha:g}, scale={self.scale:g}, rslora={self.rslora}, "
             f"dropout={self.dropout_p:g}, merged={self.merged}"
+            + (", fan_in_fan_out=True" if self.fan_in_fan_out else "")
         )

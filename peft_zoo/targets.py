@@ -114,6 +114,14 @@ def _target_hint(target: str, names: Sequence[str]) -> str:
     return f"no module named {target!r} in the model{hint}"
 
 
+def _is_target_type(module: nn.Module, types: tuple[type[nn.Module], ...] | None) -> bool:
+    from ._checks import is_conv1d
+
+    if types is None:
+        return isinstance(module, nn.Linear) or is_conv1d(module)
+    return isinstance(module, types)
+
+
 def find_targets(
     model: nn.Module,
     target_modules: TargetSpec,
@@ -121,9 +129,10 @@ def find_targets(
     exclude_modules: TargetSpec | None = None,
     layers_to_transform: int | Iterable[int] | None = None,
     layers_pattern: str | Sequence[str] | None = None,
-    types: tuple[type[nn.Module], ...] = (nn.Linear,),
+    types: tuple[type[nn.Module], ...] | None = None,
 ) -> list[str]:
-    """The dotted names of the ``types`` modules in ``model`` that the rules select, in
+    """The dotted names of the ``types`` modules (default: ``nn.Linear`` and GPT-2's ``Conv1D``,
+    what PEFT's LoRA adapts) in ``model`` that the rules select, in
     ``named_modules()`` order. Modules inside an already-injected adapter layer (its frozen
     base) are never returned.
 
@@ -149,7 +158,7 @@ def find_targets(
     candidates = [
         (name, module)
         for name, module in model.named_modules()
-        if name and isinstance(module, types) and id(module) not in inside_adapter
+        if name and _is_target_type(module, types) and id(module) not in inside_adapter
     ]
     if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
         heads = output_head_names(model)
@@ -174,7 +183,7 @@ def find_targets(
         all_names = [n for n, _ in candidates]
         wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
         hints = "; ".join(_target_hint(t, all_names) for t in wanted[:5])
-        kinds = "/".join(t.__name__ for t in types)
+        kinds = "Linear/Conv1D" if types is None else "/".join(t.__name__ for t in types)
         raise InjectionError(
             f"no {kinds} module matches target_modules={target_modules!r}"
             + (

@@ -410,12 +410,12 @@ def test_bad_dropout(p):
 
 
 def test_base_conv1d_rejected():
-    _check_rejected(nn.Conv1d(4, 3, 1), TypeError, r"must be an nn\.Linear, got Conv1d", 2)
+    _check_rejected(nn.Conv1d(4, 3, 1), TypeError, r"must be an nn\.Linear or a transformers Conv1D, got Conv1d", 2)
 
 
 def test_base_lora_linear_rejected():
     inner = LoRALinear(nn.Linear(4, 3), 2)
-    _check_rejected(inner, TypeError, r"must be an nn\.Linear, got LoRALinear", 2)
+    _check_rejected(inner, TypeError, r"must be an nn\.Linear or a transformers Conv1D, got LoRALinear", 2)
 
 
 def test_weight_and_bias_properties_are_the_effective_ones():

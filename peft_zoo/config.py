@@ -1,0 +1,270 @@
+"""Adapt a model from a config in one call, with Hugging Face PEFT's matching rules.
+
+    config = LoraConfig(rank=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
+    model, params = adapt_model(model, config)
+
+The fields mirror ``peft.LoraConfig`` / ``peft.IA3Config`` under peft_zoo's names (``rank``
+for ``r``, ``alpha`` for ``lora_alpha``...), and :meth:`LoraConfig.to_peft` /
+:meth:`LoraConfig.from_peft` translate, so one config selects the same modules here and in
+PEFT (see :mod:`peft_zoo.targets` for the rules). ``adapt_model`` validates everything
+first (unknown targets, patterns that name no layer, a rank pattern for a layer that does
+not exist) and changes nothing when it raises.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from torch import nn
+
+from ._base import AdapterModule
+from ._checks import check_positive_float, check_positive_int, check_probability
+from .fused import FusedLoRALinear
+from .ia3 import IA3Linear
+from .inject import InjectionError, _replace_linears, mark_only_adapters_trainable
+from .lora import LoRALinear
+from .targets import TargetSpec, find_targets
+
+__all__ = ["IA3Config", "LoraConfig", "ModulesToSave", "adapt_model", "pattern_key"]
+
+_BIAS_MODES = ("none", "all", "lora_only")
+
+
+def pattern_key(patterns: Sequence[str], name: str) -> str | None:
+    """The first key of a rank/alpha pattern that matches module ``name``: the key is a
+    regex that must match a dotted suffix of the name (PEFT's ``get_pattern_key`` rule), so
+    ``"query"`` and ``r"layer\\.3\\.attention\\.self\\.query"`` both work."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key
+    return None
+
+
+@dataclass
+class _TargetingConfig:
+    target_modules: TargetSpec | None = None  # names (exact or dotted suffix), a regex, or "all-linear"
+    exclude_modules: TargetSpec | None = None  # same forms; never adapted
+    layers_to_transform: int | list[int] | None = None  # only these layer indices (list targets only)
+    layers_pattern: str | list[str] | None = None  # the path component before the layer index ("layer", "h")
+    modules_to_save: list[str] | None = None  # modules trained and saved in full (a classifier head)
+    fan_in_fan_out: bool | None = None  # base weights stored (in, out) as GPT-2's Conv1D; None: infer
+
+    def _check_targeting(self) -> None:
+        if self.target_modules is None:
+            raise ValueError("target_modules is required: module names, a regex, or 'all-linear'")
+        if isinstance(self.target_modules, (list, tuple, set)) and not self.target_modules:
+            raise ValueError("target_modules is empty")
+        if self.layers_to_transform is not None and isinstance(self.target_modules, str):
+            raise ValueError(
+                "layers_to_transform needs target_modules as a list of names; with a regex, put the "
+                "layer numbers into the pattern"
+            )
+
+    def find(self, model: nn.Module) -> list[str]:
+        """The module names this config adapts in ``model``."""
+        return find_targets(
+            model,
+            self.target_modules,  # type: ignore[arg-type]
+            exclude_modules=self.exclude_modules,
+            layers_to_transform=self.layers_to_transform,
+            layers_pattern=self.layers_pattern,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class LoraConfig(_TargetingConfig):
+    """Which modules get LoRA, and with what hyperparameters.
+
+    ``rank_pattern`` / ``alpha_pattern`` override ``rank`` / ``alpha`` for the modules whose
+    name matches a key (see :func:`pattern_key`), e.g. ``{"layer\\.0\\..*query": 16}``.
+    """
+
+    rank: int = 8  # r: inner dimension of B A
+    alpha: float | None = None  # scale numerator; None means alpha = rank (scale 1)
+    dropout: float = 0.0  # dropout on the LoRA path's input
+    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
+    bias: str = "none"  # which biases train: "none", "all", "lora_only" (biases of adapted layers)
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # name regex -> rank
+    alpha_pattern: dict[str, float] = field(default_factory=dict)  # name regex -> alpha
+    # name regex -> enabled slices of a fused output, e.g. {"c_attn": [True, False, True]}: LoRA
+    # on q and v of GPT-2's fused projection only (FusedLoRALinear). Not a PEFT field.
+    target_parts: dict[str, list[bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._check_targeting()
+        check_positive_int(self.rank, "rank")
+        if self.alpha is not None:
+            check_positive_float(self.alpha, "alpha")
+        check_probability(self.dropout, "dropout")
+        if self.bias not in _BIAS_MODES:
+            raise ValueError(f"bias must be one of {_BIAS_MODES}, got {self.bias!r}")
+        for key, value in self.rank_pattern.items():
+            check_positive_int(value, f"rank_pattern[{key!r}]")
+        for key, value in self.alpha_pattern.items():
+            check_positive_float(value, f"alpha_pattern[{key!r}]")
+        for key, flags in self.target_parts.items():
+            if not flags or not all(isinstance(f, bool) for f in flags) or not any(flags):
+                raise ValueError(
+                    f"target_parts[{key!r}] must be a list of booleans with one True, got {flags!r}"
+                )
+
+    def rank_alpha(self, name: str) -> tuple[int, float]:
+        """The ``(rank, alpha)`` module ``name`` gets. Without ``alpha`` anywhere, alpha =
+        that module's rank (scale 1), as :class:`~peft_zoo.LoRALinear` defaults."""
+        r_key = pattern_key(list(self.rank_pattern), name)
+        rank = self.rank_pattern[r_key] if r_key is not None else self.rank
+        a_key = pattern_key(list(self.alpha_pattern), name)
+        alpha = self.alpha_pattern[a_key] if a_key is not None else self.alpha
+        return rank, float(rank if alpha is None else alpha)
+
+
+@dataclass
+class IA3Config(_TargetingConfig):
+    """Which modules get IA³ scaling vectors. ``feedforward_modules`` (a subset of the targets,
+    same forms as ``target_modules``) scale their *input*, as the IA³ paper does for the
+    feed-forward down projection; the others scale their output (keys, values)."""
+
+    feedforward_modules: TargetSpec | None = None
+
+    def __post_init__(self) -> None:
+        self._check_targeting()
+
+    def is_feedforward(self, name: str) -> bool:
+        ff = self.feedforward_modules
+        if not ff:
+            return False
+        if isinstance(ff, str):
+            return re.fullmatch(ff, name) is not None
+        return name in ff or any(name.endswith(f".{f}") for f in ff)
+
+
+class ModulesToSave(AdapterModule):
+    """A module trained (and saved) in full: the original stays frozen beside a trainable
+    copy, which is what runs. Used for parts a PEFT recipe retrains whole, such as a new
+    classifier head. ``forward`` passes everything through to the copy."""
+
+    adapter_param_names = None
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.original_module = module
+        self.original_module.requires_grad_(False)
+        self.trained_module = copy.deepcopy(module)
+        self.trained_module.requires_grad_(True)
+
+    def adapter_named_parameters(self, prefix: str = "") -> Iterator[tuple[str, nn.Parameter]]:
+        dot = f"{prefix}." if prefix else ""
+        for name, param in self.trained_module.named_parameters():
+            yield f"{dot}trained_module.{name}", param
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.trained_module(*args, **kwargs)
+
+    def adapter_config(self) -> dict[str, object]:
+        return {"method": "modules_to_save"}
+
+
+def _modules_to_save_names(model: nn.Module, wanted: Sequence[str]) -> list[str]:
+    """PEFT's rule: a module whose full name *ends with* an entry (plain string suffix);
+    never one inside an adapter layer, never one inside another match."""
+    inside_adapter = {
+        id(sub)
+        for m in model.modules()
+        if isinstance(m, AdapterModule)
+        for sub in m.modules()
+        if sub is not m
+    }
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if not name or id(module) in inside_adapter or any(name.startswith(c + ".") for c in chosen):
+            continue
+        if any(name.endswith(w) for w in wanted):
+            chosen.append(name)
+    missing = [w for w in wanted if not any(n.endswith(w) for n in chosen)]
+    if missing:
+        raise InjectionError(f"modules_to_save: no module name ends with {missing}")
+    return chosen
+
+
+def _check_patterns(config: LoraConfig, names: list[str]) -> None:
+    for what, patterns in (
+        ("rank_pattern", config.rank_pattern),
+        ("alpha_pattern", config.alpha_pattern),
+        ("target_parts", config.target_parts),
+    ):
+        unused = [key for key in patterns if not any(pattern_key([key], n) for n in names)]
+        if unused:
+            raise InjectionError(
+                f"{what} keys {unused} match none of the adapted modules (a layer that does not "
+                f"exist, or one that is not targeted); adapted: {names[:6]}{'...' if len(names) > 6 else ''}"
+            )
+
+
+def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Module, list[nn.Parameter]]:
+    """Adapt ``model`` in place as ``config`` says and freeze everything else; return
+    ``(model, trainable parameters)``: the adapter tensors, the ``modules_to_save`` copies,
+    and the biases ``config.bias`` asks for.
+
+    Raises ``InjectionError`` (nothing changed) when a target names nothing (with close
+    matches), a ``rank_pattern`` / ``alpha_pattern`` key matches no adapted module, or a
+    ``modules_to_save`` entry names nothing.
+    """
+    if not isinstance(config, (LoraConfig, IA3Config)):
+        raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
+    names = config.find(model)
+    save_names = _modules_to_save_names(model, config.modules_to_save) if config.modules_to_save else []
+    clash = sorted({n for n in names for s in save_names if n == s or n.startswith(s + ".")})
+    if clash:
+        raise InjectionError(f"modules {clash} are both adapted and in modules_to_save; choose one")
+    if isinstance(config, LoraConfig):
+        _check_patterns(config, names)
+
+        def build(name: str, base: nn.Linear) -> AdapterModule:
+            rank, alpha = config.rank_alpha(name)
+            kwargs = {
+                "dropout": config.dropout,
+                "rslora": config.rslora,
+                "fan_in_fan_out": config.fan_in_fan_out,
+            }
+            parts_key = pattern_key(list(config.target_parts), name)
+            if parts_key is not None:
+                return FusedLoRALinear(base, rank, alpha, parts=config.target_parts[parts_key], **kwargs)
+            return LoRALinear(base, rank, alpha, **kwargs)
+
+        method = "adapt_model(LoraConfig)"
+    else:
+
+        def build(name: str, base: nn.Linear) -> AdapterModule:
+            return IA3Linear(
+                base, feedforward=config.is_feedforward(name), fan_in_fan_out=config.fan_in_fan_out
+            )
+
+        method = "adapt_model(IA3Config)"
+        ff = config.feedforward_modules
+        if ff and not any(config.is_feedforward(n) for n in names):
+            raise InjectionError(
+                f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}"
+            )
+    _replace_linears(model, names, build, method)
+    for name in save_names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, attr, ModulesToSave(getattr(parent, attr)))
+    bias = config.bias if isinstance(config, LoraConfig) else "none"
+    params = mark_only_adapters_trainable(model, bias="adapter_only" if bias == "lora_only" else bias)
+    return model, params

@@ -1,0 +1,178 @@
+"""LoRA on some parts of a fused projection (loralib's ``MergedLinear``; Hu et al., 2021).
+
+GPT-2 computes queries, keys and values with one fused layer, ``c_attn: d -> 3d``. The
+LoRA paper adapts only ``W_q`` and ``W_v``; with a fused layer that means adapting only
+the first and last thirds of its output. Split the output into ``len(parts)`` equal
+slices and give each enabled slice ``j`` its own low-rank pair::
+
+    y = W0 x + b,   then   y[slice j] += scale * B_j (A_j x)     for each enabled j
+    A: (k, r, in)   B: (k, out / len(parts), r)   k = number of enabled parts
+
+Disabled slices stay exactly the base. The update is a block matrix, so it merges like
+plain LoRA, and it *is* a plain LoRA of rank ``k * r`` with a block-structured ``B``:
+:meth:`FusedLoRALinear.as_lora` builds that equivalent :class:`LoRALinear` (how the
+adapter is written in Hugging Face PEFT's format, which has no partial fused LoRA).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._base import AdapterModule
+from ._checks import (
+    check_last_dim,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    linear_features,
+)
+from .lora import LoRALinear, lora_scale
+
+__all__ = ["FusedLoRALinear"]
+
+
+class FusedLoRALinear(AdapterModule):
+    """LoRA on the enabled slices of a fused layer's output; the base is frozen.
+
+    Args:
+        base: an ``nn.Linear`` or GPT-2 ``Conv1D`` whose ``out_features`` splits evenly
+            into ``len(parts)`` slices.
+        rank, alpha, dropout, rslora, fan_in_fan_out: as :class:`LoRALinear` (per slice).
+        parts: one flag per slice, e.g. ``(True, False, True)`` for q and v of ``c_attn``.
+
+    Shapes: ``lora_A (k, rank, in)``, ``lora_B (k, out // len(parts), rank)`` with ``k`` the
+    number of enabled slices; ``forward`` maps ``(..., in) -> (..., out)``.
+    """
+
+    adapter_param_names = ("lora_A", "lora_B")
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float | None = None,
+        *,
+        parts: Sequence[bool],
+        dropout: float = 0.0,
+        rslora: bool = False,
+        fan_in_fan_out: bool | None = None,
+    ) -> None:
+        d_in, d_out, fan_in_fan_out = linear_features(base, "FusedLoRALinear base", fan_in_fan_out)
+        rank = check_positive_int(rank, "rank")
+        alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
+        dropout = check_probability(dropout, "dropout")
+        parts = tuple(bool(p) for p in parts)
+        if not parts or not any(parts):
+            raise ValueError(f"parts must enable at least one slice, got {parts}")
+        if d_out % len(parts):
+            raise ValueError(f"out_features={d_out} does not split into {len(parts)} equal parts")
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.in_features, self.out_features = d_in, d_out
+        self.fan_in_fan_out = fan_in_fan_out
+        self.parts = parts
+        self.part_size = d_out // len(parts)
+        self.rank, self.alpha, self.rslora = rank, alpha, bool(rslora)
+        self.scale = lora_scale(rank, alpha, self.rslora)
+        self.dropout_p = dropout
+        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        k = sum(parts)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(k, rank, d_in, **factory))  # (k, r, in)
+        self.lora_B = nn.Parameter(torch.zeros(k, self.part_size, rank, **factory))  # (k, out/p, r)
+        self.register_buffer(
+            "enabled",
+            torch.tensor([i for i, on in enumerate(parts) if on], device=factory["device"]),
+            persistent=False,
+        )
+        self.merged = False
+        for j in range(k):  # each slice's A initialised like nn.Linear, as in LoRALinear
+            nn.init.kaiming_uniform_(self.lora_A[j], a=math.sqrt(5))
+
+    def _delta_parts(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in) -> (..., out)``: the update, zero on disabled slices."""
+        h = torch.einsum("...i,kri->...kr", self.lora_dropout(x), self.lora_A)  # (..., k, r)
+        d = torch.einsum("...kr,kor->...ko", h, self.lora_B) * self.scale  # (..., k, out/p)
+        full = d.new_zeros(*d.shape[:-2], len(self.parts), self.part_size)  # (..., p, out/p)
+        return full.index_copy(-2, self.enabled, d).flatten(-2)  # (..., out)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``(out, in)``: block ``j`` is ``scale * B_j A_j``, zero elsewhere."""
+        blocks = torch.einsum("kor,kri->koi", self.lora_B, self.lora_A) * self.scale  # (k, out/p, in)
+        full = blocks.new_zeros(len(self.parts), self.part_size, self.in_features)
+        return full.index_copy(0, self.enabled, blocks).reshape(self.out_features, self.in_features)
+
+    def _layout(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.T if self.fan_in_fan_out else delta
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight in the base's own layout (see ``LoRALinear.weight``)."""
+        w = self.base.weight
+        return w if self.merged else w + self._layout(self.delta_weight())
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight. No-op when merged."""
+        if not self.merged:
+            self.base.weight.add_(self._layout(self.delta_weight()).to(self.base.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update again. No-op when not merged."""
+        if self.merged:
+            self.base.weight.sub_(self._layout(self.delta_weight()).to(self.base.weight.dtype))
+            self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) -> (..., out_features)``."""
+        check_last_dim(x, self.in_features, "FusedLoRALinear")
+        if self.merged:
+            if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
+                raise RuntimeError("FusedLoRALinear is merged: unmerge() before training")
+            return self.base(x)
+        return self.base(x) + self._delta_parts(x)
+
+    @torch.no_grad()
+    def as_lora(self) -> LoRALinear:
+        """The same function as one plain :class:`LoRALinear` of rank ``k * r`` over the same
+        (shared) base: ``A = [A_1; ...; A_k]``, ``B`` block-structured, and alpha chosen so
+        its scale equals this layer's (``k * alpha``, or ``sqrt(k) * alpha`` with rsLoRA)."""
+        k = len(self.enabled)
+        alpha = self.alpha * (math.sqrt(k) if self.rslora else k)
+        lora = LoRALinear(
+            self.base, k * self.rank, alpha, rslora=self.rslora, fan_in_fan_out=self.fan_in_fan_out
+        )
+        lora.lora_A.copy_(self.lora_A.reshape(k * self.rank, self.in_features))
+        lora.lora_B.zero_()
+        for j, part in enumerate(self.enabled.tolist()):
+            rows = slice(part * self.part_size, (part + 1) * self.part_size)
+            lora.lora_B[rows, j * self.rank : (j + 1) * self.rank] = self.lora_B[j]
+        lora.merged = self.merged
+        return lora
+
+    def adapter_config(self) -> dict[str, object]:
+        return {
+            "method": "fused_lora",
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "rslora": self.rslora,
+            "parts": list(self.parts),
+            "dropout": self.dropout_p,
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, parts={self.parts}, "
+            f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+        )
