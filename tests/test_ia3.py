@@ -161,7 +161,9 @@ def test_wrong_last_dim_raises():
 def test_base_not_linear_rejected(base):
     before = snapshot(base)
     grads = requires_grad_map(base)
-    with pytest.raises(TypeError, match=r"must be an nn\.Linear or a transformers Conv1D, got " + type(base).__name__):
+    with pytest.raises(
+        TypeError, match=r"must be an nn\.Linear or a transformers Conv1D, got " + type(base).__name__
+    ):
         IA3Linear(base)
     assert_unchanged(base, before, what="base after rejected IA3Linear")
     assert requires_grad_map(base) == grads

@@ -410,7 +410,9 @@ def test_bad_dropout(p):
 
 
 def test_base_conv1d_rejected():
-    _check_rejected(nn.Conv1d(4, 3, 1), TypeError, r"must be an nn\.Linear or a transformers Conv1D, got Conv1d", 2)
+    _check_rejected(
+        nn.Conv1d(4, 3, 1), TypeError, r"must be an nn\.Linear or a transformers Conv1D, got Conv1d", 2
+    )
 
 
 def test_base_lora_linear_rejected():
