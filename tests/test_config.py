@@ -249,3 +249,34 @@ def test_gpt2_fused_c_attn_lora_on_q_and_v_only() -> None:
     assert layer.lora_A.grad is not None and layer.lora_A.grad.abs().sum() > 0
     with pytest.raises(pz.InjectionError, match="target_parts"):
         pz.adapt_model(gpt2(), pz.LoraConfig(target_modules=["c_attn"], target_parts={"c_fc": [True]}))
+
+
+def test_geneformer_geometry_bert_mlm_matches_peft_unmerged_and_merged() -> None:
+    """BertForMaskedLM with the published gf-20L-95M-i4096 geometry (2 of its 20 layers)."""
+    peft = pytest.importorskip("peft")
+    from peft_zoo.cost import GENEFORMER_GF_20L_95M_I4096
+
+    config = GENEFORMER_GF_20L_95M_I4096.hf_config()
+    config.num_hidden_layers = 2
+    torch.manual_seed(0)
+    base = transformers.BertForMaskedLM(config).eval()
+    targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    ours, _ = pz.adapt_model(copy.deepcopy(base), pz.LoraConfig(rank=8, alpha=16, target_modules=targets))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=8, lora_alpha=16, target_modules=targets)
+    )
+    randomize(ours)
+    with torch.no_grad():
+        for name, module in ours.named_modules():
+            if isinstance(module, pz.LoRALinear):
+                peft_layer = theirs.base_model.model.get_submodule(name)
+                peft_layer.lora_A["default"].weight.copy_(module.lora_A)
+                peft_layer.lora_B["default"].weight.copy_(module.lora_B)
+        x = torch.randint(0, config.vocab_size, (2, 12))
+        want = theirs(input_ids=x).logits
+        assert_close(ours(input_ids=x).logits, want, what="Geneformer-geometry MLM vs PEFT, unmerged")
+        pz.merge_adapters(ours)
+        merged = theirs.merge_and_unload()
+        assert_close(
+            ours(input_ids=x).logits, merged(input_ids=x).logits, what="merged vs PEFT merge_and_unload"
+        )
