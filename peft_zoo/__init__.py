@@ -35,6 +35,16 @@ from .inject import (
     trainable_parameters,
 )
 from .lora import LoRALinear, lora_scale
+from .peft_format import (
+    PeftFormatError,
+    config_from_peft,
+    ia3_config_from_peft,
+    load_peft,
+    lora_config_from_peft,
+    peft_dict_from_config,
+    read_peft,
+    save_peft,
+)
 from .prefix import LearnablePrefix, PrefixKV
 from .targets import find_targets, layer_index, target_matches
 
@@ -60,6 +70,7 @@ __all__ = [
     "LoraConfig",
     "ModulesToSave",
     "ParallelAdapterBlock",
+    "PeftFormatError",
     "PrefixKV",
     "Routing",
     "__version__",
@@ -69,8 +80,10 @@ __all__ = [
     "adapter_state_dict",
     "batched_lora_layers",
     "build_lora_adapter_model",
+    "config_from_peft",
     "count_parameters",
     "find_targets",
+    "ia3_config_from_peft",
     "inject_batched_lora",
     "inject_ia3",
     "inject_lora",
@@ -78,12 +91,17 @@ __all__ = [
     "layer_index",
     "load_adapter",
     "load_adapter_state_dict",
+    "load_peft",
+    "lora_config_from_peft",
     "lora_scale",
     "mark_only_adapters_trainable",
     "merge_adapters",
+    "peft_dict_from_config",
     "print_trainable_parameters",
     "read_adapter",
+    "read_peft",
     "save_adapter",
+    "save_peft",
     "target_matches",
     "trainable_parameters",
     "unmerge_adapters",

@@ -4,9 +4,9 @@
     model, params = adapt_model(model, config)
 
 The fields mirror ``peft.LoraConfig`` / ``peft.IA3Config`` under peft_zoo's names (``rank``
-for ``r``, ``alpha`` for ``lora_alpha``...), and :meth:`LoraConfig.to_peft` /
-:meth:`LoraConfig.from_peft` translate, so one config selects the same modules here and in
-PEFT (see :mod:`peft_zoo.targets` for the rules). ``adapt_model`` validates everything
+for ``r``, ``alpha`` for ``lora_alpha``...), and :mod:`peft_zoo.peft_format` translates both
+ways (``lora_config_from_peft``, ``peft_dict_from_config``), so one config selects the same
+modules here and in PEFT (see :mod:`peft_zoo.targets` for the rules). ``adapt_model`` validates everything
 first (unknown targets, patterns that name no layer, a rank pattern for a layer that does
 not exist) and changes nothing when it raises.
 """
