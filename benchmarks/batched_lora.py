@@ -38,16 +38,9 @@ from peft_zoo import (
     inject_lora,
     use_adapters,
 )
+from peft_zoo.cost import GENEFORMER_GF_20L_95M_I4096
 
-# Geneformer gf-20L-95M-i4096 (huggingface.co/ctheodoris/Geneformer, config.json).
-GENEFORMER = dict(
-    hidden_size=896,
-    num_attention_heads=14,
-    intermediate_size=1792,
-    vocab_size=20275,
-    max_position_embeddings=4096,
-    hidden_act="relu",
-)
+VOCAB = GENEFORMER_GF_20L_95M_I4096.vocab_size
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 RANK = 8
 SLOTS = 64
@@ -80,10 +73,11 @@ def interleaved_medians(
 
 
 def build(layers: int, device: torch.device):
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(num_hidden_layers=layers, **GENEFORMER)
+    config = GENEFORMER_GF_20L_95M_I4096.hf_config()  # the published config, with fewer layers
+    config.num_hidden_layers = layers
     base = BertModel(config, add_pooling_layer=False).eval().to(device)
     names = find_targets(base, TARGETS)
     batched = copy.deepcopy(base)
@@ -128,7 +122,7 @@ def single_adapter_model(base, batched, names: list[str]):
 def run_regime(regime, distinct, base, batched, peft_model, single, repeats, device, check=True):
     bsz, tokens = REGIMES[regime]
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(5, GENEFORMER["vocab_size"], (bsz, tokens), generator=gen).to(device)
+    x = torch.randint(5, VOCAB, (bsz, tokens), generator=gen).to(device)
     order = torch.randperm(bsz, generator=gen)
     slots = (torch.arange(bsz) % distinct)[order]
     ids = slots.to(device)
@@ -182,7 +176,7 @@ def bench_cache(batched, repeats: int, device: torch.device) -> dict[str, float]
 
     cache = EmbeddingCache.for_bank(bank, forward)
     bsz, tokens = REGIMES["long"]
-    x = torch.randint(5, GENEFORMER["vocab_size"], (bsz, tokens), generator=torch.Generator().manual_seed(2))
+    x = torch.randint(5, VOCAB, (bsz, tokens), generator=torch.Generator().manual_seed(2))
     x = x.to(device)
     names = [f"t{i}" for i in range(bsz)]
 

@@ -38,6 +38,19 @@ class AdapterModule(nn.Module):
         return {"method": type(self).__name__}
 
 
+def outermost_adapters(model: nn.Module) -> dict[str, AdapterModule]:
+    """``name -> module`` for the adapter modules of ``model`` that are not inside another
+    adapter module (a ``ModulesToSave`` copy holding a LoRA layer counts once), in
+    ``named_modules()`` order."""
+    found: dict[str, AdapterModule] = {}
+    inside: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterModule) and id(module) not in inside:
+            found[name] = module
+            inside.update(id(m) for m in module.modules())
+    return found
+
+
 def merge_adapters(model: nn.Module) -> int:
     """Call ``merge()`` on every mergeable adapter layer in ``model`` (LoRA, IA³); return how
     many layers were merged by this call. Already-merged layers are left as they are."""

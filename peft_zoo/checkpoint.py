@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._base import AdapterModule
+from ._base import AdapterModule, outermost_adapters
 from ._io import atomic_write
 from .inject import adapter_named_parameters
 
@@ -54,12 +54,7 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
     """Describe the adapters in ``model``: one record per adapter layer, plus a summary."""
     from . import __version__
 
-    layers: dict[str, dict[str, object]] = {}
-    inside: set[int] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, AdapterModule) and id(module) not in inside:
-            layers[name] = module.adapter_config()
-            inside.update(id(m) for m in module.modules())
+    layers = {name: module.adapter_config() for name, module in outermost_adapters(model).items()}
     methods = sorted({str(rec["method"]) for rec in layers.values()})
 
     def common(key: str) -> object:

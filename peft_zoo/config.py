@@ -25,7 +25,7 @@ from ._base import AdapterModule
 from ._checks import check_positive_float, check_positive_int, check_probability
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
-from .inject import InjectionError, _replace_linears, mark_only_adapters_trainable
+from .inject import InjectionError, _adapter_owned, _replace_linears, mark_only_adapters_trainable
 from .lora import LoRALinear
 from .targets import TargetSpec, find_targets
 
@@ -182,13 +182,7 @@ class ModulesToSave(AdapterModule):
 def _modules_to_save_names(model: nn.Module, wanted: Sequence[str]) -> list[str]:
     """PEFT's rule: a module whose full name *ends with* an entry (plain string suffix);
     never one inside an adapter layer, never one inside another match."""
-    inside_adapter = {
-        id(sub)
-        for m in model.modules()
-        if isinstance(m, AdapterModule)
-        for sub in m.modules()
-        if sub is not m
-    }
+    inside_adapter = _adapter_owned(model)
     chosen: list[str] = []
     for name, module in model.named_modules():
         if not name or id(module) in inside_adapter or any(name.startswith(c + ".") for c in chosen):

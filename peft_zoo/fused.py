@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._base import AdapterModule
 from ._checks import (
     check_last_dim,
     check_positive_float,
@@ -30,12 +29,12 @@ from ._checks import (
     check_probability,
     linear_features,
 )
-from .lora import LoRALinear, lora_scale
+from .lora import LoRALinear, LowRankAdapter, lora_scale
 
 __all__ = ["FusedLoRALinear"]
 
 
-class FusedLoRALinear(AdapterModule):
+class FusedLoRALinear(LowRankAdapter):
     """LoRA on the enabled slices of a fused layer's output; the base is frozen.
 
     Args:
@@ -101,45 +100,18 @@ class FusedLoRALinear(AdapterModule):
         full = d.new_zeros(*d.shape[:-2], len(self.parts), self.part_size)  # (..., p, out/p)
         return full.index_copy(-2, self.enabled, d).flatten(-2)  # (..., out)
 
-    def delta_weight(self) -> torch.Tensor:
+    def _delta(self, dtype: torch.dtype) -> torch.Tensor:
         """The update ``(out, in)``: block ``j`` is ``scale * B_j A_j``, zero elsewhere."""
-        blocks = torch.einsum("kor,kri->koi", self.lora_B, self.lora_A) * self.scale  # (k, out/p, in)
+        a, b = self.lora_A.to(dtype), self.lora_B.to(dtype)
+        blocks = torch.einsum("kor,kri->koi", b, a) * self.scale  # (k, out/p, in)
         full = blocks.new_zeros(len(self.parts), self.part_size, self.in_features)
         return full.index_copy(0, self.enabled, blocks).reshape(self.out_features, self.in_features)
-
-    def _layout(self, delta: torch.Tensor) -> torch.Tensor:
-        return delta.T if self.fan_in_fan_out else delta
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The effective weight in the base's own layout (see ``LoRALinear.weight``)."""
-        w = self.base.weight
-        return w if self.merged else w + self._layout(self.delta_weight())
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into the base weight. No-op when merged."""
-        if not self.merged:
-            self.base.weight.add_(self._layout(self.delta_weight()).to(self.base.weight.dtype))
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update again. No-op when not merged."""
-        if self.merged:
-            self.base.weight.sub_(self._layout(self.delta_weight()).to(self.base.weight.dtype))
-            self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
         check_last_dim(x, self.in_features, "FusedLoRALinear")
         if self.merged:
-            if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
-                raise RuntimeError("FusedLoRALinear is merged: unmerge() before training")
+            self._refuse_training_merged()
             return self.base(x)
         return self.base(x) + self._delta_parts(x)
 

@@ -34,7 +34,81 @@ def lora_scale(rank: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
-class LoRALinear(AdapterModule):
+class LowRankAdapter(AdapterModule):
+    """What every low-rank update over a frozen ``base`` shares: the effective ``weight``,
+    merge and unmerge as plain weight arithmetic, in the base weight's own layout.
+
+    Subclasses set ``base``, ``fan_in_fan_out`` and ``merged`` and implement ``_delta(dtype)``,
+    the update ``(out_features, in_features)`` computed in ``dtype``.
+    """
+
+    base: nn.Module
+    fan_in_fan_out: bool
+    merged: bool
+
+    def _delta(self, dtype: torch.dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``scale * B A``, shape ``(out_features, in_features)``, in the adapter dtype."""
+        return self._delta(self.lora_A.dtype)
+
+    def _layout(self, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` (out, in) in the base weight's layout."""
+        return delta.T if self.fan_in_fan_out else delta
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight this layer applies, ``W0 + scale * B A``, shape ``(out_features, in_features)``
+        (``(in, out)`` for a ``fan_in_fan_out`` base: always the base's own layout).
+
+        Computed on access, not a parameter: code that reads a Linear's ``.weight`` directly
+        (PyTorch's fused ``nn.TransformerEncoderLayer`` inference path, dtype and device
+        checks) then sees the adapted layer rather than failing or silently using ``W0``.
+        Writing into it changes nothing: train ``lora_A`` / ``lora_B``, or edit ``base.weight``.
+        """
+        w = self.base.weight
+        return w if self.merged else w + self._layout(self.delta_weight())
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (LoRA leaves it unchanged), shape ``(out_features,)``."""
+        return self.base.bias
+
+    def _add_to_base(self, sign: float) -> None:
+        # Half-precision products lose bits; form the update and the sum in float32 at least.
+        w = self.base.weight
+        compute = torch.promote_types(w.dtype, torch.float32)
+        delta = self._layout(self._delta(torch.promote_types(self.lora_A.dtype, torch.float32)))
+        w.copy_((w.to(compute) + sign * delta).to(w.dtype))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``scale * B A`` into ``base.weight``. Merging an already-merged layer is a no-op."""
+        if not self.merged:
+            self._add_to_base(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``scale * B A`` from ``base.weight`` again. No-op when not merged."""
+        if self.merged:
+            self._add_to_base(-1.0)
+            self.merged = False
+
+    def _refuse_training_merged(self) -> None:
+        if (
+            self.training
+            and torch.is_grad_enabled()
+            and (self.lora_A.requires_grad or self.lora_B.requires_grad)
+        ):
+            raise RuntimeError(
+                f"{type(self).__name__} is merged, so its LoRA weights would get no gradient: call "
+                "unmerge() before training, or run inference under model.eval() / torch.no_grad()"
+            )
+
+
+class LoRALinear(LowRankAdapter):
     """An ``nn.Linear`` with a trainable low-rank update; the base layer is frozen.
 
     Args:
@@ -93,69 +167,14 @@ class LoRALinear(AdapterModule):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
-    def delta_weight(self) -> torch.Tensor:
-        """``scale * B @ A``, shape ``(out_features, in_features)``, in the base dtype."""
-        return (self.lora_B @ self.lora_A) * self.scale
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The weight this layer applies, ``W0 + scale * B A``, shape ``(out_features, in_features)``
-        (``(in, out)`` for a ``fan_in_fan_out`` base: always the base's own layout).
-
-        Computed on access, not a parameter: code that reads a Linear's ``.weight`` directly
-        (PyTorch's fused ``nn.TransformerEncoderLayer`` inference path, dtype and device
-        checks) then sees the adapted layer rather than failing or silently using ``W0``.
-        Writing into it changes nothing: train ``lora_A`` / ``lora_B``, or edit ``base.weight``.
-        """
-        w = self.base.weight
-        return w if self.merged else w + self._layout(self.delta_weight())
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The base layer's bias (LoRA leaves it unchanged), shape ``(out_features,)``."""
-        return self.base.bias
-
-    def _layout(self, delta: torch.Tensor) -> torch.Tensor:
-        """``delta`` (out, in) in the base weight's layout."""
-        return delta.T if self.fan_in_fan_out else delta
-
-    def _delta_for_merge(self) -> torch.Tensor:
-        # Half-precision products lose bits; form the update in float32 at least.
-        compute = torch.promote_types(self.lora_A.dtype, torch.float32)
-        return self._layout((self.lora_B.to(compute) @ self.lora_A.to(compute)) * self.scale)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``scale * B A`` into ``base.weight``. Merging an already-merged layer is a no-op."""
-        if self.merged:
-            return
-        w = self.base.weight
-        w.copy_((w.to(torch.promote_types(w.dtype, torch.float32)) + self._delta_for_merge()).to(w.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract ``scale * B A`` from ``base.weight`` again. No-op when not merged."""
-        if not self.merged:
-            return
-        w = self.base.weight
-        w.copy_((w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_for_merge()).to(w.dtype))
-        self.merged = False
+    def _delta(self, dtype: torch.dtype) -> torch.Tensor:
+        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scale  # (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""
         check_last_dim(x, self.in_features, "LoRALinear")
         if self.merged:
-            if (
-                self.training
-                and torch.is_grad_enabled()
-                and (self.lora_A.requires_grad or self.lora_B.requires_grad)
-            ):
-                raise RuntimeError(
-                    "LoRALinear is merged, so its LoRA weights would get no gradient: call "
-                    "unmerge() before training, or run inference under model.eval() / "
-                    "torch.no_grad()"
-                )
+            self._refuse_training_merged()
             return self.base(x)
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
         return self.base(x) + F.linear(h, self.lora_B) * self.scale  # (..., out)

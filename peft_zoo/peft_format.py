@@ -52,7 +52,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._base import AdapterModule
+from ._base import AdapterModule, outermost_adapters
 from ._checks import is_conv1d, linear_features
 from ._io import atomic_write
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
@@ -95,17 +95,6 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # older PEFT releases; read with weig
 def _exact(name: str) -> str:
     """A rank/alpha pattern key matching module ``name`` only (PEFT's rule matches dotted suffixes)."""
     return "^" + re.escape(name)
-
-
-def _adapter_layers(model: nn.Module) -> dict[str, AdapterModule]:
-    """The outermost adapter modules of ``model``, by name."""
-    found: dict[str, AdapterModule] = {}
-    inside: set[int] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, AdapterModule) and id(module) not in inside:
-            found[name] = module
-            inside.update(id(m) for m in module.modules() if m is not module)
-    return found
 
 
 def _peft_alpha(layer: LoRALinear, rslora: bool) -> float:
@@ -168,7 +157,7 @@ def save_peft(
     Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: LoRA and
     IA³ in one model, ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
-    found = _adapter_layers(model)
+    found = outermost_adapters(model)
     lora = {n: m for n, m in found.items() if type(m) is LoRALinear}
     # A partial fused LoRA is exactly a plain LoRA of rank k * r with a block-structured B.
     lora.update({n: m.as_lora() for n, m in found.items() if type(m) is FusedLoRALinear})

@@ -140,21 +140,14 @@ def find_targets(
     a silent no-op. ``"all-linear"`` selects every module of ``types`` except the output head
     and anything inside it.
     """
-    from ._base import AdapterModule
-    from .inject import InjectionError
+    from .inject import InjectionError, _adapter_owned
 
     if layers_to_transform is not None and isinstance(target_modules, str):
         raise InjectionError(
             "layers_to_transform only works with a list of target_modules; with a regex, write "
             "the layer numbers into the pattern"
         )
-    inside_adapter = {
-        id(sub)
-        for module in model.modules()
-        if isinstance(module, AdapterModule)
-        for sub in module.modules()
-        if sub is not module
-    }
+    inside_adapter = _adapter_owned(model)
     candidates = [
         (name, module)
         for name, module in model.named_modules()
