@@ -20,6 +20,7 @@ from .checkpoint import (
     save_adapter,
 )
 from .config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from .dora import DoRALinear
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
 from .inject import (
@@ -35,6 +36,7 @@ from .inject import (
     trainable_parameters,
 )
 from .lora import LoRALinear, lora_scale
+from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .peft_format import (
     PeftFormatError,
     config_from_peft,
@@ -46,11 +48,23 @@ from .peft_format import (
     save_peft,
 )
 from .prefix import LearnablePrefix, PrefixKV
+from .quant import (
+    NF4_CODE,
+    NF4Linear,
+    NF4Tensor,
+    QLoRALinear,
+    inject_qlora,
+    merge_qlora,
+    quantize_int4,
+    quantize_nf4,
+)
+from .sharing import share_main_matrices, shared_parameters, unique_parameter_count
 from .targets import find_targets, layer_index, target_matches
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NF4_CODE",
     "AdapterBank",
     "AdapterBlock",
     "AdapterModule",
@@ -60,6 +74,7 @@ __all__ = [
     "BottleneckAdapter",
     "CacheStats",
     "CheckpointError",
+    "DoRALinear",
     "EmbeddingCache",
     "FusedLoRALinear",
     "IA3Config",
@@ -69,9 +84,12 @@ __all__ = [
     "LoRALinear",
     "LoraConfig",
     "ModulesToSave",
+    "NF4Linear",
+    "NF4Tensor",
     "ParallelAdapterBlock",
     "PeftFormatError",
     "PrefixKV",
+    "QLoRALinear",
     "Routing",
     "__version__",
     "adapt_model",
@@ -82,28 +100,37 @@ __all__ = [
     "build_lora_adapter_model",
     "config_from_peft",
     "count_parameters",
+    "create_loraplus_optimizer",
     "find_targets",
     "ia3_config_from_peft",
     "inject_batched_lora",
     "inject_ia3",
     "inject_lora",
     "inject_lora_recursive",
+    "inject_qlora",
     "layer_index",
     "load_adapter",
     "load_adapter_state_dict",
     "load_peft",
     "lora_config_from_peft",
     "lora_scale",
+    "loraplus_param_groups",
     "mark_only_adapters_trainable",
     "merge_adapters",
+    "merge_qlora",
     "peft_dict_from_config",
     "print_trainable_parameters",
+    "quantize_int4",
+    "quantize_nf4",
     "read_adapter",
     "read_peft",
     "save_adapter",
     "save_peft",
+    "share_main_matrices",
+    "shared_parameters",
     "target_matches",
     "trainable_parameters",
+    "unique_parameter_count",
     "unmerge_adapters",
     "use_adapters",
 ]

@@ -38,6 +38,23 @@ class AdapterModule(nn.Module):
         return {"method": type(self).__name__}
 
 
+# Set to True on a linear layer whose weight several blocks use (peft_zoo.sharing does this).
+SHARED_WEIGHT_FLAG = "peft_zoo_shared_weight"
+
+
+def refuse_merge_into_shared(adapter: nn.Module) -> None:
+    """Raise ``RuntimeError`` when ``adapter.base`` holds a weight shared across blocks.
+
+    Merging writes this layer's update into a tensor every sharing block reads, so each
+    block would silently compute with the others' updates as well."""
+    if getattr(getattr(adapter, "base", None), SHARED_WEIGHT_FLAG, False):
+        raise RuntimeError(
+            f"cannot merge this {type(adapter).__name__}: its base weight is shared across blocks "
+            "(peft_zoo.sharing), so the update of one layer would be written into every layer. "
+            "Serve the model unmerged."
+        )
+
+
 def outermost_adapters(model: nn.Module) -> dict[str, AdapterModule]:
     """``name -> module`` for the adapter modules of ``model`` that are not inside another
     adapter module (a ``ModulesToSave`` copy holding a LoRA layer counts once), in

@@ -178,7 +178,7 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], config: dict[s
     if merged:
         problems.append(f"layers {merged} are merged; unmerge() them before loading new weights")
     missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    unexpected = sorted(k for k in state if k not in expected)  # a file's key order is not meaningful
     if missing:
         problems.append(f"missing tensors {missing}")
     if unexpected:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ._base import AdapterModule
 from ._checks import check_positive_float, check_positive_int, check_probability
+from .dora import DoRALinear
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
 from .inject import InjectionError, _adapter_owned, _replace_linears, mark_only_adapters_trainable
@@ -92,6 +93,7 @@ class LoraConfig(_TargetingConfig):
 
     ``rank_pattern`` / ``alpha_pattern`` override ``rank`` / ``alpha`` for the modules whose
     name matches a key (see :func:`pattern_key`), e.g. ``{"layer\\.0\\..*query": 16}``.
+    ``use_dora=True`` builds :class:`~peft_zoo.dora.DoRALinear` layers (DoRA) instead of LoRA.
     """
 
     rank: int = 8  # r: inner dimension of B A
@@ -104,10 +106,18 @@ class LoraConfig(_TargetingConfig):
     # name regex -> enabled slices of a fused output, e.g. {"c_attn": [True, False, True]}: LoRA
     # on q and v of GPT-2's fused projection only (FusedLoRALinear). Not a PEFT field.
     target_parts: dict[str, list[bool]] = field(default_factory=dict)
+    use_dora: bool = False  # DoRA: a learned magnitude per output feature (DoRALinear), PEFT's use_dora
 
     def __post_init__(self) -> None:
         self._check_targeting()
         check_positive_int(self.rank, "rank")
+        if not isinstance(self.use_dora, bool):
+            raise TypeError(f"use_dora must be a bool, got {self.use_dora!r}")
+        if self.use_dora and self.target_parts:
+            raise ValueError(
+                "use_dora=True with target_parts: DoRA on part of a fused projection is not implemented "
+                "(DoRA normalises whole weight rows; adapt the whole layer or drop target_parts)"
+            )
         if self.alpha is not None:
             check_positive_float(self.alpha, "alpha")
         check_probability(self.dropout, "dropout")
@@ -238,7 +248,7 @@ def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Mo
             parts_key = pattern_key(list(config.target_parts), name)
             if parts_key is not None:
                 return FusedLoRALinear(base, rank, alpha, parts=config.target_parts[parts_key], **kwargs)
-            return LoRALinear(base, rank, alpha, **kwargs)
+            return (DoRALinear if config.use_dora else LoRALinear)(base, rank, alpha, **kwargs)
 
         method = "adapt_model(LoraConfig)"
     else:

@@ -36,7 +36,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
@@ -51,19 +51,32 @@ __all__ = [
     "GPT2_SMALL",
     "IA3_DEFAULT_TARGETS",
     "LLAMA_7B",
+    "SERVING_TARGETS",
     "AccountingRow",
     "ModelGeometry",
+    "ModuleFlops",
+    "ServingFlops",
+    "ServingRow",
+    "TrainingMemory",
     "accounting_rows",
     "accounting_table",
+    "adapter_bytes",
+    "break_even_tokens",
     "build_model",
     "count_instantiated",
+    "dynamic_overhead",
     "full_parameters",
     "ia3_trainable_parameters",
     "linear_shapes",
     "lora_trainable_parameters",
     "model_linear_shapes",
     "output_head_name",
+    "parallel_style",
     "parameter_breakdown",
+    "serving_flops",
+    "serving_rows",
+    "serving_table",
+    "training_memory",
 ]
 
 Family = Literal["bert", "gpt2", "llama"]
@@ -251,11 +264,14 @@ class ModelGeometry:
         )
 
 
-def build_model(geometry: ModelGeometry) -> nn.Module:
+def build_model(geometry: ModelGeometry, *, attn_implementation: str | None = None) -> nn.Module:
     """Instantiate the family's ``transformers`` model for ``geometry`` (random weights).
 
     Wrap the call in ``with torch.device("meta"):`` to get a model with every parameter's
     shape but no storage: enough to count parameters of a 7B model in milliseconds.
+    ``attn_implementation`` (``"eager"``, ``"sdpa"``; ``None`` = transformers' default) picks
+    the attention kernel: FLOP counts need ``"eager"``, whose score and value products are
+    plain ``matmul`` calls (see :mod:`peft_zoo.cost_serving`).
     """
     import transformers
 
@@ -264,7 +280,10 @@ def build_model(geometry: ModelGeometry) -> nn.Module:
         "gpt2": transformers.GPT2LMHeadModel,
         "llama": transformers.LlamaForCausalLM,
     }[geometry.family]
-    return cls(geometry.hf_config())
+    config = geometry.hf_config()
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation  # what from_config(attn_implementation=) sets
+    return cls(config)
 
 
 # ----------------------------------------------------------------------------- published geometries
@@ -726,3 +745,57 @@ def accounting_table(rows: Iterable[AccountingRow] | None = None) -> str:
     FFN (and with the MLM head too). ``total`` is base + LoRA, as PEFT prints it.
     """
     return "\n".join(_markdown_lines(accounting_rows() if rows is None else rows))
+
+
+# ----------------------------------------------------------------------------- serving costs
+
+# FLOPs of merge vs dynamic serving, tensor parallelism and training memory live in
+# peft_zoo.cost_serving, which builds on the geometry above. They are re-exported here on
+# first access (PEP 562), so `from peft_zoo.cost import serving_flops` works and importing
+# either module first makes no import cycle.
+_SERVING_NAMES = frozenset(
+    {
+        "SERVING_TARGETS",
+        "ModuleFlops",
+        "ServingFlops",
+        "ServingRow",
+        "TrainingMemory",
+        "adapter_bytes",
+        "break_even_tokens",
+        "dynamic_overhead",
+        "parallel_style",
+        "serving_flops",
+        "serving_rows",
+        "serving_table",
+        "training_memory",
+    }
+)
+
+if TYPE_CHECKING:  # what the names are, for type checkers and linters
+    from .cost_serving import (
+        SERVING_TARGETS,
+        ModuleFlops,
+        ServingFlops,
+        ServingRow,
+        TrainingMemory,
+        adapter_bytes,
+        break_even_tokens,
+        dynamic_overhead,
+        parallel_style,
+        serving_flops,
+        serving_rows,
+        serving_table,
+        training_memory,
+    )
+
+
+def __getattr__(name: str) -> object:
+    if name in _SERVING_NAMES:
+        from . import cost_serving
+
+        return getattr(cost_serving, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SERVING_NAMES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import AdapterModule
+from ._base import AdapterModule, refuse_merge_into_shared
 from ._checks import check_last_dim, linear_features
 
 
@@ -81,6 +81,7 @@ class IA3Linear(AdapterModule):
         because such a merge could never be undone. No-op when already merged."""
         if self.merged:
             return
+        refuse_merge_into_shared(self)
         if bool((self.scale == 0).any()):
             raise ValueError("IA3Linear.merge: scale has zero entries; merging would lose the base weight")
         self._rescale(self.scale)

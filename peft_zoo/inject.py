@@ -347,10 +347,10 @@ def mark_only_adapters_trainable(model: nn.Module, bias: str = "none") -> list[n
                 p.requires_grad_(True)
     elif mode == "adapter_only":
         for module in model.modules():
-            inner = getattr(module, "base", None)
-            is_layer = isinstance(inner, nn.Linear) or is_conv1d(inner)
-            if isinstance(module, AdapterModule) and is_layer and inner.bias is not None:
-                inner.bias.requires_grad_(True)
+            # The wrapped layer's bias: nn.Linear, Conv1D, or QLoRA's quantised NF4Linear.
+            inner_bias = getattr(getattr(module, "base", None), "bias", None)
+            if isinstance(module, AdapterModule) and isinstance(inner_bias, nn.Parameter):
+                inner_bias.requires_grad_(True)
     return trainable_parameters(model)
 
 

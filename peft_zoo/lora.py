@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import AdapterModule
+from ._base import AdapterModule, refuse_merge_into_shared
 from ._checks import (
     check_last_dim,
     check_positive_float,
@@ -86,6 +86,7 @@ class LowRankAdapter(AdapterModule):
     def merge(self) -> None:
         """Fold ``scale * B A`` into ``base.weight``. Merging an already-merged layer is a no-op."""
         if not self.merged:
+            refuse_merge_into_shared(self)
             self._add_to_base(1.0)
             self.merged = True
 

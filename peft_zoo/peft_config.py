@@ -4,7 +4,7 @@
 ``peft`` config object) into a :class:`~peft_zoo.LoraConfig` / :class:`~peft_zoo.IA3Config`;
 :func:`peft_dict_from_config` goes the other way. Every field PEFT may write is sorted into
 an explicit list: translated, ignored (bookkeeping, or used only to initialise fresh
-weights), or accepted only when off (DoRA, a bias on B, ...). Anything else is refused by
+weights), or accepted only when off (a bias on B, layer replication, ...). Anything else is refused by
 name, so an unknown option never silently loads a different model. The tensors and the
 directory layout live in :mod:`peft_zoo.peft_format`.
 """
@@ -65,6 +65,7 @@ _LORA_TRANSLATED = _TARGETING | {
     "layers_pattern",
     "rank_pattern",
     "alpha_pattern",
+    "use_dora",
 }
 # Only used while *initialising* fresh adapter weights (or at run time); a load replaces the weights.
 _LORA_IGNORED = frozenset(
@@ -81,7 +82,6 @@ _LORA_IGNORED = frozenset(
 )
 # Features that change the function or the layer types; accepted only when off (None/False/empty).
 _LORA_MUST_BE_OFF = {
-    "use_dora": "DoRA (a learned magnitude per output feature) is not implemented in peft_zoo",
     "lora_bias": "a bias on lora_B is not implemented in peft_zoo",
     "target_parameters": "LoRA on raw nn.Parameters (target_parameters) is not implemented in peft_zoo",
     "layer_replication": "layer replication changes the model's layer stack; not implemented in peft_zoo",
@@ -185,7 +185,8 @@ def lora_config_from_peft(data: Mapping[str, Any]) -> LoraConfig:
     Missing fields take PEFT's defaults (``r=8``, ``lora_alpha=8``...). ``alpha`` is always
     explicit, because PEFT's ``lora_alpha`` does not follow a pattern's rank.
     ``fan_in_fan_out`` becomes ``None`` (inferred per layer): PEFT corrects it per layer type
-    too. Raises :class:`PeftFormatError` listing every field peft_zoo cannot honour.
+    too. ``use_dora`` carries over (DoRA layers, :class:`~peft_zoo.dora.DoRALinear`).
+    Raises :class:`PeftFormatError` listing every field peft_zoo cannot honour.
     """
     data = _checked(data, "LORA")
     try:
@@ -203,6 +204,7 @@ def lora_config_from_peft(data: Mapping[str, Any]) -> LoraConfig:
             bias=data.get("bias", "none"),
             rank_pattern=dict(data.get("rank_pattern") or {}),
             alpha_pattern={k: float(v) for k, v in (data.get("alpha_pattern") or {}).items()},
+            use_dora=False if data.get("use_dora") is None else data["use_dora"],
         )
     except (TypeError, ValueError) as err:
         raise PeftFormatError(f"invalid PEFT LoRA config: {err}") from err
@@ -295,7 +297,7 @@ def peft_dict_from_config(
             layers_to_transform=config.layers_to_transform,
             layers_pattern=config.layers_pattern,
             init_lora_weights=True,
-            use_dora=False,
+            use_dora=config.use_dora,
             lora_bias=False,
         )
     elif isinstance(config, IA3Config):

@@ -18,6 +18,8 @@ A PEFT adapter directory holds two files:
 
       base_model.model.<module>.lora_A.weight   (r, in)     A
       base_model.model.<module>.lora_B.weight   (out, r)    B        y = W0 x + s B A x
+      base_model.model.<module>.lora_magnitude_vector  (out,)  m     DoRA (use_dora): y = m ⊙ V x / ||V||
+                                                                     with V = W0 + s B A, row norms
       base_model.model.<module>.ia3_l           (out, 1)    l        y = l ⊙ (W0 x + b)
                                                  (1, in)     (feed-forward modules: y = W0 (l ⊙ x) + b)
       base_model.model.<module>.<param>                      a modules_to_save copy, in full
@@ -30,8 +32,9 @@ match a dotted suffix of the module name; the first matching key wins).
 Loading validates everything before the model is touched (every config field against an
 explicit list, every key, shape and value, that each named module exists) and raises
 :class:`PeftFormatError` listing all the problems; the model is then exactly as it was.
-Saving refuses what PEFT's format cannot express (LoRA and IA³ in one model, a batched
-layer, other adapter kinds, merged layers) and writes each file atomically.
+Saving refuses what PEFT's format cannot express (LoRA and IA³ in one model, DoRA and plain
+LoRA in one model, a batched layer, other adapter kinds, merged layers) and writes each file
+atomically.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from ._checks import is_conv1d, linear_features
 from ._io import atomic_write
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from .dora import DoRALinear
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
 from .inject import mark_only_adapters_trainable
@@ -139,7 +143,7 @@ def save_peft(
     task_type: str | None = None,
     bias: str | None = None,
 ) -> Path:
-    """Write the adapters of a peft_zoo model (``LoRALinear`` or ``IA3Linear`` layers, plus
+    """Write the adapters of a peft_zoo model (``LoRALinear``, ``DoRALinear`` or ``IA3Linear`` layers, plus
     ``ModulesToSave`` copies) as a PEFT adapter directory: ``adapter_config.json`` and
     ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained(base, path)`` loads
     into the unadapted base model. Returns the directory.
@@ -154,11 +158,15 @@ def save_peft(
     A :class:`~peft_zoo.FusedLoRALinear` (LoRA on some slices of a fused projection) is
     written as the plain LoRA of rank ``k * r`` it equals (:meth:`FusedLoRALinear.as_lora`).
 
+    ``DoRALinear`` layers are written as PEFT writes DoRA: ``use_dora: true`` and a
+    ``lora_magnitude_vector`` tensor per layer besides ``lora_A`` / ``lora_B``.
+
     Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: LoRA and
-    IA³ in one model, ``BatchedLoRALinear``, any other adapter kind, merged layers.
+    IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
+    ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
     found = outermost_adapters(model)
-    lora = {n: m for n, m in found.items() if type(m) is LoRALinear}
+    lora = {n: m for n, m in found.items() if type(m) in (LoRALinear, DoRALinear)}
     # A partial fused LoRA is exactly a plain LoRA of rank k * r with a block-structured B.
     lora.update({n: m.as_lora() for n, m in found.items() if type(m) is FusedLoRALinear})
     ia3 = {n: m for n, m in found.items() if type(m) is IA3Linear}
@@ -182,8 +190,15 @@ def save_peft(
             f"the model mixes LoRA {sorted(lora)[:3]} and IA3 {sorted(ia3)[:3]} layers; a PEFT adapter "
             "is one method: save them as two models"
         )
+    dora = [n for n, m in lora.items() if type(m) is DoRALinear]
+    if dora and len(dora) < len(lora):
+        plain = [n for n in lora if n not in dora]
+        problems.append(
+            f"the model mixes DoRA {dora[:3]} and plain LoRA {plain[:3]} layers; PEFT's use_dora holds for "
+            "every layer of an adapter: save them as two models"
+        )
     if not lora and not ia3 and not others:
-        problems.append("the model has no LoRALinear or IA3Linear layers to save")
+        problems.append("the model has no LoRALinear, DoRALinear or IA3Linear layers to save")
     merged = [n for n, m in {**lora, **ia3}.items() if m.merged]
     if merged:
         problems.append(f"layers {merged[:5]} are merged; unmerge_adapters(model) before saving")
@@ -219,12 +234,14 @@ def save_peft(
             layers_to_transform=None,
             layers_pattern=None,
             init_lora_weights=True,
-            use_dora=False,
+            use_dora=bool(dora),
             lora_bias=False,
         )
         for n, m in lora.items():
             tensors[f"{n}.lora_A.weight"] = m.lora_A  # (r, in)
             tensors[f"{n}.lora_B.weight"] = m.lora_B  # (out, r)
+            if isinstance(m, DoRALinear):
+                tensors[f"{n}.lora_magnitude_vector"] = m.magnitude  # (out,)
     else:
         if bias != "none":
             raise PeftFormatError(
@@ -473,7 +490,11 @@ _WRAPPED_BIAS = re.compile(r"(.*)\.(original_module|modules_to_save)\..*bias")
 
 def _resolve_names(model: nn.Module, config: LoraConfig | IA3Config, saved: Mapping[str, Any]) -> _Names:
     """Map the saved module names onto this model's, or raise naming what does not exist."""
-    suffixes = (".lora_A.weight", ".lora_B.weight") if isinstance(config, LoraConfig) else (".ia3_l",)
+    suffixes = (
+        (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")
+        if isinstance(config, LoraConfig)
+        else (".ia3_l",)
+    )
     owners = set()
     for key in saved:
         if _WRAPPED_BIAS.fullmatch(key):
@@ -536,6 +557,8 @@ def _expect(
             out.ranks[name] = rank
             out.tensors[f"{key}.lora_A.weight"] = ((rank, d_in), f"{name}.lora_A")  # (r, in)
             out.tensors[f"{key}.lora_B.weight"] = ((d_out, rank), f"{name}.lora_B")  # (out, r)
+            if config.use_dora:
+                out.tensors[f"{key}.lora_magnitude_vector"] = ((d_out,), f"{name}.magnitude")  # (out,)
         elif _peft_ff(config.feedforward_modules, key):
             out.feedforward.append(name)
             out.tensors[f"{key}.ia3_l"] = ((1, d_in), f"{name}.scale")
@@ -564,7 +587,7 @@ def _expect(
 
 
 _UNEXPECTED_HINTS = {
-    "lora_magnitude_vector": "DoRA",
+    "lora_magnitude_vector": "DoRA magnitudes, but the config has use_dora off",
     "lora_embedding_": "LoRA on an Embedding (not implemented)",
     "lora_A.bias": "lora_bias",
     "lora_B.bias": "lora_bias",
@@ -581,7 +604,11 @@ def _compare(
     missing = [k for k in expected.tensors if k not in saved]
     unexpected = [k for k in saved if k not in expected.tensors and k not in expected.ignorable]
     if missing:
-        problems.append(f"missing tensors {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        dora = any(k.endswith(".lora_magnitude_vector") for k in missing)
+        problems.append(
+            f"missing tensors {missing[:6]}{' ...' if len(missing) > 6 else ''}"
+            + (" (use_dora is on: DoRA needs a lora_magnitude_vector for every layer)" if dora else "")
+        )
     if unexpected:
         why = sorted({h for k in unexpected for pat, h in _UNEXPECTED_HINTS.items() if pat in k})
         problems.append(
@@ -632,6 +659,7 @@ def _adapt_config(
         bias=config.bias,
         rank_pattern={_exact(n): v for n, v in expected.ranks.items() if v != r},
         alpha_pattern={_exact(n): v for n, v in expected.alphas.items() if v != alpha},
+        use_dora=config.use_dora,
     )
 
 
@@ -700,15 +728,15 @@ def load_peft(model: nn.Module, path: str | os.PathLike[str]) -> tuple[nn.Module
     """Adapt the plain base ``model`` as the PEFT adapter in directory ``path`` says (saved by
     ``peft_model.save_pretrained(path)`` or :func:`save_peft`) and load its tensors.
 
-    The layers are peft_zoo's (``LoRALinear`` / ``IA3Linear``, ``ModulesToSave`` for the
-    ``modules_to_save`` modules), built by :func:`~peft_zoo.adapt_model` with a config
+    The layers are peft_zoo's (``LoRALinear``, ``DoRALinear`` with ``use_dora``, ``IA3Linear``;
+    ``ModulesToSave`` for the ``modules_to_save`` modules), built by :func:`~peft_zoo.adapt_model` with a config
     translated from ``adapter_config.json`` and matched by PEFT's own rules on the names
     as saved. A checkpoint saved on the task model (``bert.encoder...``) loads into the bare
     base model and the other way round (the model's ``base_model_prefix``). Tensors are
     cast to the dtype of the layer they go into. Returns ``(model, trainable parameters)``.
 
     Raises :class:`PeftFormatError` and leaves the model exactly as it was for: a missing or
-    corrupt file, an unknown config field or an unsupported feature (DoRA, ``lora_bias``,
+    corrupt file, an unknown config field or an unsupported feature (``lora_bias``,
     ``target_parameters``, layer replication...), missing or unexpected tensors, a shape
     mismatch, non-finite values, names of modules this model does not have.
     """

@@ -164,7 +164,13 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="layers_to_transform needs"):
         pz.LoraConfig(target_modules=".*q", layers_to_transform=[1])
     with pytest.raises(ValueError, match="unknown fields"):
-        pz.LoraConfig.from_dict({"target_modules": ["q"], "use_dora": True})
+        pz.LoraConfig.from_dict({"target_modules": ["q"], "use_lora_magic": True})
+    with pytest.raises(TypeError, match="use_dora must be a bool"):
+        pz.LoraConfig(target_modules=["q"], use_dora="yes")
+    with pytest.raises(ValueError, match="use_dora=True with target_parts"):
+        pz.LoraConfig(target_modules=["c_attn"], use_dora=True, target_parts={"c_attn": [True, False, True]})
+    dora = pz.LoraConfig.from_dict({"target_modules": ["q"], "use_dora": True})
+    assert dora.use_dora and pz.LoraConfig.from_dict(dora.to_dict()) == dora
     config = pz.LoraConfig(rank=4, target_modules=["q"], rank_pattern={"q": 2})
     assert pz.LoraConfig.from_dict(config.to_dict()) == config
 

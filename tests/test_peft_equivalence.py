@@ -12,14 +12,19 @@ writes the same random, nonzero adapter weights into both, and checks:
   name) and of the input embeddings;
 - merging (``merge_adapters`` / ``merge_and_unload``) gives the same outputs again.
 
+DoRA (``use_dora=True``) is checked the same way, with random magnitudes besides A and B.
+
 Observed over 150 examples per method (CPU, float32, peft 0.21.2): outputs and merged outputs
 bit-identical; gradients within 2e-8 (LoRA on BERT and LLaMA, where the two libraries sum a
-few backward terms in a different order), identical elsewhere. The tolerance is float32's.
+few backward terms in a different order), identical elsewhere. DoRA: outputs within 1e-7 (the
+row norm ``||W0 + s B A||`` is formed from ``B @ A`` here, from ``(B (A I))^T`` in PEFT, which
+rounds differently for some shapes), gradients within 1e-7. The tolerance is float32's.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 import peft_zoo as pz  # noqa: E402
+from peft_zoo.dora import DoRALinear  # noqa: E402
 from peft_zoo.peft_format import PEFT_PREFIX, peft_dict_from_config  # noqa: E402
 from peft_zoo.testing import assert_close, seeds  # noqa: E402
 
@@ -141,6 +147,9 @@ def _pairs(ours: nn.Module, theirs: nn.Module) -> list[tuple[str, nn.Parameter, 
                 (f"{name}.lora_A", module.lora_A, layer.lora_A["default"].weight, 0.1, 0.0),
                 (f"{name}.lora_B", module.lora_B, layer.lora_B["default"].weight, 0.1 / module.scale, 0.0),
             ]
+            if isinstance(module, DoRALinear):  # magnitudes around the base's row norms (~0.08)
+                magnitude = layer.lora_magnitude_vector["default"].weight
+                pairs.append((f"{name}.magnitude", module.magnitude, magnitude, 0.02, 0.08))
         elif isinstance(module, pz.IA3Linear):
             pairs.append(
                 (f"{name}.scale", module.scale, inner.get_submodule(name).ia3_l["default"], 0.2, 1.0)
@@ -168,6 +177,7 @@ def check_same_as_peft(arch: str, config: pz.LoraConfig | pz.IA3Config, seed: in
     ours, _ = pz.adapt_model(copy.deepcopy(base), config)
     peft_cls = peft.LoraConfig if isinstance(config, pz.LoraConfig) else peft.IA3Config
     theirs = peft.get_peft_model(copy.deepcopy(base), peft_cls(**peft_dict_from_config(config, model=base)))
+    ours.eval(), theirs.eval()  # new adapter layers start in training mode: no dropout in the comparison
     kind = peft.tuners.lora.LoraLayer if isinstance(config, pz.LoraConfig) else peft.tuners.ia3.IA3Layer
     ours_layers = [n for n, m in ours.named_modules() if isinstance(m, pz.LoRALinear | pz.IA3Linear)]
     theirs_layers = [n.removeprefix(PEFT_PREFIX) for n, m in theirs.named_modules() if isinstance(m, kind)]
@@ -209,6 +219,15 @@ def test_lora_matches_peft(case: dict[str, Any]) -> None:
     check_same_as_peft(**case)
 
 
+@settings(max_examples=10, deadline=None)
+@given(lora_cases(), st.floats(0.0, 0.5))
+def test_dora_matches_peft(case: dict[str, Any], dropout: float) -> None:
+    """DoRA: the same configs with ``use_dora=True``; LoRA dropout is drawn too (inactive here,
+    the models are in eval mode, but it decides which branch of PEFT's forward runs)."""
+    config = dataclasses.replace(case["config"], use_dora=True, dropout=dropout)
+    check_same_as_peft(case["arch"], config, case["seed"])
+
+
 @PROPERTY
 @given(ia3_cases())
 def test_ia3_matches_peft(case: dict[str, Any]) -> None:
@@ -225,4 +244,5 @@ def test_every_target_and_both_scalings(arch: str) -> None:
             target_modules=names, rank=3, rank_pattern={names[-1]: 5}, rslora=rslora, modules_to_save=head
         )
         check_same_as_peft(arch, config, seed=0)
+        check_same_as_peft(arch, dataclasses.replace(config, use_dora=True), seed=2)
     check_same_as_peft(arch, pz.IA3Config(target_modules=names, feedforward_modules=names[-1:]), seed=1)

@@ -11,13 +11,19 @@ CPU, float32 (torch 2.13, transformers 5.23, peft 0.21.2; run with ``-s`` to pri
     bert-rslora   0          0             0          0
     gpt2-lora     0          0             0          0
     llama-lora    0          0             0          0
+    bert-dora     0          0             0          0
+    gpt2-dora     0          0             0          0
+    llama-dora    4.5e-08    0             4.5e-08    0
     bert-ia3      0          0             0          0
     gpt2-ia3      0          0             0          0
     llama-ia3     0          0             0          0
 
 Exactly zero: with the same tensors both libraries do the same float32 operations in the same
 order, unmerged (``base(x) + s * B(A x)``; ``base(x) * l``) and merged (``W0 + s * (B @ A)``,
-transposed for GPT-2's Conv1D; ``W0 * l``). The tests allow ``1e-5``.
+transposed for GPT-2's Conv1D; ``W0 * l``). DoRA's one difference: the unmerged forward's row
+norm ``||W0 + s B A||`` uses ``B @ A`` here and ``(B (A I))^T`` (an identity matrix, for FSDP)
+in PEFT; the two products round differently for some shapes (LLaMA's 16 -> 8 k/v projections).
+The tests allow ``1e-5``.
 
 Every refused load checks the message and that the model is exactly as it was
 (``peft_zoo.testing.fingerprint``): load_peft validates everything before the first change.
@@ -43,6 +49,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 import peft_zoo as pz  # noqa: E402
+from peft_zoo.dora import DoRALinear  # noqa: E402
 from peft_zoo.peft_format import (  # noqa: E402
     PEFT_PREFIX,
     PeftFormatError,
@@ -185,6 +192,32 @@ CASES: dict[str, tuple[str, Callable[[], pz.LoraConfig | pz.IA3Config]]] = {
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             rank_pattern={"down_proj": 2},
             alpha_pattern={r"layers\.1\..*": 12.0},
+        ),
+    ),
+    "bert-dora": (
+        "bert",
+        lambda: pz.LoraConfig(
+            rank=4,
+            alpha=8,
+            use_dora=True,
+            target_modules=["query", "value", "intermediate.dense"],
+            modules_to_save=["classifier"],
+            rank_pattern={"value": 2},
+        ),
+    ),
+    "gpt2-dora": (  # Conv1D: the magnitude is per output feature, a column of the (in, out) weight
+        "gpt2",
+        lambda: pz.LoraConfig(rank=3, alpha=6, use_dora=True, target_modules=["c_attn", "c_proj", "c_fc"]),
+    ),
+    "llama-dora": (
+        "llama",
+        lambda: pz.LoraConfig(
+            rank=4,
+            alpha=8,
+            rslora=True,
+            use_dora=True,
+            target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
+            alpha_pattern={"down_proj": 3.0},
         ),
     ),
     "bert-ia3": (
@@ -484,7 +517,6 @@ def test_refuses_unknown_config_fields(bert_adapter: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("use_dora", True),
         ("lora_bias", True),
         ("target_parameters", ["mlp.experts.gate_up_proj"]),
         ("layer_replication", [[0, 2]]),
@@ -613,7 +645,7 @@ def test_save_refuses_what_peft_cannot_express(tmp_path: Path) -> None:
         (batched, r"BatchedLoRALinear.*slot_as_lora"),
         (merged, "are merged; unmerge_adapters"),
         (other, r"cannot hold these adapter layers: \{'1': 'BottleneckAdapter'\}"),
-        (base("bert"), "no LoRALinear or IA3Linear"),
+        (base("bert"), "no LoRALinear, DoRALinear or IA3Linear"),
     ]:
         with pytest.raises(PeftFormatError, match=match):
             save_peft(model, tmp_path / "out")
@@ -665,3 +697,60 @@ def test_fused_q_and_v_lora_is_saved_as_the_plain_lora_it_equals(tmp_path: Path)
     assert max_diff(logits(ours), logits(theirs)) <= ATOL
     back, _ = load_peft(base("gpt2"), path)
     assert max_diff(logits(back), logits(ours)) <= ATOL
+
+
+# ----------------------------------------------------------------------------- DoRA
+
+
+@pytest.fixture(scope="module")
+def bert_dora_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PEFT DoRA adapter for the BERT model: query/value of both layers."""
+    path = tmp_path_factory.mktemp("peft") / "bert-dora"
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], use_dora=True)
+    perturb(peft.get_peft_model(base("bert"), config), seed=14).save_pretrained(path)
+    return path
+
+
+def test_dora_is_read_with_peft_key_names_into_dora_layers(bert_dora_adapter: Path) -> None:
+    config, state = read_peft(bert_dora_adapter)
+    assert config["use_dora"] is True
+    magnitudes = sorted(k for k in state if k.endswith(".lora_magnitude_vector"))
+    assert len(magnitudes) == 4 and all(tuple(state[k].shape) == (16,) for k in magnitudes)
+    model, params = load_peft(base("bert"), bert_dora_adapter)
+    layer = model.get_submodule("bert.encoder.layer.1.attention.self.query")
+    assert isinstance(layer, DoRALinear)
+    assert torch.equal(layer.magnitude, state[f"{Q1}.lora_magnitude_vector"])
+    assert torch.equal(layer.lora_A, state[f"{Q1}.lora_A.weight"])
+    assert any(p is layer.magnitude for p in params) and layer.magnitude.requires_grad
+
+
+def test_refuses_dora_adapters_with_a_bad_magnitude(bert_dora_adapter: Path, tmp_path: Path) -> None:
+    key = f"{Q1}.lora_magnitude_vector"
+    missing = edited(bert_dora_adapter, tmp_path / "a", tensors=lambda s: s.pop(key))
+    refused(missing, r"missing tensors .*query\.lora_magnitude_vector.*use_dora is on")
+
+    def short(state: dict) -> None:
+        state[key] = torch.ones(8)
+
+    refused(
+        edited(bert_dora_adapter, tmp_path / "b", tensors=short), r"shape \(8,\) in file, \(16,\) expected"
+    )
+
+    def nan(state: dict) -> None:
+        state[key][3] = float("nan")
+
+    refused(edited(bert_dora_adapter, tmp_path / "c", tensors=nan), "lora_magnitude_vector: contains NaN")
+    off = edited(bert_dora_adapter, tmp_path / "d", config=lambda d: d.update(use_dora=False))
+    refused(off, r"unexpected tensors .*\(DoRA magnitudes, but the config has use_dora off")
+
+
+def test_save_refuses_dora_mixed_with_plain_lora_or_merged(tmp_path: Path) -> None:
+    v = "bert.encoder.layer.0.attention.self.value"
+    mixed, _ = pz.adapt_model(base("bert"), pz.LoraConfig(rank=2, target_modules=["query"], use_dora=True))
+    pz.inject_lora(mixed, [v], rank=2)
+    merged, _ = pz.adapt_model(base("bert"), pz.LoraConfig(rank=2, target_modules=["query"], use_dora=True))
+    pz.merge_adapters(merged)
+    for model, match in [(mixed, r"mixes DoRA .* and plain LoRA \['" + v), (merged, "are merged")]:
+        with pytest.raises(PeftFormatError, match=match):
+            save_peft(model, tmp_path / "out")
+        assert not (tmp_path / "out").exists()

@@ -312,6 +312,84 @@ CHALLENGES: tuple[Challenge, ...] = (
             "embeddings, KV caches, merged weights), and how do you invalidate each?",
         ),
     ),
+    # ---- issue 6 (each entry is owned by the helper writing that challenge; placeholders until then)
+    Challenge(
+        18,
+        "nf4_quantize",
+        "nf4_quantize: blockwise 4-bit NormalFloat quantisation with the QLoRA code table",
+        2,
+        ("nf4_quantize", "nf4_dequantize"),
+        prerequisites=(1,),
+        hints=(
+            "Blocks are consecutive elements: flat = w.reshape(-1).float(), zero-pad it to n_pad (n rounded "
+            "up to a multiple of blocksize) with F.pad, then blocks = flat.view(n_pad // blocksize, blocksize).",
+            "absmax = blocks.abs().amax(dim=1): the ABSOLUTE maximum, one per block (not .amax(), not the "
+            "whole tensor's). Divide by torch.where(absmax > 0, absmax, 1) so a zero block stays 0, not NaN.",
+            "NF4 is not evenly spaced, so round(7 * x) is wrong: compare every value with all 16 entries, "
+            "(normed[..., None] - NF4).abs(), and take argmin over the LAST axis (the table).",
+            "Pack in uint8: (first << 4) | second per pair. To dequantize: high = packed >> 4, low = packed & 15, "
+            "interleave them (high first), NF4[codes] * absmax per block, drop the padding, reshape, cast.",
+        ),
+        interview=(
+            "Why does QLoRA quantise in blocks of 64 with an absmax each instead of one scale per tensor, and "
+            "what does that cost in bits per parameter?",
+            "What makes NF4 better than int4 for pretrained weights, and why does it have an exact zero and one "
+            "more positive level than negative ones?",
+            "What is double quantisation, and why can a QLoRA adapter not simply be merged back into the 4-bit "
+            "base weight?",
+        ),
+    ),
+    Challenge(
+        19,
+        "shared_weights_lora",
+        "shared_weights_lora: one set of big matrices for every block, a LoRA per layer",
+        2,
+        ("share_main_matrices",),
+        prerequisites=(1, 4),
+        hints=(
+            "Two passes: first look up every name in every block (block.get_submodule(name), turning its "
+            "AttributeError into a ValueError) and compare weight shapes and bias presence with block 0's; "
+            "only then change anything.",
+            "main_linear(module) gives the nn.Linear to share: a LoRALinear's base. Never share the "
+            "LoRALinear itself, nor the LayerNorms: each block keeps its own A, B, ln_1 and ln_2.",
+            "Alias, don't copy: target.weight = source.weight assigns block 0's Parameter object itself. "
+            ".data.copy_(), .clone() or nn.Parameter(source.weight) give each block its own Parameter.",
+            "Do it for every block from 1 to the last, and for the bias too (None stays None); leave block 0 "
+            "exactly as it is.",
+        ),
+        interview=(
+            "How does ALBERT-style sharing cut parameters, what does it not save (FLOPs, activations), and "
+            "what does a per-layer LoRA give back?",
+            "When one Parameter is used by L layers, what is its gradient, and why must the optimizer see it "
+            "only once?",
+            "Why can't you merge the per-layer LoRA into a shared base for serving, and what breaks when you "
+            "save or load a checkpoint of a shared model?",
+        ),
+    ),
+    Challenge(
+        20,
+        "dora_linear",
+        "dora_linear: weight-decomposed LoRA (magnitude times normalised direction)",
+        3,
+        ("DoRALinear",),
+        prerequisites=(1, 12),
+        hints=(
+            "One magnitude per OUTPUT feature: the norms of the rows of the (out, in) weight, "
+            "torch.linalg.norm(W, dim=1). Initialise m from W0 (detached) so that m V / ||V|| = W0 at init.",
+            "weight_norm(): V = W0 + scale * (B @ A), then the row norms of V, and .detach() them: the paper "
+            "(Sec. 4.3) treats ||V|| as a constant, so no gradient flows through it.",
+            "forward: ratio = magnitude / weight_norm(), shape (out,); return ratio * (F.linear(x, W0) + "
+            "scale * F.linear(F.linear(x, A), B)) and add the base's bias AFTER the rescaling.",
+            "merge: under torch.no_grad(), base.weight.copy_((m / ||V||)[:, None] * V) (one factor per row), "
+            "then merged = True; return at once when already merged.",
+        ),
+        interview=(
+            "What does DoRA decompose, and what does it learn that LoRA does not? How many extra "
+            "parameters per adapted layer?",
+            "Why does DoRA detach ||W0 + BA|| in backpropagation, and what does that save?",
+            "Can a DoRA adapter be merged for serving at zero extra cost? What must you keep to unmerge it?",
+        ),
+    ),
 )
 
 BY_NUMBER = {c.number: c for c in CHALLENGES}

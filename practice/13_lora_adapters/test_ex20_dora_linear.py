@@ -1,0 +1,402 @@
+"""Grader for challenge 20 · dora_linear. Run: peft-zoo check 20 (or pytest this file)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from peft_zoo.exercises.grading import assert_matches, learner_code, require
+from peft_zoo.testing import explain, leading_shapes, seeds
+
+CHALLENGE = "ex20_dora_linear"
+pytestmark = pytest.mark.timeout(120)
+
+# Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
+PLANTED_BUGS: list[tuple[str, str, str]] = [
+    (
+        "magnitude initialised to ones",
+        "nn.Parameter(torch.linalg.norm(base.weight.detach(), dim=1))",
+        "nn.Parameter(torch.ones(base.out_features, **factory))",
+    ),
+    (
+        "magnitude initialised with the column norms of W0",
+        "torch.linalg.norm(base.weight.detach(), dim=1)",
+        "torch.linalg.norm(base.weight.detach(), dim=0)",
+    ),
+    (
+        "B initialised non-zero (the layer no longer starts as its base)",
+        "self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))",
+        "self.lora_B = nn.Parameter(0.1 * torch.randn(base.out_features, rank, **factory))",
+    ),
+    (
+        "the norm is not detached (gradients flow through ||V||)",
+        "return torch.linalg.norm(v, dim=1).detach()",
+        "return torch.linalg.norm(v, dim=1)",
+    ),
+    (
+        "the norm taken over the columns (dim=0) instead of the rows",
+        "return torch.linalg.norm(v, dim=1).detach()",
+        "return torch.linalg.norm(v, dim=0).detach()",
+    ),
+    (
+        "the norm of W0 instead of W0 + s B A",
+        "v = self.base.weight + self.scale * (self.lora_B @ self.lora_A)",
+        "v = self.base.weight",
+    ),
+    (
+        "the scale missing inside the norm (||W0 + B A||)",
+        "v = self.base.weight + self.scale * (self.lora_B @ self.lora_A)",
+        "v = self.base.weight + (self.lora_B @ self.lora_A)",
+    ),
+    (
+        "the ratio inverted (||V|| / m)",
+        "ratio = self.magnitude / self.weight_norm()  # (out,)  m / ||V||",
+        "ratio = self.weight_norm() / self.magnitude",
+    ),
+    (
+        "the scale missing on the LoRA path of forward",
+        "lora_out = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale",
+        "lora_out = F.linear(F.linear(x, self.lora_A), self.lora_B)",
+    ),
+    (
+        "the bias multiplied by the magnitude ratio",
+        "return out if self.base.bias is None else out + self.base.bias",
+        "return out if self.base.bias is None else out + ratio * self.base.bias",
+    ),
+    (
+        "merge forgets the magnitude (writes V / ||V||)",
+        "self.base.weight.copy_(ratio[:, None] * adapted)",
+        "self.base.weight.copy_(adapted / self.weight_norm()[:, None])",
+    ),
+    (
+        "merge writes the plain LoRA weight V (no DoRA rescaling)",
+        "self.base.weight.copy_(ratio[:, None] * adapted)",
+        "self.base.weight.copy_(adapted)",
+    ),
+    (
+        "merge scales the columns instead of the rows",
+        "self.base.weight.copy_(ratio[:, None] * adapted)",
+        "self.base.weight.copy_(adapted * ratio[: adapted.shape[1]])",
+    ),
+    ("merge never sets the merged flag", "        self.merged = True\n", "        self.merged = False\n"),
+    (
+        "merging twice applies the update twice",
+        "        if self.merged:\n            return\n",
+        "",
+    ),
+]
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> dict:
+    """Features, rank, alpha (scale != 1 mostly), bias, leading dims and a seed."""
+    rank = draw(st.integers(1, 4))
+    return {
+        "in": draw(st.integers(1, 6)),
+        "out": draw(st.integers(1, 6)),
+        "rank": rank,
+        "alpha": draw(st.one_of(st.none(), st.sampled_from([0.5, 3.0, 8.0]))),
+        "bias": draw(st.booleans()),
+        "lead": draw(leading_shapes(max_dims=2, max_size=3)),
+        "seed": draw(seeds()),
+    }
+
+
+EXAMPLE = {"in": 5, "out": 3, "rank": 2, "alpha": 3.0, "bias": True, "lead": (4,), "seed": 0}
+SQUARE = {"in": 4, "out": 4, "rank": 2, "alpha": 8.0, "bias": True, "lead": (2, 3), "seed": 1}
+
+
+def _base(spec) -> nn.Linear:
+    torch.manual_seed(spec["seed"])
+    return nn.Linear(spec["in"], spec["out"], bias=spec["bias"], dtype=torch.float64)
+
+
+def _call(fn, what: str, spec, hint: str):
+    """Run learner code; a shape error becomes a failure that says where to look."""
+    try:
+        return fn()
+    except NotImplementedError:
+        raise  # an unfinished stub: reported as "not implemented yet"
+    except (RuntimeError, IndexError) as err:
+        raise AssertionError(
+            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
+        ) from None
+
+
+NORM_HINT = (
+    "one norm per OUTPUT feature: ||V|| is the L2 norm of each row of the (out, in) weight, "
+    "torch.linalg.norm(V, dim=1), shape (out,)"
+)
+
+
+def _check_attributes(layer, spec) -> None:
+    for name, shape in (
+        ("lora_A", (spec["rank"], spec["in"])),
+        ("lora_B", (spec["out"], spec["rank"])),
+        ("magnitude", (spec["out"],)),
+    ):
+        p = getattr(layer, name, None)
+        assert isinstance(p, nn.Parameter), explain(
+            f"{name} must be an nn.Parameter", drawn=spec, got=repr(p)
+        )
+        assert tuple(p.shape) == shape, explain(
+            f"{name} has the wrong shape",
+            drawn=spec,
+            expected=str(shape),
+            got=str(tuple(p.shape)),
+            hint=NORM_HINT if name == "magnitude" else "A is (rank, in_features), B is (out_features, rank)",
+        )
+
+
+def _pair(impl, ref, spec):
+    """The learner's and the reference layer over copies of one base, holding the same random A,
+    nonzero B and a magnitude moved off ||W0||, so every term of the forward matters."""
+    (cls,) = require(impl, "DoRALinear")
+    base = _base(spec)
+    mine = cls(copy.deepcopy(base), spec["rank"], spec["alpha"])
+    theirs = ref.DoRALinear(copy.deepcopy(base), spec["rank"], spec["alpha"])
+    _check_attributes(mine, spec)
+    g = torch.Generator().manual_seed(spec["seed"])
+    with torch.no_grad():
+        theirs.lora_A.copy_(torch.randn(theirs.lora_A.shape, generator=g, dtype=torch.float64))
+        theirs.lora_B.copy_(0.5 * torch.randn(theirs.lora_B.shape, generator=g, dtype=torch.float64))
+        theirs.magnitude.mul_(0.5 + torch.rand(spec["out"], generator=g, dtype=torch.float64))
+        for name in ("lora_A", "lora_B", "magnitude"):
+            getattr(mine, name).copy_(getattr(theirs, name))
+    return mine, theirs
+
+
+def _eq5(layer, x, *, norm_of=None, bias_scaled=False, inverted=False, lora_scale=True, magnitude=True):
+    """Eq. 5 and its classic variants, written out: ``m / ||N|| (W0 x + s B A x) + b`` where ``N``
+    is ``norm_of`` (default V = W0 + s B A, rows)."""
+    w0, a, b, s = layer.base.weight, layer.lora_A, layer.lora_B, layer.scale
+    v = w0 + s * b @ a
+    norm = (v if norm_of is None else norm_of(w0, a, b, s)).norm(dim=1).detach()
+    ratio = norm / layer.magnitude if inverted else layer.magnitude / norm
+    if not magnitude:
+        ratio = torch.ones_like(ratio)
+    out = ratio * (F.linear(x, w0) + F.linear(x, b @ a) * (s if lora_scale else 1.0))
+    if layer.base.bias is not None:
+        out = out + (ratio * layer.base.bias if bias_scaled else layer.base.bias)
+    return out
+
+
+def _forward_bugs(theirs, x) -> dict:
+    bugs = {
+        "the bias is multiplied by m / ||V||: add the base's bias after the rescaling": lambda: _eq5(
+            theirs, x, bias_scaled=True
+        ),
+        "||V|| uses W0 only: the norm must include the update, ||W0 + s B A||": lambda: _eq5(
+            theirs, x, norm_of=lambda w0, a, b, s: w0
+        ),
+        "the scale is missing inside the norm: ||W0 + s B A||, not ||W0 + B A||": lambda: _eq5(
+            theirs, x, norm_of=lambda w0, a, b, s: w0 + b @ a
+        ),
+        "the ratio is inverted: it is m / ||V||, not ||V|| / m": lambda: _eq5(theirs, x, inverted=True),
+        "the scale is missing on the LoRA path (B A x instead of s B A x)": lambda: _eq5(
+            theirs, x, lora_scale=False
+        ),
+        "the magnitude is never applied (that is plain LoRA)": lambda: _eq5(theirs, x, magnitude=False),
+    }
+    if theirs.base.weight.shape[0] == theirs.base.weight.shape[1]:
+        bugs["the norm is taken over the columns (dim=0): it must be one per row (output feature)"] = lambda: (
+            _eq5(theirs, x, norm_of=lambda w0, a, b, s: (w0 + s * b @ a).T)
+        )
+    return bugs
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=specs())
+@example(spec=EXAMPLE)
+@learner_code()
+def test_initialisation_magnitude_is_row_norms_and_output_equals_base(impl, spec) -> None:
+    (cls,) = require(impl, "DoRALinear")
+    base = _base(spec)
+    layer = _call(
+        lambda: cls(copy.deepcopy(base), spec["rank"], spec["alpha"]), "DoRALinear(...)", spec, NORM_HINT
+    )
+    _check_attributes(layer, spec)
+    assert torch.count_nonzero(layer.lora_B) == 0, explain(
+        "lora_B must start at zero",
+        drawn=spec,
+        hint="B random at init: W0 + s B A != W0, so the layer is not its base",
+    )
+    frozen = [n for n, p in layer.base.named_parameters() if p.requires_grad]
+    assert not frozen, explain("the base layer must stay frozen", drawn=spec, got=f"trainable base.{frozen}")
+    row_norms = base.weight.norm(dim=1)
+    hint = None
+    if torch.allclose(layer.magnitude.detach(), torch.ones_like(row_norms)):
+        hint = "magnitude initialised to ones: it must be ||W0|| per row, so that m V / ||V|| = W0 at init"
+    elif spec["in"] == spec["out"] and torch.allclose(layer.magnitude.detach(), base.weight.norm(dim=0)):
+        hint = "those are the column norms (dim=0): DoRA keeps one magnitude per row (output feature)"
+    assert_matches(
+        layer.magnitude,
+        row_norms,
+        what="magnitude at initialisation (the row norms of W0)",
+        drawn=spec,
+        hint=hint,
+    )
+    x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
+    with torch.no_grad():
+        out = _call(lambda: layer(x), "forward", spec, NORM_HINT)
+        assert_matches(out, base(x), what="output at initialisation must equal the base output", drawn=spec)
+
+
+# ----------------------------------------------------------------------------- the norm and forward
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=specs())
+@example(spec=EXAMPLE)
+@example(spec=SQUARE)
+@learner_code()
+def test_weight_norm_is_the_detached_row_norm_of_w0_plus_sba(impl, ref, spec) -> None:
+    mine, theirs = _pair(impl, ref, spec)
+    norm = _call(mine.weight_norm, "weight_norm()", spec, NORM_HINT)
+    w0, a, b, s = theirs.base.weight, theirs.lora_A, theirs.lora_B, theirs.scale
+    bugs = {
+        "the norm of W0 alone (leave out the update and ||V|| ignores B and A)": lambda: w0.norm(dim=1),
+        "the scale is missing: ||W0 + B A||": lambda: (w0 + b @ a).norm(dim=1),
+        "the norm over the columns (dim=0)": lambda: (w0 + s * b @ a).norm(dim=0),
+    }
+    assert_matches(
+        norm, theirs.weight_norm(), what="weight_norm() = ||W0 + s B A|| per row", drawn=spec, bugs=bugs
+    )
+    assert not norm.requires_grad, explain(
+        "weight_norm() is still attached to the autograd graph",
+        drawn=spec,
+        got="a tensor with requires_grad=True",
+        hint="DoRA treats ||V|| as a constant (Sec. 4.3): return the norm .detach()-ed",
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec=specs())
+@example(spec=EXAMPLE)
+@example(spec=SQUARE)
+@learner_code()
+def test_forward_matches_eq5(impl, ref, spec) -> None:
+    mine, theirs = _pair(impl, ref, spec)
+    x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
+    with torch.no_grad():
+        out = _call(lambda: mine(x), "forward", spec, NORM_HINT)
+        bugs = _forward_bugs(theirs, x)
+        assert_matches(
+            out,
+            _eq5(theirs, x),
+            what="forward vs m (W0 + s B A) x / ||W0 + s B A|| + b",
+            drawn=spec,
+            bugs=bugs,
+        )
+        assert_matches(out, theirs(x), what="forward vs the reference answer", drawn=spec, bugs=bugs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=specs())
+@example(spec=EXAMPLE)
+@learner_code()
+def test_gradients_treat_the_norm_as_a_constant(impl, ref, spec) -> None:
+    mine, theirs = _pair(impl, ref, spec)
+    x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
+    g = torch.randn(*spec["lead"], spec["out"], dtype=torch.float64)
+    names = ("lora_A", "lora_B", "magnitude")
+    out = _call(lambda: mine(x), "forward", spec, NORM_HINT)
+    got = torch.autograd.grad((out * g).sum(), [getattr(mine, n) for n in names], allow_unused=True)
+    expected = torch.autograd.grad((theirs(x) * g).sum(), [getattr(theirs, n) for n in names])
+
+    def attached():  # the gradients with ||V|| left in the graph
+        w0, a, b, m = theirs.base.weight, theirs.lora_A, theirs.lora_B, theirs.magnitude
+        v = w0 + theirs.scale * b @ a
+        y = F.linear(x, m[:, None] * v / v.norm(dim=1, keepdim=True), theirs.base.bias)
+        return torch.autograd.grad((y * g).sum(), [a, b, m])
+
+    for i, name in enumerate(names):
+        assert got[i] is not None, explain(
+            f"{name} received no gradient",
+            drawn=spec,
+            hint="is the path through it detached? Only ||V|| is a constant; m, A and B must train",
+        )
+        assert_matches(
+            got[i],
+            expected[i],
+            what=f"gradient of {name}",
+            drawn=spec,
+            bugs={
+                "||V|| is not detached: gradients flow through the norm (Sec. 4.3 treats it as a constant)": (
+                    lambda i=i: attached()[i]
+                )
+            },
+        )
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=specs())
+@example(spec=EXAMPLE)
+@example(spec=SQUARE)
+@learner_code()
+def test_merge_writes_m_v_over_norm_and_keeps_the_output(impl, ref, spec) -> None:
+    mine, theirs = _pair(impl, ref, spec)
+    x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
+    weight = mine.base.weight
+    with torch.no_grad():
+        before = theirs(x)
+        w0, a, b, s, m = (
+            theirs.base.weight.clone(),
+            theirs.lora_A,
+            theirs.lora_B,
+            theirs.scale,
+            theirs.magnitude,
+        )
+        v = w0 + s * b @ a
+        norm = v.norm(dim=1, keepdim=True)
+        _call(mine.merge, "merge()", spec, "W' = (m / ||V||)[:, None] * V: one factor per ROW")
+        theirs.merge()
+        bugs = {
+            "the magnitude is missing: W' = m V / ||V||, not V / ||V||": lambda: v / norm,
+            "that is the plain LoRA merge V = W0 + s B A: DoRA rescales each row by m / ||V||": lambda: v,
+            "the rows are scaled by ||V|| / m (inverted)": lambda: norm / m[:, None] * v,
+        }
+        if spec["in"] == spec["out"]:
+            bugs["the columns are scaled, not the rows: use (m / ||V||)[:, None]"] = lambda: (
+                (m / norm[:, 0])[None, :] * v
+            )
+        assert mine.base.weight is weight, explain(
+            "merge must write into base.weight in place",
+            drawn=spec,
+            hint="use base.weight.copy_(...) under no_grad",
+        )
+        assert_matches(
+            mine.base.weight, theirs.base.weight, what="base.weight after merge()", drawn=spec, bugs=bugs
+        )
+        assert mine.merged is True, explain(
+            "merge() must set merged = True", drawn=spec, got=repr(mine.merged)
+        )
+        assert_matches(
+            _call(lambda: mine(x), "forward after merge()", spec, NORM_HINT),
+            before,
+            what="the merged layer's output must equal the unmerged output",
+            drawn=spec,
+            hint="once merged, forward is just base(x): the DoRA weight is in base.weight already",
+        )
+        mine.merge()
+        assert_matches(
+            mine.base.weight,
+            theirs.base.weight,
+            what="base.weight after merging a second time (must not change)",
+            drawn=spec,
+            hint="merge() on a merged layer must return at once",
+        )
+    assert not mine.base.weight.requires_grad, explain("merge must leave the base frozen", drawn=spec)
