@@ -75,6 +75,7 @@ from .peft_config import (
     lora_config_from_peft,
     peft_dict_from_config,
 )
+from .quant import QLoRALinear
 from .targets import TargetSpec, output_head_names, target_matches
 
 __all__ = [
@@ -161,12 +162,17 @@ def save_peft(
     ``DoRALinear`` layers are written as PEFT writes DoRA: ``use_dora: true`` and a
     ``lora_magnitude_vector`` tensor per layer besides ``lora_A`` / ``lora_B``.
 
+    A :class:`~peft_zoo.QLoRALinear` is written as the plain LoRA it carries: PEFT applies it
+    to the same base quantised with bitsandbytes, or to a float base (equal outputs when that
+    base holds the dequantised NF4 weights). ``load_peft`` builds float ``LoRALinear`` layers.
+
     Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: LoRA and
     IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
     ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
     found = outermost_adapters(model)
-    lora = {n: m for n, m in found.items() if type(m) in (LoRALinear, DoRALinear)}
+    # A QLoRA layer's adapter is a plain LoRA: PEFT loads it onto a (4-bit or float) base.
+    lora = {n: m for n, m in found.items() if type(m) in (LoRALinear, DoRALinear, QLoRALinear)}
     # A partial fused LoRA is exactly a plain LoRA of rank k * r with a block-structured B.
     lora.update({n: m.as_lora() for n, m in found.items() if type(m) is FusedLoRALinear})
     ia3 = {n: m for n, m in found.items() if type(m) is IA3Linear}

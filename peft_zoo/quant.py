@@ -378,6 +378,7 @@ class NF4Linear(nn.Module):
         self.in_features, self.out_features = d_in, d_out
         self.blocksize, self.quant_type, self.double_quant = q.blocksize, q.quant_type, q.double_quant
         self.weight_dtype = weight.dtype  # dtype the weight had before quantisation
+        self.fan_in_fan_out = fan_in_fan_out  # the source was a Conv1D (in, out); stored here as (out, in)
         self.compute_dtype = compute
         self.register_buffer("weight_packed", q.packed)
         self.register_buffer("weight_absmax", q.absmax)
@@ -512,6 +513,11 @@ class QLoRALinear(AdapterModule):
     def bias(self) -> torch.Tensor | None:
         """The base layer's bias (frozen), shape ``(out_features,)``."""
         return self.base.bias
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        """Whether the quantised layer was a GPT-2 ``Conv1D`` (what PEFT's config records)."""
+        return self.base.fan_in_fan_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``, in ``x.dtype``."""

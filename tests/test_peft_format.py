@@ -754,3 +754,42 @@ def test_save_refuses_dora_mixed_with_plain_lora_or_merged(tmp_path: Path) -> No
         with pytest.raises(PeftFormatError, match=match):
             save_peft(model, tmp_path / "out")
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_qlora_adapter_saves_as_plain_lora_that_peft_applies_to_the_dequantised_base(
+    arch: str, tmp_path: Path
+) -> None:
+    """A QLoRA adapter is a plain LoRA: PEFT on a base holding the dequantised NF4 weights must
+    compute exactly what the QLoRA model computes (GPT-2: from Conv1D, fan_in_fan_out)."""
+    from peft_zoo.quant import QLoRALinear, inject_qlora
+
+    targets = {"bert": ["query", "value"], "gpt2": ["c_attn"]}[arch]
+    model = base(arch)
+    names = [n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
+    inject_qlora(model, names, rank=4, alpha=8)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for n in names:
+            model.get_submodule(n).lora_B.normal_(std=1.0)
+    save_peft(model, tmp_path / "qlora")
+    config = json.loads((tmp_path / "qlora" / "adapter_config.json").read_text())
+    assert config["use_dora"] is False and config["fan_in_fan_out"] == (arch == "gpt2")
+
+    reference = base(arch)  # the float base, its adapted weights replaced by the NF4 ones
+    with torch.no_grad():
+        for n in names:
+            layer = model.get_submodule(n)
+            assert isinstance(layer, QLoRALinear)
+            w = layer.base.dequantize_weight(torch.float32)  # (out, in)
+            reference.get_submodule(n).weight.copy_(w.T if arch == "gpt2" else w)
+    peft_model = peft.PeftModel.from_pretrained(reference, tmp_path / "qlora").eval()
+    model.eval()
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, peft_model(ids).logits
+    assert (ours - theirs).abs().max() <= ATOL
+    with torch.no_grad():  # the adapter matters: without it the outputs differ
+        plain = peft_model.get_base_model()
+        with peft_model.disable_adapter():
+            assert (plain(ids).logits - ours).abs().max() > 10 * ATOL
