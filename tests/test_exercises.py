@@ -218,7 +218,7 @@ def test_broken_learner_files_fail_only_their_challenge_in_bounded_time(tmp_path
     other.mkdir()
     (other / loop.name).write_text(looping)
 
-    env = {"PEFT_ZOO_GRADER_TIMEOUT": "2"}
+    env = {"PEFT_ZOO_GRADER_TIMEOUT": "5"}  # generous for a loaded CI machine
     code, results, output = _grade(tmp_path, env=env)
     assert code == 1, output[-3000:]
     for key, message in results.items():
@@ -230,7 +230,7 @@ def test_broken_learner_files_fail_only_their_challenge_in_bounded_time(tmp_path
 
     code, results, output = _grade(other, PRACTICE / f"test_{CHALLENGES[0].stem}.py", env=env)
     assert code == 1
-    assert any(m and "did not finish within 2 s" in m for m in results.values()), output[-2000:]
+    assert any(m and "did not finish within 5 s" in m for m in results.values()), output[-2000:]
 
 
 def _shards(n: int) -> list[dict]:
@@ -259,6 +259,7 @@ def _shards(n: int) -> list[dict]:
     return outcomes
 
 
+@pytest.mark.timeout(1500)  # ~160 graders runs; slow on a loaded 2-core machine
 def test_every_planted_bug_is_rejected() -> None:
     """Kill rate 100%: each classic mistake, planted alone into the answers, fails its grader."""
     outcomes = _shards(2)

@@ -381,3 +381,18 @@ def test_plain_ascii_terminal_does_not_crash(root, monkeypatch) -> None:
     assert runner.cmd_status(runner.Paths(root)) == 0
     text = raw.getvalue().decode("ascii")
     assert ".  1  not started" in text and "Next: challenge 1 - " in text
+
+
+def test_committed_challenge_index_is_generated_and_links_every_challenge(tmp_path, capsys) -> None:
+    from peft_zoo.exercises.readme import GUIDES, render_challenge_index
+
+    committed = (ROOT / "docs" / "challenges.md").read_text()
+    assert committed == render_challenge_index(), "docs/challenges.md drifted: run `peft-zoo build`"
+    assert set(GUIDES) == {ch.number for ch in CHALLENGES}, "every challenge needs a guide and a notebook"
+    for ch in CHALLENGES:
+        assert f"../solutions/{TRACK}/{ch.stem}.py" in committed
+        assert f"../practice/{TRACK}/test_{ch.stem}.py" in committed
+    assert cli(capsys, tmp_path, "build")[0] == 0
+    (tmp_path / "docs" / "challenges.md").write_text("stale\n")
+    code, out = cli(capsys, tmp_path, "build", "--check")
+    assert code == 1 and "challenges.md" in out

@@ -857,14 +857,16 @@ def cmd_watch(
 
 
 def cmd_build(root: Path, *, check_only: bool = False) -> int:
-    from .readme import render_readme
+    from .readme import generated_pages
 
     paths = Paths(root)
+    pages = {root / rel: text for rel, text in generated_pages().items()}
     try:
         if check_only:
             drifted = builder.check(root)
-            if not paths.readme.is_file() or paths.readme.read_text(encoding="utf-8") != render_readme():
-                drifted.append(paths.readme)
+            for path, text in pages.items():
+                if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                    drifted.append(path)
             for path in drifted:
                 emit(f"drifted: {paths.show(path)}")
             if drifted:
@@ -876,10 +878,11 @@ def cmd_build(root: Path, *, check_only: bool = False) -> int:
             emit("All generated files are up to date.")
             return 0
         written = builder.build(root)
-        readme = render_readme()
-        if not paths.readme.is_file() or paths.readme.read_text(encoding="utf-8") != readme:
-            atomic_write(paths.readme, readme.encode("utf-8"))
-            written.append(paths.readme)
+        for path, text in pages.items():
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, text.encode("utf-8"))
+                written.append(path)
     except builder.BuildError as err:
         emit(f"build failed: {err}", stream=sys.stderr)
         return 1
