@@ -753,24 +753,6 @@ def accounting_table(rows: Iterable[AccountingRow] | None = None) -> str:
 # peft_zoo.cost_serving, which builds on the geometry above. They are re-exported here on
 # first access (PEP 562), so `from peft_zoo.cost import serving_flops` works and importing
 # either module first makes no import cycle.
-_SERVING_NAMES = frozenset(
-    {
-        "SERVING_TARGETS",
-        "ModuleFlops",
-        "ServingFlops",
-        "ServingRow",
-        "TrainingMemory",
-        "adapter_bytes",
-        "break_even_tokens",
-        "dynamic_overhead",
-        "parallel_style",
-        "serving_flops",
-        "serving_rows",
-        "serving_table",
-        "training_memory",
-    }
-)
-
 if TYPE_CHECKING:  # what the names are, for type checkers and linters
     from .cost_serving import (
         SERVING_TARGETS,
@@ -790,12 +772,12 @@ if TYPE_CHECKING:  # what the names are, for type checkers and linters
 
 
 def __getattr__(name: str) -> object:
-    if name in _SERVING_NAMES:
-        from . import cost_serving
+    from . import cost_serving  # the names it re-exports are its own __all__
 
+    if name in cost_serving.__all__:
         return getattr(cost_serving, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SERVING_NAMES)
+    return sorted(set(globals()) | set(__all__))

@@ -24,12 +24,9 @@ from torch import nn
 
 from ._checks import (
     check_last_dim,
-    check_positive_float,
-    check_positive_int,
-    check_probability,
     linear_features,
 )
-from .lora import LoRALinear, LowRankAdapter, lora_scale
+from .lora import LoRALinear, LowRankAdapter, check_lora_hyperparameters, set_lora_hyperparameters
 
 __all__ = ["FusedLoRALinear"]
 
@@ -61,9 +58,7 @@ class FusedLoRALinear(LowRankAdapter):
         fan_in_fan_out: bool | None = None,
     ) -> None:
         d_in, d_out, fan_in_fan_out = linear_features(base, "FusedLoRALinear base", fan_in_fan_out)
-        rank = check_positive_int(rank, "rank")
-        alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
-        dropout = check_probability(dropout, "dropout")
+        rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
         parts = tuple(bool(p) for p in parts)
         if not parts or not any(parts):
             raise ValueError(f"parts must enable at least one slice, got {parts}")
@@ -76,10 +71,7 @@ class FusedLoRALinear(LowRankAdapter):
         self.fan_in_fan_out = fan_in_fan_out
         self.parts = parts
         self.part_size = d_out // len(parts)
-        self.rank, self.alpha, self.rslora = rank, alpha, bool(rslora)
-        self.scale = lora_scale(rank, alpha, self.rslora)
-        self.dropout_p = dropout
-        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
         k = sum(parts)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(k, rank, d_in, **factory))  # (k, r, in)

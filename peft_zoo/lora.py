@@ -34,6 +34,32 @@ def lora_scale(rank: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+def check_lora_hyperparameters(rank: object, alpha: object, dropout: object) -> tuple[int, float, float]:
+    """Validated ``(rank, alpha, dropout)``: rank a positive int, alpha positive (defaults to
+    ``rank``), dropout in ``[0, 1)``. Raises a ``ValueError``/``TypeError`` naming the argument."""
+    rank = check_positive_int(rank, "rank")
+    alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
+    return rank, alpha, check_probability(dropout, "dropout")
+
+
+def set_lora_hyperparameters(
+    module: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool
+) -> None:
+    """Give ``module`` the attributes every LoRA-style layer has: ``rank``, ``alpha``,
+    ``rslora``, ``scale``, ``dropout_p`` and ``lora_dropout`` (dropout on the LoRA path only).
+    Arguments as returned by :func:`check_lora_hyperparameters`."""
+    module.rank, module.alpha, module.rslora = rank, alpha, bool(rslora)
+    module.scale = lora_scale(rank, alpha, module.rslora)
+    module.dropout_p = dropout
+    module.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+
+def init_lora_pair(lora_A: torch.Tensor, lora_B: torch.Tensor) -> None:
+    """A ~ Kaiming-uniform (as ``nn.Linear`` initialises weights), B = 0, so ``B A = 0``."""
+    nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5))
+    nn.init.zeros_(lora_B)
+
+
 class LowRankAdapter(AdapterModule):
     """What every low-rank update over a frozen ``base`` shares: the effective ``weight``,
     merge and unmerge as plain weight arithmetic, in the base weight's own layout.
@@ -140,9 +166,7 @@ class LoRALinear(LowRankAdapter):
     ) -> None:
         # Validate everything before touching ``base``.
         d_in, d_out, fan_in_fan_out = linear_features(base, "LoRALinear base", fan_in_fan_out)
-        rank = check_positive_int(rank, "rank")
-        alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
-        dropout = check_probability(dropout, "dropout")
+        rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
         super().__init__()
 
         self.base = base
@@ -150,12 +174,7 @@ class LoRALinear(LowRankAdapter):
         self.in_features = d_in
         self.out_features = d_out
         self.fan_in_fan_out = fan_in_fan_out
-        self.rank = rank
-        self.alpha = alpha
-        self.rslora = bool(rslora)
-        self.scale = lora_scale(rank, alpha, self.rslora)
-        self.dropout_p = dropout
-        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
 
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
@@ -165,8 +184,7 @@ class LoRALinear(LowRankAdapter):
 
     def reset_lora_parameters(self) -> None:
         """A ~ Kaiming-uniform (as ``nn.Linear`` initialises weights), B = 0, so ΔW = 0."""
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
+        init_lora_pair(self.lora_A, self.lora_B)
 
     def _delta(self, dtype: torch.dtype) -> torch.Tensor:
         return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scale  # (out, in)

@@ -39,14 +39,12 @@ from torch import nn
 from ._base import AdapterModule
 from ._checks import (
     check_last_dim,
-    check_positive_float,
     check_positive_int,
-    check_probability,
     is_conv1d,
     linear_features,
 )
 from .inject import InjectionError, _adapter_owned, _as_name_list, _parent_of, _replace_linears
-from .lora import lora_scale
+from .lora import check_lora_hyperparameters, init_lora_pair, set_lora_hyperparameters
 from .targets import output_head_names
 
 __all__ = [
@@ -467,9 +465,7 @@ class QLoRALinear(AdapterModule):
         # Validate every argument before touching ``base`` (NF4Linear only reads it, then
         # freezes its bias).
         linear_features(base, "QLoRALinear base")
-        rank = check_positive_int(rank, "rank")
-        alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
-        dropout = check_probability(dropout, "dropout")
+        rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
         _check_blocksize(blocksize)
         _check_dtype(compute_dtype, "compute_dtype")
         if _check_dtype(adapter_dtype, "adapter_dtype") is None:
@@ -481,12 +477,7 @@ class QLoRALinear(AdapterModule):
             base, blocksize=blocksize, double_quant=double_quant, compute_dtype=compute_dtype
         )
         self.in_features, self.out_features = self.base.in_features, self.base.out_features
-        self.rank = rank
-        self.alpha = alpha
-        self.rslora = bool(rslora)
-        self.scale = lora_scale(rank, alpha, self.rslora)
-        self.dropout_p = dropout
-        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
         factory = {"device": base.weight.device, "dtype": adapter_dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
         self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
@@ -495,8 +486,7 @@ class QLoRALinear(AdapterModule):
 
     def reset_lora_parameters(self) -> None:
         """A ~ Kaiming-uniform, B = 0, so the layer starts equal to its (quantised) base."""
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
+        init_lora_pair(self.lora_A, self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scale * B A``, shape ``(out_features, in_features)``, in the adapter dtype."""

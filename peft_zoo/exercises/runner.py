@@ -38,7 +38,6 @@ from .manifest import BY_NUMBER, CHALLENGES, TRACK, Challenge
 
 STATE_NAME = ".progress.json"
 BACKUP_DIR = ".backups"
-README_NAME = "README.md"
 DEFAULT_TIMEOUT = 900.0  # seconds for one pytest run; the graders bound each test themselves
 ROOT_ENV = "PEFT_ZOO_ROOT"
 LEVELS = {1: "warm-up", 2: "core", 3: "hard"}
@@ -155,10 +154,6 @@ class Paths:
     @property
     def backups(self) -> Path:
         return self.practice / BACKUP_DIR
-
-    @property
-    def readme(self) -> Path:
-        return self.practice / README_NAME
 
     def exercise(self, ch: Challenge) -> Path:
         return self.practice / f"{ch.stem}.py"
