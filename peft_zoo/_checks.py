@@ -40,6 +40,60 @@ def check_probability(value: object, name: str) -> float:
     return float(value)
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages about values
+    that came from a file (a 10 MB list must not end up in the message)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlevel = limit, limit, 3
+    text = short.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_optional_bool(value: object, name: str) -> bool | None:
+    """Return ``value`` if it is ``None`` or a real ``bool``; a string such as ``"no"`` or an
+    int such as ``0`` is refused, never read as true or false."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be True, False or None, got {short_repr(value)} of type {type(value).__name__}"
+        )
+    return value
+
+
+def check_int_in(value: object, name: str, low: int, high: int) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``, not a float) with
+    ``low <= value <= high``, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int in [{low}, {high}], got {short_repr(value)} of type {type(value).__name__}"
+        )
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {short_repr(value)}")
+    return int(value)
+
+
+def check_names(value: object, name: str) -> list[str]:
+    """``value`` as a list of module names: a list, tuple or set of non-empty ``str``. A bare
+    string is refused (it would be read one character at a time), so is any other type."""
+    if isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a list of module names, got the string {short_repr(value)}: write [{value!r:.60}]"
+        )
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(
+            f"{name} must be a list of module names, got {short_repr(value)} of type {type(value).__name__}"
+        )
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{name} must hold module names (str), got {short_repr(item)} of type {type(item).__name__}"
+            )
+        if not item:
+            raise ValueError(f"{name} holds an empty name, which names no module")
+    return list(value)
+
+
 def check_linear(module: object, what: str) -> nn.Linear:
     """Return ``module`` if it is an ``nn.Linear``, else raise a TypeError naming it."""
     if not isinstance(module, nn.Linear):
@@ -80,3 +134,25 @@ def check_last_dim(x: torch.Tensor, expected: int, layer: str) -> None:
     """Raise a ValueError when ``x.shape[-1] != expected`` (or ``x`` is 0-d)."""
     if x.dim() == 0 or x.shape[-1] != expected:
         raise ValueError(f"{layer} expects input of shape (..., {expected}), got {tuple(x.shape)}")
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a real ``bool`` (a string such as ``"no"`` or an int is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+    return value
+
+
+def check_nonnegative_float(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number >= 0, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r} of type {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_float_dtype(dtype: object, name: str = "dtype") -> None:
+    """Refuse a ``dtype`` that is neither ``None`` nor a floating-point ``torch.dtype``."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating-point torch.dtype or None, got {dtype!r}")

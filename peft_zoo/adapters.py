@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_last_dim, check_positive_int
+from ._checks import check_bool, check_float_dtype, check_last_dim, check_positive_int
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -60,13 +60,15 @@ class BottleneckAdapter(AdapterModule):
     ) -> None:
         self.d_model = check_positive_int(d_model, "d_model")
         self.bottleneck_dim = check_positive_int(bottleneck_dim, "bottleneck_dim")
+        check_bool(residual, "BottleneckAdapter residual")
+        check_float_dtype(dtype, "BottleneckAdapter dtype")
         act = _make_activation(activation)
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.down_proj = nn.Linear(d_model, bottleneck_dim, **factory)  # (r, d)
         self.act = act
         self.up_proj = nn.Linear(bottleneck_dim, d_model, **factory)  # (d, r)
-        self.residual = bool(residual)
+        self.residual = residual
         nn.init.zeros_(self.up_proj.weight)
         nn.init.zeros_(self.up_proj.bias)
 
@@ -93,9 +95,14 @@ class BottleneckAdapter(AdapterModule):
         return f"d_model={self.d_model}, bottleneck_dim={self.bottleneck_dim}, residual={self.residual}"
 
 
-def _check_adapter(adapter: object, block: str) -> BottleneckAdapter:
+def _check_adapter(sublayer: object, adapter: object, block: str) -> BottleneckAdapter:
+    """Check a block's arguments: an ``nn.Module`` sublayer and a distinct BottleneckAdapter."""
+    if not isinstance(sublayer, nn.Module):
+        raise TypeError(f"{block} sublayer must be an nn.Module, got {type(sublayer).__name__}")
     if not isinstance(adapter, BottleneckAdapter):
         raise TypeError(f"{block} adapter must be a BottleneckAdapter, got {type(adapter).__name__}")
+    if sublayer is adapter:
+        raise ValueError(f"{block}: the sublayer and the adapter are the same module")
     return adapter
 
 
@@ -116,9 +123,10 @@ class AdapterBlock(nn.Module):
     """
 
     def __init__(self, sublayer: nn.Module, adapter: BottleneckAdapter) -> None:
+        _check_adapter(sublayer, adapter, "AdapterBlock")
         super().__init__()
         self.sublayer = sublayer
-        self.adapter = _check_adapter(adapter, "AdapterBlock")
+        self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., d) -> (..., d)``."""
@@ -136,9 +144,10 @@ class ParallelAdapterBlock(nn.Module):
     """
 
     def __init__(self, sublayer: nn.Module, adapter: BottleneckAdapter) -> None:
+        _check_adapter(sublayer, adapter, "ParallelAdapterBlock")
         super().__init__()
         self.sublayer = sublayer
-        self.adapter = _check_adapter(adapter, "ParallelAdapterBlock")
+        self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., d) -> (..., d)``."""
@@ -168,6 +177,7 @@ class AdapterStack(AdapterModule):
         self.num_adapters = check_positive_int(num_adapters, "num_adapters")
         check_positive_int(d_model, "d_model")
         check_positive_int(bottleneck_dim, "bottleneck_dim")
+        check_float_dtype(dtype, "AdapterStack dtype")
         _make_activation(activation)
         super().__init__()
         self.d_model = d_model

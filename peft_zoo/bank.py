@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_positive_float
 from .batched import BatchedLoRALinear, batched_lora_layers
 from .lora import lora_scale
 
@@ -56,6 +57,8 @@ class AdapterBank:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise BankError(f"AdapterBank: model must be an nn.Module, got {type(model).__name__}")
         layers = batched_lora_layers(model)
         if not layers:
             raise BankError(
@@ -117,18 +120,48 @@ class AdapterBank:
 
     # ------------------------------------------------------------------ loading
 
-    def _plan(
-        self, name: str, adapter: AdapterSource, alpha: float | None, rslora: bool, strict: bool
-    ) -> _Plan:
-        """Read and check ``adapter`` against every batched layer; touch nothing."""
+    @staticmethod
+    def _check_options(
+        name: object, alpha: object, rslora: object, strict: object, unverified: object
+    ) -> None:
+        """Refuse bad arguments of :meth:`load` (wrong types are refused, never coerced)."""
         if not isinstance(name, str) or not name:
             raise BankError(f"adapter names must be non-empty strings, got {name!r}")
+        try:
+            if alpha is not None:
+                check_positive_float(alpha, "alpha")
+            check_bool(rslora, "rslora")
+            check_bool(strict, "strict")
+            check_bool(unverified, "allow_unverified")
+        except (TypeError, ValueError) as err:
+            raise BankError(f"cannot load {name!r}: {err}") from None
+
+    @staticmethod
+    def _layer_scale(cfg: Mapping, rank: int, alpha: float | None, rslora: bool) -> float:
+        """One layer's scale: the file's alpha / rsLoRA where it records them, else the arguments."""
+        layer_alpha = check_positive_float(
+            cfg.get("alpha", alpha if alpha is not None else max(rank, 1)), "alpha"
+        )
+        layer_rslora = check_bool(cfg.get("rslora", rslora), "rslora")
+        return lora_scale(rank, layer_alpha, layer_rslora) if rank else float("nan")
+
+    def _plan(
+        self,
+        name: str,
+        adapter: AdapterSource,
+        alpha: float | None,
+        rslora: bool,
+        strict: bool,
+        allow_unverified: bool = False,
+    ) -> _Plan:
+        """Read and check ``adapter`` against every batched layer; touch nothing."""
+        self._check_options(name, alpha, rslora, strict, allow_unverified)
         per_layer_cfg: dict[str, dict] = {}
         if isinstance(adapter, (str, os.PathLike)):
             from .checkpoint import CheckpointError, read_adapter
 
             try:
-                state, config = read_adapter(adapter)
+                state, config = read_adapter(adapter, allow_unverified=allow_unverified)
             except CheckpointError as err:
                 raise BankError(f"cannot load {name!r}: {err}") from None
             per_layer_cfg = config.get("layers") or {}
@@ -146,7 +179,7 @@ class AdapterBank:
         grouped: dict[str, dict[str, torch.Tensor]] = {}
         problems: list[str] = []
         for key, tensor in state.items():
-            layer, _, part = key.rpartition(".")
+            layer, _, part = key.rpartition(".") if isinstance(key, str) else ("", "", "")
             if part not in ("lora_A", "lora_B") or not isinstance(tensor, torch.Tensor):
                 problems.append(
                     f"{key!r} is not a LoRA tensor (expected '<layer>.lora_A' / '<layer>.lora_B')"
@@ -175,13 +208,11 @@ class AdapterBank:
             a, b = parts["lora_A"], parts["lora_B"]
             cfg = per_layer_cfg.get(layer_name, {})
             rank = a.shape[0] if a.dim() == 2 else 0
-            layer_alpha = cfg.get("alpha", alpha if alpha is not None else rank)
-            layer_rslora = bool(cfg.get("rslora", rslora))
-            scale = lora_scale(rank, float(layer_alpha), layer_rslora) if rank else float("nan")
             layer = self.layers[layer_name]
             try:
+                scale = self._layer_scale(cfg, rank, alpha, rslora)
                 layer.check_slot(0, a, b, scale)
-            except ValueError as err:
+            except (TypeError, ValueError) as err:
                 problems.append(f"{layer_name}: {err}")
                 continue
             if not (a.is_floating_point() and b.is_floating_point()):
@@ -238,6 +269,7 @@ class AdapterBank:
         alpha: float | None = None,
         rslora: bool = False,
         strict: bool = True,
+        allow_unverified: bool = False,
     ) -> int:
         """Copy a single LoRA adapter into a free slot and return the slot.
 
@@ -249,11 +281,14 @@ class AdapterBank:
             alpha, rslora: the scale of a state dict's layers (alpha defaults to its rank).
             strict: require tensors for every batched layer; with ``False`` the layers the
                 adapter does not cover act as the base model for it.
+            allow_unverified: accept a file without an integrity digest or config (see
+                :func:`~peft_zoo.load_adapter`); its layers then take ``alpha`` / ``rslora``.
 
         Raises :class:`BankError` for a full bank, a taken name, unknown layers, a rank
-        larger than the bank's, a shape mismatch or non-finite weights; nothing changes.
+        larger than the bank's, a shape mismatch, non-finite weights, a corrupt file, or a
+        bad argument (``alpha`` not a finite number > 0, a non-bool flag); nothing changes.
         """
-        plan = self._plan(name, adapter, alpha, rslora, strict)
+        plan = self._plan(name, adapter, alpha, rslora, strict, allow_unverified)
         return self._fill(self._reserve(name), plan)
 
     def _fill(self, slot: int, plan: _Plan) -> int:
@@ -274,12 +309,13 @@ class AdapterBank:
         alpha: float | None = None,
         rslora: bool = False,
         strict: bool = True,
+        allow_unverified: bool = False,
     ) -> Future[int]:
         """Like :meth:`load`, but the copy runs on a worker thread while you keep running
         batches; validation and slot reservation happen now, so errors raise here.
         :meth:`ids` waits for the loads of the names it is asked about. Returns a Future
         of the slot. Do not train the bank's weights while loads are in flight."""
-        plan = self._plan(name, adapter, alpha, rslora, strict)
+        plan = self._plan(name, adapter, alpha, rslora, strict, allow_unverified)
         slot = self._reserve(name)
         device = next(iter(self.layers.values())).lora_A.device
         if device.type == "cuda":  # pinned host copies make the device copies truly asynchronous

@@ -73,6 +73,7 @@ STRATEGIES = ("auto", "bmm", "bag", "dense", "loop")
 # "auto" thresholds: measured crossovers, see the module docstring.
 BAG_MAX_TOKENS = 2  # tokens per sample up to which "bag" beats "bmm"
 DENSE_MAX_INNER = 16  # N * r up to which "dense" beats gathering
+_INT_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})  # adapter ids
 
 
 def _exporting() -> bool:
@@ -99,8 +100,8 @@ class Routing:
             )
         if adapter_ids.dim() != 1:
             raise ValueError(f"adapter_ids must have shape (batch,), got {tuple(adapter_ids.shape)}")
-        if adapter_ids.dtype.is_floating_point or adapter_ids.dtype in (torch.bool, torch.complex64):
-            raise TypeError(f"adapter_ids must be an integer tensor, got {adapter_ids.dtype}")
+        if adapter_ids.dtype not in _INT_DTYPES:  # float, complex, bool, quantized...: refused
+            raise TypeError(f"adapter_ids must be an integer tensor (torch.long), got {adapter_ids.dtype}")
         if adapter_ids.device.type == "cpu" and not _exporting() and adapter_ids.numel():
             lo, hi = int(adapter_ids.min()), int(adapter_ids.max())
             if lo < -1 or hi >= num_adapters:
@@ -195,9 +196,10 @@ class BatchedLoRALinear(AdapterModule):
         alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if not isinstance(rslora, bool):
+            raise TypeError(f"rslora must be a bool, got {rslora!r} of type {type(rslora).__name__}")
         super().__init__()
         self.base = base
-        self.base.requires_grad_(False)
         self.in_features = base.in_features
         self.out_features = base.out_features
         self.num_adapters = num_adapters
@@ -217,6 +219,9 @@ class BatchedLoRALinear(AdapterModule):
         default = lora_scale(rank, alpha, self.rslora)
         self.register_buffer("lora_scale", torch.full((num_adapters,), default, **factory))
         self.reset_lora_parameters()
+        # Frozen last: a failed constructor (a table too large to allocate) leaves the caller's
+        # layer as it was, requires_grad included.
+        self.base.requires_grad_(False)
 
     # ------------------------------------------------------------------ slots
 
@@ -307,6 +312,9 @@ class BatchedLoRALinear(AdapterModule):
 
     def forward(self, x: torch.Tensor, adapter_ids: torch.Tensor | Routing | None = None) -> torch.Tensor:
         """``x (B, ..., in) -> (B, ..., out)``; sample ``b`` uses slot ``adapter_ids[b]``."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"BatchedLoRALinear expects x to be a floating-point tensor, got {got}")
         route = self._routing(adapter_ids)
         if x.dim() < 2 or x.shape[-1] != self.in_features or x.shape[0] != route.batch_size:
             raise ValueError(
@@ -319,7 +327,9 @@ class BatchedLoRALinear(AdapterModule):
                 f"{self.num_adapters}"
             )
         lead = x.shape[:-1]
-        x3 = x.reshape(lead[0], -1, self.in_features)  # (B, T, in)
+        x3 = x.reshape(lead[0], math.prod(lead[1:]), self.in_features)  # (B, T, in); B or T may be 0
+        if x3.numel() == 0:  # an empty batch (or empty sequences): the empty output, as LoRALinear gives
+            return self.base(x3).reshape(*lead, self.out_features)
         strategy = self.resolve_strategy(x3.shape[1])
         y = _STRATEGY_FN[strategy](self, x3, route)  # (B, T, out)
         return y.reshape(*lead, self.out_features)
@@ -427,10 +437,13 @@ def inject_batched_lora(
     prints them; :func:`~peft_zoo.targets.find_targets` selects them by pattern or layer range).
 
     ``kwargs`` go to :class:`BatchedLoRALinear` (``rslora``, ``strategy``). Returns
-    ``(model, [A_1, B_1, A_2, B_2, ...])`` in name order.
+    ``(model, [A_1, B_1, A_2, B_2, ...])`` in name order. Like :func:`~peft_zoo.inject_lora`
+    it freezes every parameter of ``model`` that is not an adapter parameter.
     """
     from .inject import _as_name_list, _replace_linears
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"inject_batched_lora: model must be an nn.Module, got {type(model).__name__}")
     names = _as_name_list(linear_names, "linear_names")
     check_positive_int(num_adapters, "num_adapters")
     check_positive_int(rank, "rank")
@@ -455,6 +468,8 @@ def use_adapters(model: nn.Module, adapter_ids: torch.Tensor) -> Iterator[Routin
     layer. Blocks nest (an inner block overrides the outer one for its model) and are
     local to the thread / async context that opened them.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"use_adapters: model must be an nn.Module, got {type(model).__name__}")
     layers = batched_lora_layers(model)
     if not layers:
         raise ValueError(

@@ -54,6 +54,17 @@ def _batch_size(inputs: Batch) -> int:
         if inputs.dim() == 0:
             raise ValueError("inputs must have a batch dimension, got a 0-d tensor")
         return inputs.shape[0]
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise TypeError(f"inputs must be a tensor or a non-empty dict of tensors, got {inputs!r:.80}")
+    bad = [
+        k
+        for k, v in inputs.items()
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor) or v.dim() == 0
+    ]
+    if bad:
+        raise TypeError(
+            f"every input field must be a str name -> tensor with a batch dimension; bad fields {bad}"
+        )
     sizes = {k: v.shape[0] for k, v in inputs.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"every input field needs the same batch size, got {sizes}")
@@ -107,6 +118,16 @@ class EmbeddingCache:
         max_entries: int | None = None,
         max_bytes: int | None = None,
     ) -> None:
+        if not callable(compute):
+            raise TypeError(
+                f"EmbeddingCache: compute must be a callable (inputs, adapter_names) -> Tensor, "
+                f"got {type(compute).__name__}"
+            )
+        if version is not None and not callable(version):
+            raise TypeError(
+                f"EmbeddingCache: version must be a callable adapter_name -> hashable or None, "
+                f"got {type(version).__name__}"
+            )
         for value, what in ((max_entries, "max_entries"), (max_bytes, "max_bytes")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{what} must be a positive int or None, got {value!r}")
@@ -130,7 +151,17 @@ class EmbeddingCache:
     ) -> EmbeddingCache:
         """A cache over ``bank``'s model: misses run ``forward(inputs)`` inside
         ``use_adapters(bank.model, bank.ids(names))``; versions come from ``bank.version``."""
+        from .bank import AdapterBank
         from .batched import use_adapters
+
+        if not isinstance(bank, AdapterBank):
+            raise TypeError(
+                f"EmbeddingCache.for_bank: bank must be an AdapterBank, got {type(bank).__name__}"
+            )
+        if not callable(forward):
+            raise TypeError(
+                f"EmbeddingCache.for_bank: forward must be callable, got {type(forward).__name__}"
+            )
 
         def compute(inputs: Batch, names: list[str | None]) -> torch.Tensor:
             with torch.no_grad(), use_adapters(bank.model, bank.ids(names)):
@@ -196,11 +227,23 @@ class EmbeddingCache:
         """Outputs ``(B, ...)`` for ``B`` samples and their adapter names; only misses are
         computed, in one ``compute`` call, and identical pairs only once."""
         batch = _batch_size(inputs)
-        if isinstance(adapters, str) or len(adapters) != batch:
+        if isinstance(adapters, (str, bytes)) or not isinstance(adapters, Sequence) or len(adapters) != batch:
             raise ValueError(f"need one adapter name (or None) per sample: {batch} samples, got {adapters!r}")
+        if keys is not None and (isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence)):
+            raise TypeError(f"keys must be a sequence of one hashable per sample, got {type(keys).__name__}")
         keys = input_keys(inputs) if keys is None else list(keys)
         if len(keys) != batch:
             raise ValueError(f"need one key per sample: {batch} samples, {len(keys)} keys")
+        bad_names = [a for a in adapters if a is not None and not isinstance(a, str)]
+        if bad_names:
+            raise TypeError(f"adapter names must be str or None, got {bad_names[:3]!r}")
+        for key in keys:
+            try:
+                hash(key)
+            except TypeError:
+                raise TypeError(
+                    f"keys must be hashable, got {key!r:.60} of type {type(key).__name__}"
+                ) from None
         versions = {a: self._refresh_version(a) for a in dict.fromkeys(adapters)}
         full = [(k, a, versions[a]) for k, a in zip(keys, adapters, strict=True)]
         rows: list[torch.Tensor | None] = []

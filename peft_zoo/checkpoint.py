@@ -5,18 +5,26 @@ On disk an adapter is one safetensors file whose header metadata carries its con
 tensors and config are always replaced together by one atomic rename. Saving to a
 directory also writes ``adapter_config.json``, a human-readable copy of that config.
 
-Loading reads and validates everything (file integrity, every key, shape and dtype, the
+The header also carries ``peft_zoo_sha256``, a SHA-256 digest of the config text and of
+every tensor (name, dtype, shape and raw bytes, in name order: :func:`checkpoint_digest`),
+so a flipped bit anywhere in the tensor data or the config is detected on load.
+
+Loading reads and validates everything (the digest, every key, shape and dtype, the
 hyperparameters that change the function, finite values) *before* the first tensor is
 copied into the model: a bad file raises :class:`CheckpointError` and the model is left
-exactly as it was. Nothing is unpickled: safetensors, or ``torch.load(weights_only=True)``
-for legacy ``.pt`` / ``.bin`` files.
+exactly as it was. A file without the config or the digest (saved by peft_zoo before the
+digest existed, by another tool, or a legacy ``.pt`` / ``.bin``) cannot be checked that
+way and is refused unless the caller passes ``allow_unverified=True``. Nothing is
+unpickled: safetensors, or ``torch.load(weights_only=True)`` for legacy files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,8 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 METADATA_KEY = "peft_zoo_config"
+DIGEST_KEY = "peft_zoo_sha256"
+_DIGEST_DOMAIN = b"peft_zoo.adapter.sha256.v1\0"
 _LEGACY_NAMES = ("adapter_model.bin", "adapter_model.pt")
 # Hyperparameters that only matter while training; a mismatch is not an error on load.
 _TRAINING_ONLY = frozenset({"dropout"})
@@ -47,6 +57,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     The tensors are detached views of the live parameters (no copy).
     """
+    _check_model(model, "adapter_state_dict")
     return {name: p.detach() for name, p in adapter_named_parameters(model)}
 
 
@@ -54,6 +65,7 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
     """Describe the adapters in ``model``: one record per adapter layer, plus a summary."""
     from . import __version__
 
+    _check_model(model, "adapter_config")
     layers = {name: module.adapter_config() for name, module in outermost_adapters(model).items()}
     methods = sorted({str(rec["method"]) for rec in layers.values()})
 
@@ -74,33 +86,100 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _check_model(model: object, fn: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be an nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _check_path(path: object, fn: str) -> Path:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: path must be a str or os.PathLike, got {type(path).__name__}")
+    if not str(os.fspath(path)):
+        raise ValueError(f"{fn}: path is empty")
+    return Path(path)
+
+
+def _check_flag(value: object, name: str, fn: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def checkpoint_digest(tensors: Mapping[str, torch.Tensor], config_text: str = "") -> str:
+    """SHA-256 (hex) of ``config_text`` and of every tensor in name order: its name, dtype,
+    shape and raw bytes, each length-prefixed so no two different inputs share an encoding.
+
+    ``save_adapter`` stores it under ``peft_zoo_sha256``; loading recomputes it over what it
+    read. To rewrite a file by hand, store ``checkpoint_digest(tensors, config_json)``.
+    """
+    h = hashlib.sha256(_DIGEST_DOMAIN)
+
+    def chunk(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    chunk(config_text.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        chunk(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        chunk(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # (numel * itemsize,) bytes
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------- saving
 
 
+def _check_destination(path: Path, files: list[Path]) -> None:
+    """Refuse, before anything is written, a destination that something is in the way of."""
+    for ancestor in (files[0].parent, *files[0].parent.parents):
+        if ancestor.is_dir():
+            break
+        if ancestor.exists() or ancestor.is_symlink():
+            raise CheckpointError(
+                f"save_adapter: cannot save to {path}: {ancestor} exists and is not a directory"
+            )
+    for file in files:
+        if file.is_dir():
+            raise CheckpointError(
+                f"save_adapter: cannot save to {path}: {file} is an existing directory in the way; "
+                "remove it or choose another path (nothing was written)"
+            )
+        if file.exists() and not file.is_file():
+            raise CheckpointError(f"save_adapter: cannot save to {path}: {file} is not a regular file")
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Save only the adapter tensors of ``model`` and their config.
+    """Save only the adapter tensors of ``model``, their config and their digest.
 
     ``path`` ending in ``.safetensors`` writes that one file; any other path is a directory
     (created if needed) receiving ``adapter_model.safetensors`` and ``adapter_config.json``.
-    Each file is written to a temporary name and renamed into place. Returns the path of
-    the safetensors file.
+    Each file is written to a temporary name and renamed into place (see
+    :func:`peft_zoo._io.atomic_write`). A destination blocked by an existing directory, or
+    whose parent is a file, raises :class:`CheckpointError` before anything is written.
+    Returns the path of the safetensors file.
     """
+    _check_model(model, "save_adapter")
+    path = _check_path(path, "save_adapter")
     state = adapter_state_dict(model)
     if not state:
         raise CheckpointError("save_adapter: the model contains no adapter parameters")
+    as_file = path.suffix == ".safetensors"
+    files = [path] if as_file else [path / WEIGHTS_NAME, path / CONFIG_NAME]
+    _check_destination(path, files)
     config = adapter_config(model)
+    config_text = json.dumps(config)
     # Own, contiguous CPU copies: safetensors refuses views and shared storage.
     tensors = {k: v.to("cpu", copy=True).contiguous() for k, v in state.items()}
-    blob = safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(config)})
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, blob)
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_NAME, blob)
-    atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
-    return path / WEIGHTS_NAME
+    metadata = {METADATA_KEY: config_text, DIGEST_KEY: checkpoint_digest(tensors, config_text)}
+    blob = safetensors.torch.save(tensors, metadata=metadata)
+    atomic_write(files[0], blob)
+    if not as_file:
+        atomic_write(files[1], (json.dumps(config, indent=2) + "\n").encode())
+    return files[0]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -109,7 +188,17 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
     # Layout: 8-byte little-endian header length, then a JSON header with "__metadata__".
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("the header's __metadata__ is not a map of strings")
+    return meta
+
+
+def _json(text: str, where: object) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
+        raise CheckpointError(f"{where}: invalid JSON ({type(err).__name__}: {err})") from None
 
 
 def _resolve_file(path: Path) -> Path:
@@ -123,45 +212,86 @@ def _resolve_file(path: Path) -> Path:
     return path
 
 
-def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an adapter file or directory into ``(state_dict, config)`` without touching any
-    model. Raises :class:`CheckpointError` for a missing, truncated or corrupt file."""
-    file = _resolve_file(Path(path))
-    config: dict[str, Any] = {}
-    if file.suffix == ".safetensors":
+_OPT_IN = "pass allow_unverified=True to load it without that check"
+
+
+def _read_safetensors(file: Path, allow_unverified: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The tensors and the config text of a safetensors file, its digest verified."""
+    try:
         data = file.read_bytes()
-        try:
-            state = safetensors.torch.load(data)
-            meta = _safetensors_metadata(data)
-            if METADATA_KEY in meta:
-                config = json.loads(meta[METADATA_KEY])
-        except Exception as err:  # safetensors raises several types for bad bytes
+        meta = _safetensors_metadata(data)
+        state = safetensors.torch.load(data)
+    except Exception as err:  # safetensors raises several types for bad bytes
+        raise CheckpointError(
+            f"{file}: not a readable safetensors file; it may be truncated or corrupt ({err})"
+        ) from err
+    config_text = meta.get(METADATA_KEY)
+    digest = meta.get(DIGEST_KEY)
+    if digest is not None:  # a digest that is present is always checked
+        if checkpoint_digest(state, config_text or "") != digest:
             raise CheckpointError(
-                f"{file}: not a readable safetensors file; it may be truncated or corrupt ({err})"
-            ) from err
+                f"{file}: integrity check failed: the SHA-256 of its tensors and config does not "
+                "match the digest stored at save time; the file is corrupt or was modified"
+            )
+    elif not allow_unverified:
+        raise CheckpointError(
+            f"{file}: has no integrity digest ({DIGEST_KEY!r}): it was saved by an older peft_zoo "
+            f"or another tool, so corruption cannot be detected; {_OPT_IN}, or re-save it"
+        )
+    return state, config_text
+
+
+def _read_legacy(file: Path, allow_unverified: bool) -> dict[str, torch.Tensor]:
+    if not allow_unverified:
+        raise CheckpointError(
+            f"{file}: a legacy torch file carries no integrity digest, so corruption cannot be "
+            f"detected; {_OPT_IN}, or re-save it with save_adapter"
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{file}: cannot be read as a tensor checkpoint ({err})") from err
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{file}: expected a dict of name -> tensor")
+    return state
+
+
+def read_adapter(
+    path: str | os.PathLike[str], *, allow_unverified: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an adapter file or directory into ``(state_dict, config)`` without touching any
+    model. Raises :class:`CheckpointError` for a missing, truncated, corrupt or modified file
+    (the stored digest does not match), and for a file without a config or a digest unless
+    ``allow_unverified=True`` (then the config may come back empty: ``{}``)."""
+    file = _resolve_file(_check_path(path, "read_adapter"))
+    _check_flag(allow_unverified, "allow_unverified", "read_adapter")
+    config_text = None
+    if file.suffix == ".safetensors":
+        state, config_text = _read_safetensors(file, allow_unverified)
     else:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{file}: cannot be read as a tensor checkpoint ({err})") from err
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise CheckpointError(f"{file}: expected a dict of name -> tensor")
-    if not config and (file.parent / CONFIG_NAME).is_file():
-        try:
-            config = json.loads((file.parent / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{file.parent / CONFIG_NAME}: invalid JSON ({err})") from err
+        state = _read_legacy(file, allow_unverified)
+    if config_text is None and (file.parent / CONFIG_NAME).is_file():
+        config_text = (file.parent / CONFIG_NAME).read_text(encoding="utf-8", errors="replace")
+        where: object = file.parent / CONFIG_NAME
+    else:
+        where = file
+    if config_text is None and not allow_unverified:
+        raise CheckpointError(
+            f"{file}: has no peft_zoo config (no {METADATA_KEY!r} metadata, no {CONFIG_NAME}), so "
+            f"its method, rank and alpha cannot be checked against the model; {_OPT_IN}"
+        )
+    config = _json(config_text, where) if config_text is not None else {}
     layers = (config.get("layers") or {}) if isinstance(config, dict) else None
     if not isinstance(layers, dict) or not all(isinstance(r, dict) for r in layers.values()):
         raise CheckpointError(
-            f"{file}: malformed adapter config (expected a JSON object whose 'layers' maps "
+            f"{where}: malformed adapter config (expected a JSON object whose 'layers' maps "
             "layer names to objects)"
         )
     if config and config.get("format") != FORMAT:
         raise CheckpointError(
-            f"{file}: its config says format {config.get('format', config.get('peft_type'))!r}, "
+            f"{where}: its config says format {config.get('format', config.get('peft_type'))!r}, "
             f"not {FORMAT!r}; this loader reads peft_zoo adapters only"
         )
     return state, config
@@ -193,10 +323,13 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], config: dict[s
             problems.append(f"{key}: dtype {t.dtype} in file, {param.dtype} in model")
         elif t.is_floating_point() and not bool(torch.isfinite(t).all()):
             problems.append(f"{key}: contains NaN or inf")
-    layers = dict(model.named_modules())
-    for name, record in (config.get("layers") or {}).items():
+    records = config.get("layers") or {}
+    layers = outermost_adapters(model)
+    if config and (unrecorded := [n for n in layers if n not in records]):
+        problems.append(f"the config has no record of adapter layers {unrecorded}")
+    for name, record in records.items():
         module = layers.get(name)
-        if not isinstance(module, AdapterModule):
+        if module is None:
             continue  # reported above as unexpected tensors
         mine = module.adapter_config()
         for field, saved in record.items():
@@ -205,11 +338,37 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], config: dict[s
     return problems
 
 
+def _check_state(state: object, config: object) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"load_adapter_state_dict: state must be a dict of name -> tensor, got {type(state).__name__}"
+        )
+    bad = [repr(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(
+            "load_adapter_state_dict: state must map str names to tensors; bad entries: "
+            + ", ".join(bad[:5])
+            + (" ..." if len(bad) > 5 else "")
+        )
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(
+            f"load_adapter_state_dict: config must be a dict or None, got {type(config).__name__}"
+        )
+
+
 def load_adapter_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any] | None = None
+    model: nn.Module, state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None
 ) -> None:
-    """Copy an adapter state dict into ``model`` after checking that it fits exactly."""
-    problems = _check_fits(model, state, config or {})
+    """Copy an adapter state dict into ``model`` after checking that it fits exactly.
+
+    ``state`` maps the keys of :func:`adapter_state_dict` to tensors of the model's shapes
+    and dtypes; ``config`` (optional, as :func:`adapter_config` returns it) is compared
+    with each layer's hyperparameters. Raises ``TypeError`` for a state that is not a
+    ``str -> Tensor`` mapping and :class:`CheckpointError` for one that does not fit; the
+    model is unchanged either way."""
+    _check_model(model, "load_adapter_state_dict")
+    _check_state(state, config)
+    problems = _check_fits(model, dict(state), dict(config or {}))
     if problems:
         raise CheckpointError(
             "adapter does not fit the model; nothing was loaded:\n  - " + "\n  - ".join(problems)
@@ -219,10 +378,21 @@ def load_adapter_state_dict(
             p.copy_(state[name])
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_adapter(
+    model: nn.Module, path: str | os.PathLike[str], *, allow_unverified: bool = False
+) -> dict[str, Any]:
     """Load an adapter saved by :func:`save_adapter` into ``model`` (which must already hold
-    the same adapter layers, e.g. from the same ``inject_*`` call). Returns the config."""
-    state, config = read_adapter(path)
+    the same adapter layers, e.g. from the same ``inject_*`` call). Returns the config.
+
+    Everything is checked before the first tensor is copied: the stored SHA-256 digest, every
+    key, shape and dtype, finite values, and each layer's hyperparameters (method, rank,
+    alpha, rsLoRA, ...) against the model. A file that lacks the digest or the config (an
+    older peft_zoo, another tool, a legacy ``.pt`` / ``.bin``) is refused unless
+    ``allow_unverified=True``: then the missing checks are skipped (shapes and dtypes are
+    still checked; a digest that is present is still verified).
+    """
+    _check_model(model, "load_adapter")
+    state, config = read_adapter(path, allow_unverified=allow_unverified)
     try:
         load_adapter_state_dict(model, state, config)
     except CheckpointError as err:

@@ -9,40 +9,85 @@ ways (``lora_config_from_peft``, ``peft_dict_from_config``), so one config selec
 modules here and in PEFT (see :mod:`peft_zoo.targets` for the rules). ``adapt_model`` validates everything
 first (unknown targets, patterns that name no layer, a rank pattern for a layer that does
 not exist) and changes nothing when it raises.
+
+Every field is type-checked when a config is built and again by ``adapt_model`` (a field may
+be set later): bools must be ``bool`` (``"no"`` is refused, not read as true), ints ``int``
+within bounds, floats finite, names lists of ``str`` (a bare string for ``modules_to_save``
+is refused: it would be read one character at a time), patterns ``dict[str regex, number]``.
+Regexes must compile and are matched with a time bound (:mod:`peft_zoo._regex`).
 """
 
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_positive_float, check_positive_int, check_probability
+from ._checks import (
+    check_int_in,
+    check_names,
+    check_optional_bool,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    short_repr,
+)
+from ._regex import check_pattern, fullmatch, match, time_budget
 from .dora import DoRALinear
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
 from .inject import InjectionError, _adapter_owned, _replace_linears, mark_only_adapters_trainable
 from .lora import LoRALinear
-from .targets import TargetSpec, find_targets
+from .targets import MATCH_BUDGET, TargetSpec, check_layers, check_layers_pattern, check_spec, find_targets
 
-__all__ = ["IA3Config", "LoraConfig", "ModulesToSave", "adapt_model", "pattern_key"]
+__all__ = [
+    "MAX_RANK",
+    "IA3Config",
+    "LoraConfig",
+    "ModulesToSave",
+    "adapt_model",
+    "check_pattern_map",
+    "pattern_key",
+]
 
 _BIAS_MODES = ("none", "all", "lora_only")
+MAX_RANK = 1 << 20  # a rank (or rank_pattern value) above this is a mistake, not a model
 
 
-def pattern_key(patterns: Sequence[str], name: str) -> str | None:
+def _key_regex(key: str) -> str:
+    return rf"(.*\.)?({key})$"
+
+
+def pattern_key(patterns: Sequence[str], name: str, what: str = "rank_pattern") -> str | None:
     """The first key of a rank/alpha pattern that matches module ``name``: the key is a
     regex that must match a dotted suffix of the name (PEFT's ``get_pattern_key`` rule), so
-    ``"query"`` and ``r"layer\\.3\\.attention\\.self\\.query"`` both work."""
+    ``"query"`` and ``r"layer\\.3\\.attention\\.self\\.query"`` both work. Matched with a
+    time bound; a slow key raises a ``ValueError`` naming ``what``."""
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", name):
+        if match(_key_regex(key), name, what):
             return key
     return None
+
+
+def check_pattern_map(value: object, what: str, check_value: Callable[[object, str], object]) -> None:
+    """Refuse, naming ``what``, a rank/alpha pattern that is not a dict of regex (a ``str``
+    that compiles, alone and inside PEFT's suffix rule) -> a value ``check_value`` accepts."""
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{what} must be a dict of regex -> value, got {short_repr(value)} of type {type(value).__name__}"
+        )
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"{what} keys must be regexes (str), got {short_repr(key)} of type {type(key).__name__}"
+            )
+        check_pattern(key, what)
+        check_pattern(_key_regex(key), what)
+        check_value(item, f"{what}[{key!r:.60}]")
 
 
 @dataclass
@@ -55,10 +100,18 @@ class _TargetingConfig:
     fan_in_fan_out: bool | None = None  # base weights stored (in, out) as GPT-2's Conv1D; None: infer
 
     def _check_targeting(self) -> None:
+        """Type and value of every targeting field; raises naming the field."""
         if self.target_modules is None:
             raise ValueError("target_modules is required: module names, a regex, or 'all-linear'")
-        if isinstance(self.target_modules, (list, tuple, set)) and not self.target_modules:
+        check_spec(self.target_modules, "target_modules")
+        if isinstance(self.target_modules, (list, tuple, set, frozenset)) and not self.target_modules:
             raise ValueError("target_modules is empty")
+        check_spec(self.exclude_modules, "exclude_modules", optional=True)
+        check_layers(self.layers_to_transform)
+        check_layers_pattern(self.layers_pattern)
+        if self.modules_to_save is not None:
+            check_names(self.modules_to_save, "modules_to_save")
+        check_optional_bool(self.fan_in_fan_out, "fan_in_fan_out")
         if self.layers_to_transform is not None and isinstance(self.target_modules, str):
             raise ValueError(
                 "layers_to_transform needs target_modules as a list of names; with a regex, put the "
@@ -109,10 +162,19 @@ class LoraConfig(_TargetingConfig):
     use_dora: bool = False  # DoRA: a learned magnitude per output feature (DoRALinear), PEFT's use_dora
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (types and values); raise naming the field. ``adapt_model`` calls
+        it again, so a field set after construction is checked too."""
         self._check_targeting()
         check_positive_int(self.rank, "rank")
-        if not isinstance(self.use_dora, bool):
-            raise TypeError(f"use_dora must be a bool, got {self.use_dora!r}")
+        check_int_in(self.rank, "rank", 1, MAX_RANK)
+        for flag in ("use_dora", "rslora"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(
+                    f"{flag} must be a bool (True or False), got {short_repr(getattr(self, flag))}"
+                )
         if self.use_dora and self.target_parts:
             raise ValueError(
                 "use_dora=True with target_parts: DoRA on part of a fused projection is not implemented "
@@ -121,14 +183,15 @@ class LoraConfig(_TargetingConfig):
         if self.alpha is not None:
             check_positive_float(self.alpha, "alpha")
         check_probability(self.dropout, "dropout")
+        if not isinstance(self.bias, str):
+            raise TypeError(f"bias must be one of {_BIAS_MODES}, got {short_repr(self.bias)}")
         if self.bias not in _BIAS_MODES:
             raise ValueError(f"bias must be one of {_BIAS_MODES}, got {self.bias!r}")
-        for key, value in self.rank_pattern.items():
-            check_positive_int(value, f"rank_pattern[{key!r}]")
-        for key, value in self.alpha_pattern.items():
-            check_positive_float(value, f"alpha_pattern[{key!r}]")
+        check_pattern_map(self.rank_pattern, "rank_pattern", lambda v, n: check_int_in(v, n, 1, MAX_RANK))
+        check_pattern_map(self.alpha_pattern, "alpha_pattern", check_positive_float)
+        check_pattern_map(self.target_parts, "target_parts", lambda v, n: None)
         for key, flags in self.target_parts.items():
-            if not flags or not all(isinstance(f, bool) for f in flags) or not any(flags):
+            if not isinstance(flags, list) or not all(isinstance(f, bool) for f in flags) or not any(flags):
                 raise ValueError(
                     f"target_parts[{key!r}] must be a list of booleans with one True, got {flags!r}"
                 )
@@ -136,9 +199,9 @@ class LoraConfig(_TargetingConfig):
     def rank_alpha(self, name: str) -> tuple[int, float]:
         """The ``(rank, alpha)`` module ``name`` gets. Without ``alpha`` anywhere, alpha =
         that module's rank (scale 1), as :class:`~peft_zoo.LoRALinear` defaults."""
-        r_key = pattern_key(list(self.rank_pattern), name)
+        r_key = pattern_key(list(self.rank_pattern), name, "rank_pattern")
         rank = self.rank_pattern[r_key] if r_key is not None else self.rank
-        a_key = pattern_key(list(self.alpha_pattern), name)
+        a_key = pattern_key(list(self.alpha_pattern), name, "alpha_pattern")
         alpha = self.alpha_pattern[a_key] if a_key is not None else self.alpha
         return rank, float(rank if alpha is None else alpha)
 
@@ -152,14 +215,19 @@ class IA3Config(_TargetingConfig):
     feedforward_modules: TargetSpec | None = None
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (types and values); raise naming the field."""
         self._check_targeting()
+        check_spec(self.feedforward_modules, "feedforward_modules", optional=True)
 
     def is_feedforward(self, name: str) -> bool:
         ff = self.feedforward_modules
         if not ff:
             return False
         if isinstance(ff, str):
-            return re.fullmatch(ff, name) is not None
+            return fullmatch(ff, name, "feedforward_modules") is not None
         return name in ff or any(name.endswith(f".{f}") for f in ff)
 
 
@@ -211,7 +279,7 @@ def _check_patterns(config: LoraConfig, names: list[str]) -> None:
         ("alpha_pattern", config.alpha_pattern),
         ("target_parts", config.target_parts),
     ):
-        unused = [key for key in patterns if not any(pattern_key([key], n) for n in names)]
+        unused = [key for key in patterns if not any(pattern_key([key], n, what) for n in names)]
         if unused:
             raise InjectionError(
                 f"{what} keys {unused} match none of the adapted modules (a layer that does not "
@@ -230,37 +298,42 @@ def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Mo
     """
     if not isinstance(config, (LoraConfig, IA3Config)):
         raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
+    config.validate()  # again: a field may have been set after construction
     names = config.find(model)
     save_names = _modules_to_save_names(model, config.modules_to_save) if config.modules_to_save else []
     clash = sorted({n for n in names for s in save_names if n == s or n.startswith(s + ".")})
     if clash:
         raise InjectionError(f"modules {clash} are both adapted and in modules_to_save; choose one")
     if isinstance(config, LoraConfig):
-        _check_patterns(config, names)
+        with time_budget(MATCH_BUDGET):  # every pattern match happens here, before any change
+            _check_patterns(config, names)
+            layer_args = {
+                n: (*config.rank_alpha(n), pattern_key(list(config.target_parts), n, "target_parts"))
+                for n in names
+            }
 
         def build(name: str, base: nn.Linear) -> AdapterModule:
-            rank, alpha = config.rank_alpha(name)
+            rank, alpha, parts_key = layer_args[name]
             kwargs = {
                 "dropout": config.dropout,
                 "rslora": config.rslora,
                 "fan_in_fan_out": config.fan_in_fan_out,
             }
-            parts_key = pattern_key(list(config.target_parts), name)
             if parts_key is not None:
                 return FusedLoRALinear(base, rank, alpha, parts=config.target_parts[parts_key], **kwargs)
             return (DoRALinear if config.use_dora else LoRALinear)(base, rank, alpha, **kwargs)
 
         method = "adapt_model(LoraConfig)"
     else:
+        with time_budget(MATCH_BUDGET):
+            feedforward = {n: config.is_feedforward(n) for n in names}
 
         def build(name: str, base: nn.Linear) -> AdapterModule:
-            return IA3Linear(
-                base, feedforward=config.is_feedforward(name), fan_in_fan_out=config.fan_in_fan_out
-            )
+            return IA3Linear(base, feedforward=feedforward[name], fan_in_fan_out=config.fan_in_fan_out)
 
         method = "adapt_model(IA3Config)"
         ff = config.feedforward_modules
-        if ff and not any(config.is_feedforward(n) for n in names):
+        if ff and not any(feedforward.values()):
             raise InjectionError(
                 f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}"
             )

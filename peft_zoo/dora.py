@@ -68,6 +68,12 @@ class DoRALinear(LoRALinear):
     ) -> None:
         # Validate under this class's name, and check the rows before touching ``base``.
         _, _, transposed = linear_features(base, "DoRALinear base", fan_in_fan_out)
+        if base.weight.is_meta:
+            raise ValueError(
+                "DoRALinear: the base weight is on the meta device (shapes only, no values), so its "
+                "row norms ||W0||, the initial magnitude, cannot be computed; load the real weights "
+                "first (e.g. module.to_empty(device=...) and load_state_dict)"
+            )
         with torch.no_grad():
             w0 = base.weight.T if transposed else base.weight  # (out, in)
             zero = (~(w0 != 0).any(dim=1)).nonzero().flatten().tolist()
@@ -77,9 +83,15 @@ class DoRALinear(LoRALinear):
                 "zeros, so their direction W0 / ||W0|| is undefined; DoRA needs a nonzero weight row "
                 "for every output feature"
             )
+        flags = [(p, p.requires_grad) for p in base.parameters()]
         super().__init__(base, rank, alpha, dropout=dropout, rslora=rslora, fan_in_fan_out=fan_in_fan_out)
-        # m = ||W0 + s B A|| = ||W0|| (B = 0): the layer starts equal to its base.
-        self.magnitude = nn.Parameter(self.weight_norm())  # (out,)
+        try:
+            # m = ||W0 + s B A|| = ||W0|| (B = 0): the layer starts equal to its base.
+            self.magnitude = nn.Parameter(self.weight_norm())  # (out,)
+        except BaseException:
+            for p, flag in flags:  # a failed constructor leaves the caller's base as it was
+                p.requires_grad_(flag)
+            raise
         # ||V|| at merge time, so unmerge can divide it back out (None while unmerged).
         self.register_buffer("merged_norm", None, persistent=False)
 

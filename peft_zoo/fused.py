@@ -22,10 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import (
-    check_last_dim,
-    linear_features,
-)
+from ._checks import check_bool, check_last_dim, linear_features
 from .lora import LoRALinear, LowRankAdapter, check_lora_hyperparameters, set_lora_hyperparameters
 
 __all__ = ["FusedLoRALinear"]
@@ -59,14 +56,15 @@ class FusedLoRALinear(LowRankAdapter):
     ) -> None:
         d_in, d_out, fan_in_fan_out = linear_features(base, "FusedLoRALinear base", fan_in_fan_out)
         rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
-        parts = tuple(bool(p) for p in parts)
+        if isinstance(parts, str | bytes) or not isinstance(parts, Sequence):
+            raise TypeError(f"parts must be a sequence of bools, got {parts!r}")
+        parts = tuple(check_bool(p, "each of parts") for p in parts)
         if not parts or not any(parts):
             raise ValueError(f"parts must enable at least one slice, got {parts}")
         if d_out % len(parts):
             raise ValueError(f"out_features={d_out} does not split into {len(parts)} equal parts")
         super().__init__()
         self.base = base
-        self.base.requires_grad_(False)
         self.in_features, self.out_features = d_in, d_out
         self.fan_in_fan_out = fan_in_fan_out
         self.parts = parts
@@ -84,6 +82,7 @@ class FusedLoRALinear(LowRankAdapter):
         self.merged = False
         for j in range(k):  # each slice's A initialised like nn.Linear, as in LoRALinear
             nn.init.kaiming_uniform_(self.lora_A[j], a=math.sqrt(5))
+        self.base.requires_grad_(False)  # last: a constructor that fails leaves the caller's flags
 
     def _delta_parts(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in) -> (..., out)``: the update, zero on disabled slices."""

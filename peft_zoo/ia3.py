@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule, refuse_merge_into_shared
-from ._checks import check_last_dim, linear_features
+from ._checks import check_bool, check_last_dim, linear_features
 
 
 class IA3Linear(AdapterModule):
@@ -32,17 +32,20 @@ class IA3Linear(AdapterModule):
     def __init__(
         self, base: nn.Linear, *, feedforward: bool = False, fan_in_fan_out: bool | None = None
     ) -> None:
+        check_bool(feedforward, "IA3Linear feedforward")
+        if fan_in_fan_out is not None:
+            check_bool(fan_in_fan_out, "IA3Linear fan_in_fan_out")
         d_in, d_out, fan_in_fan_out = linear_features(base, "IA3Linear base", fan_in_fan_out)
         super().__init__()
         self.base = base
-        self.base.requires_grad_(False)
         self.in_features = d_in
         self.out_features = d_out
         self.fan_in_fan_out = fan_in_fan_out  # base weight stored (in, out), as GPT-2's Conv1D
-        self.feedforward = bool(feedforward)
+        self.feedforward = feedforward
         n = self.in_features if self.feedforward else self.out_features
         self.scale = nn.Parameter(torch.ones(n, device=base.weight.device, dtype=base.weight.dtype))
         self.merged = False
+        self.base.requires_grad_(False)  # last: a constructor that fails leaves the caller's flags
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``."""

@@ -3,15 +3,22 @@
 Injection replaces ``nn.Linear`` modules *in place*, addressed by the dotted paths that
 ``model.named_modules()`` prints (``"encoder.0.attn.q"``). Every injector validates all
 names first and only then swaps modules, so a call that raises leaves the model exactly
-as it was. Each returns ``(model, params)`` where ``params`` are exactly the new adapter
-parameters, ready for an optimizer.
+as it was (``requires_grad`` flags included). Each returns ``(model, params)`` where
+``params`` are exactly the new adapter parameters, ready for an optimizer.
+
+Freezing follows Hugging Face PEFT's ``inject_adapter_in_model``: after a successful call
+every parameter of ``model`` that is not an adapter parameter has ``requires_grad=False``,
+so on a model without earlier adapters ``params`` is exactly the trainable set. Adapter
+parameters that were already in the model (an earlier injection, a ``modules_to_save``
+copy) keep their flags. To train more, use ``modules_to_save`` / ``bias`` in a config, or
+:func:`mark_only_adapters_trainable` with ``bias=``, or set ``requires_grad`` yourself.
 """
 
 from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -44,7 +51,14 @@ class InjectionError(ValueError):
 
 def _as_name_list(names: str | Iterable[str], what: str) -> list[str]:
     # A bare string would otherwise be iterated character by character.
-    names = [names] if isinstance(names, str) else list(names)
+    if isinstance(names, str):
+        return [names]
+    if names is None or isinstance(names, (bytes, Mapping)) or not isinstance(names, Iterable):
+        raise TypeError(
+            f"{what} must be a module name (str) or a list of module names, got {names!r} "
+            f"of type {type(names).__name__}"
+        )
+    names = list(names)
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise TypeError(f"{what} must be module names (str), got {bad!r}")
@@ -64,6 +78,12 @@ def _adapter_owned(model: nn.Module) -> dict[int, str]:
                 if sub is not module:
                     owned.setdefault(id(sub), name)
     return owned
+
+
+def _check_model(model: object, method: str, what: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{method}: {what} must be an nn.Module, got {type(model).__name__}")
+    return model
 
 
 def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -141,7 +161,20 @@ def _replace_linears(
     for name, module in zip(names, built, strict=True):
         parent, attr = _parent_of(model, name)
         setattr(parent, attr, module)
-    return [p for module in built for _, p in module.adapter_named_parameters()]
+    params = [p for module in built for _, p in module.adapter_named_parameters()]
+    _freeze_non_adapters(model)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _freeze_non_adapters(model: nn.Module) -> None:
+    """Set ``requires_grad=False`` on every parameter of ``model`` that is not an adapter
+    parameter (what every injector does last). Adapter parameters keep their flags."""
+    adapter_ids = {id(p) for _, p in adapter_named_parameters(model)}
+    for p in model.parameters():
+        if id(p) not in adapter_ids:
+            p.requires_grad_(False)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -164,7 +197,7 @@ def inject_lora(
     alpha: float | None = None,
     **lora_kwargs: object,
 ) -> tuple[nn.Module, list[nn.Parameter]]:
-    """Replace each named ``nn.Linear`` with a :class:`LoRALinear` (base frozen).
+    """Replace each named ``nn.Linear`` with a :class:`LoRALinear` and freeze everything else.
 
     Args:
         model: modified in place and returned.
@@ -172,14 +205,19 @@ def inject_lora(
         rank, alpha, lora_kwargs: passed to :class:`LoRALinear` (``dropout``, ``rslora``).
 
     Returns:
-        ``(model, params)``: ``params`` is ``[A_1, B_1, A_2, B_2, ...]`` in name order.
+        ``(model, params)``: ``params`` is ``[A_1, B_1, A_2, B_2, ...]`` in name order. Every
+        parameter of ``model`` that is not an adapter parameter is now frozen (as PEFT's
+        ``inject_adapter_in_model`` does), so without earlier adapters ``params`` is exactly
+        the set with ``requires_grad=True``; earlier adapters keep their flags.
 
     Raises:
         InjectionError: a name is unknown (close matches are listed), is not an
             ``nn.Linear``, is already adapted, or appears twice. The model is unchanged.
+        TypeError: ``linear_names`` is not a name or a list of names (``None``, a number).
         TypeError, ValueError: a bad ``rank``, ``alpha`` or ``dropout`` (from
             :class:`LoRALinear`'s checks). The model is unchanged.
     """
+    _check_model(model, "inject_lora")
     names = _as_name_list(linear_names, "linear_names")
     params = _replace_linears(
         model, names, lambda _n, lin: LoRALinear(lin, rank, alpha, **lora_kwargs), "inject_lora"
@@ -200,8 +238,10 @@ def inject_lora_recursive(
     Never the root, never a Linear that already belongs to an adapter (a LoRA layer's base,
     a bottleneck adapter's projections), never one inside ``nn.MultiheadAttention``. Names
     in ``exclude`` (exact, dotted suffix, or a containing module such as ``"head"``) are
-    skipped. Returns ``(model, params)`` like :func:`inject_lora`.
+    skipped. Returns ``(model, params)`` like :func:`inject_lora`, and freezes every
+    non-adapter parameter the same way.
     """
+    _check_model(model, "inject_lora_recursive")
     if isinstance(model, nn.Linear):
         raise InjectionError(
             "inject_lora_recursive never replaces the root module; wrap a lone Linear with "
@@ -243,8 +283,10 @@ def inject_ia3(
 
     Names in ``feedforward_names`` get the feed-forward form, which scales the layer's
     *input* (the IA³ paper applies it to the feed-forward down projection). Returns
-    ``(model, [scale, ...])`` in name order; raises like :func:`inject_lora`.
+    ``(model, [scale, ...])`` in name order; like :func:`inject_lora` it freezes every
+    non-adapter parameter of ``model`` and raises (changing nothing) on a bad name.
     """
+    _check_model(model, "inject_ia3")
     names = _as_name_list(linear_names, "linear_names")
     ff = _as_name_list(feedforward_names, "feedforward_names")
     all_names = _as_name_list(names + ff, "linear_names + feedforward_names")
@@ -281,7 +323,12 @@ def build_lora_adapter_model(
     ``(..., d_model) -> (..., d_model)``. ``d_model`` defaults to ``base.d_model``, then the
     ``in_features`` of its first Linear. Everything except the LoRA and adapter weights is
     frozen. Returns ``(model, params)`` with exactly the trainable parameters (LoRA first).
+
+    All or nothing: every argument is checked and the adapter is built before LoRA is
+    injected, so a call that raises (a bad name, an adapter too large to allocate) leaves
+    ``base`` exactly as it was, ``requires_grad`` flags included.
     """
+    _check_model(base, "build_lora_adapter_model", "base")
     names = _as_name_list(lora_names, "lora_names")
     if adapter_bottleneck is not None:
         check_positive_int(adapter_bottleneck, "adapter_bottleneck")
@@ -290,20 +337,31 @@ def build_lora_adapter_model(
             raise InjectionError("build_lora_adapter_model: pass d_model; it cannot be inferred")
     if not names and adapter_bottleneck is None:
         raise InjectionError("build_lora_adapter_model: no LoRA targets and no adapter: nothing to train")
+    adapter = None if adapter_bottleneck is None else _build_adapter(base, d_model, adapter_bottleneck)
     params: list[nn.Parameter] = []
     if names:
-        base, params = inject_lora(base, names, rank, alpha, **lora_kwargs)
+        base, params = inject_lora(base, names, rank, alpha, **lora_kwargs)  # checks, then mutates
     model: nn.Module = base
-    if adapter_bottleneck is not None:
-        ref = next(base.parameters(), None)
-        factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-        adapter = BottleneckAdapter(d_model, adapter_bottleneck, **factory)
+    if adapter is not None:
         model = AdapterBlock(base, adapter)
         params = params + list(adapter.parameters())
     model.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     return model, params
+
+
+def _build_adapter(base: nn.Module, d_model: int, bottleneck: int) -> BottleneckAdapter:
+    """The serial adapter of :func:`build_lora_adapter_model`, built before anything changes."""
+    ref = next(base.parameters(), None)
+    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    try:
+        return BottleneckAdapter(d_model, bottleneck, **factory)
+    except (RuntimeError, MemoryError) as err:  # e.g. the allocator refuses the size
+        raise MemoryError(
+            f"build_lora_adapter_model: cannot allocate BottleneckAdapter(d_model={d_model}, "
+            f"adapter_bottleneck={bottleneck}) ({err}). The model was not changed."
+        ) from err
 
 
 # ----------------------------------------------------------------------------- trainability

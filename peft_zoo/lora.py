@@ -167,10 +167,11 @@ class LoRALinear(LowRankAdapter):
         # Validate everything before touching ``base``.
         d_in, d_out, fan_in_fan_out = linear_features(base, "LoRALinear base", fan_in_fan_out)
         rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
+        if not isinstance(rslora, bool):
+            raise TypeError(f"rslora must be a bool, got {rslora!r} of type {type(rslora).__name__}")
         super().__init__()
 
         self.base = base
-        self.base.requires_grad_(False)
         self.in_features = d_in
         self.out_features = d_out
         self.fan_in_fan_out = fan_in_fan_out
@@ -181,6 +182,9 @@ class LoRALinear(LowRankAdapter):
         self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
         self.merged = False
         self.reset_lora_parameters()
+        # Frozen last: a constructor that fails (e.g. A and B too large to allocate) leaves the
+        # caller's layer as it was, requires_grad included.
+        self.base.requires_grad_(False)
 
     def reset_lora_parameters(self) -> None:
         """A ~ Kaiming-uniform (as ``nn.Linear`` initialises weights), B = 0, so ΔW = 0."""

@@ -12,11 +12,13 @@ directory layout live in :mod:`peft_zoo.peft_format`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ._checks import is_conv1d
+from ._checks import check_names, is_conv1d
+from ._peft_checks import TASK_TYPES, field_problems, read_json_object
 from .checkpoint import CheckpointError
 from .config import IA3Config, LoraConfig
 from .targets import TargetSpec
@@ -27,9 +29,9 @@ __all__ = [
     "ia3_config_from_peft",
     "lora_config_from_peft",
     "peft_dict_from_config",
+    "read_config_file",
 ]
 
-TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 # PEFT's task wrappers add these to modules_to_save (PeftModelForSequenceClassification...).
 _TASK_SAVES = {
     "SEQ_CLS": ("classifier", "score"),
@@ -108,6 +110,12 @@ _PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
+def read_config_file(file: str | Path) -> dict[str, Any]:
+    """The JSON object in ``adapter_config.json`` ``file``, read with bounds (size, nesting,
+    UTF-8, no duplicate keys); raises :class:`PeftFormatError` naming the file."""
+    return read_json_object(file, PeftFormatError)
+
+
 def _is_off(value: object) -> bool:
     return value is None or value is False or (isinstance(value, (list, tuple, dict, str)) and not value)
 
@@ -123,7 +131,7 @@ def _check_peft_dict(data: Mapping[str, Any]) -> list[str]:
         known, off = _COMMON | _LORA_TRANSLATED | _LORA_IGNORED, _LORA_MUST_BE_OFF
     else:
         known, off = _COMMON | _IA3_TRANSLATED | _IA3_IGNORED, _IA3_MUST_BE_OFF
-    problems = []
+    problems = field_problems(data)  # every field's type and range, by name
     unknown = sorted(set(data) - known - set(off))
     if unknown:
         problems.append(
@@ -134,7 +142,7 @@ def _check_peft_dict(data: Mapping[str, Any]) -> list[str]:
         if name in data and not _is_off(data[name]):
             problems.append(f"{name}={data[name]!r}: {why}")
     init = data.get("init_lora_weights", True)
-    if peft_type == "LORA" and init not in _PLAIN_INITS:
+    if peft_type == "LORA" and isinstance(init, (bool, str)) and init not in _PLAIN_INITS:
         if isinstance(init, str) and init.startswith(_BASE_REWRITING_INITS):
             problems.append(
                 f"init_lora_weights={init!r} rewrites the base weights when the adapter is created, so "
@@ -168,13 +176,14 @@ def _checked(data: Any, peft_type: str) -> dict[str, Any]:
     if not problems and data["peft_type"] != peft_type:
         problems = [f"peft_type={data['peft_type']!r}, expected {peft_type!r} (use config_from_peft)"]
     if problems:
-        raise PeftFormatError("unsupported PEFT config:\n  - " + "\n  - ".join(problems))
+        raise PeftFormatError("invalid or unsupported PEFT config:\n  - " + "\n  - ".join(problems))
     return dict(data)
 
 
 def _saves(value: object) -> list[str] | None:
-    spec = _spec(value, "modules_to_save")
-    return None if not spec else [spec] if isinstance(spec, str) else list(spec)
+    """PEFT's modules_to_save: a list of names. A bare string is refused (by the field checks):
+    PEFT would read it one character at a time, and guessing one name would differ from PEFT."""
+    return list(check_names(value, "modules_to_save")) if value else None
 
 
 def lora_config_from_peft(data: Mapping[str, Any]) -> LoraConfig:
@@ -198,9 +207,9 @@ def lora_config_from_peft(data: Mapping[str, Any]) -> LoraConfig:
             modules_to_save=_saves(data.get("modules_to_save")),
             fan_in_fan_out=None,
             rank=data.get("r", 8),
-            alpha=float(data.get("lora_alpha", 8)),
+            alpha=float(data.get("lora_alpha", 8)),  # a number: checked above
             dropout=float(data.get("lora_dropout", 0.0)),
-            rslora=bool(data.get("use_rslora", False)),
+            rslora=data.get("use_rslora", False),  # a real bool: checked above, never coerced
             bias=data.get("bias", "none"),
             rank_pattern=dict(data.get("rank_pattern") or {}),
             alpha_pattern={k: float(v) for k, v in (data.get("alpha_pattern") or {}).items()},
@@ -275,6 +284,8 @@ def peft_dict_from_config(
     follow a pattern's rank. ``model`` (unadapted), when given, decides ``fan_in_fan_out``
     (True when the targets are GPT-2 ``Conv1D`` layers), which spares PEFT's warning.
     """
+    if isinstance(config, (LoraConfig, IA3Config)):
+        config.validate()  # a field set after construction must not reach a file unchecked
     if isinstance(config, LoraConfig):
         if getattr(config, "target_parts", None):
             raise PeftFormatError(

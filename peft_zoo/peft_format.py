@@ -29,9 +29,11 @@ The scale ``s`` is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslor
 per-module exceptions in ``rank_pattern`` / ``alpha_pattern`` (a key is a regex that must
 match a dotted suffix of the module name; the first matching key wins).
 
-Loading validates everything before the model is touched (every config field against an
-explicit list, every key, shape and value, that each named module exists) and raises
-:class:`PeftFormatError` listing all the problems; the model is then exactly as it was.
+Loading validates everything before the model is touched (``adapter_config.json`` read with
+bounds on size and nesting; every config field against an explicit list, with its type and
+range; every key, shape and value; that each named module exists; regexes matched with a
+time bound) and raises :class:`PeftFormatError` listing all the problems; the model is then
+exactly as it was.
 Saving refuses what PEFT's format cannot express (LoRA and IA³ in one model, DoRA and plain
 LoRA in one model, a batched layer, other adapter kinds, merged layers) and writes each file
 atomically.
@@ -58,6 +60,8 @@ from torch import nn
 from ._base import AdapterModule, outermost_adapters
 from ._checks import is_conv1d, linear_features
 from ._io import atomic_write
+from ._peft_checks import field_problems
+from ._regex import PatternError, fullmatch, match, time_budget
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .config import IA3Config, LoraConfig, ModulesToSave, adapt_model
 from .dora import DoRALinear
@@ -74,9 +78,10 @@ from .peft_config import (
     ia3_config_from_peft,
     lora_config_from_peft,
     peft_dict_from_config,
+    read_config_file,
 )
 from .quant import QLoRALinear
-from .targets import TargetSpec, output_head_names, target_matches
+from .targets import MATCH_BUDGET, TargetSpec, output_head_names, target_matches
 
 __all__ = [
     "PEFT_PREFIX",
@@ -304,7 +309,9 @@ def read_peft(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
     """Read a PEFT adapter directory into ``(config dict, state dict)`` without touching any
     model and without unpickling (safetensors, or ``torch.load(weights_only=True)`` for a
     legacy ``adapter_model.bin``). Raises :class:`PeftFormatError` for a missing, truncated
-    or corrupt file."""
+    or corrupt file, a config that is not a bounded JSON object, or a config field of the
+    wrong type or range (``"use_rslora": "no"``). Whether peft_zoo supports every feature
+    the config uses is checked by :func:`load_peft` / :func:`config_from_peft`."""
     path = Path(path)
     if path.is_file() and path.name in (CONFIG_NAME, WEIGHTS_NAME, LEGACY_WEIGHTS_NAME):
         path = path.parent
@@ -315,12 +322,10 @@ def read_peft(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
         nested = sorted(p.parent.name for p in path.glob(f"*/{CONFIG_NAME}"))
         hint = f"; PEFT saves named adapters in subfolders: {nested}" if nested else ""
         raise PeftFormatError(f"{path}: no {CONFIG_NAME} in this directory{hint}")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PeftFormatError(f"{config_file}: invalid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise PeftFormatError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    config = read_config_file(config_file)
+    problems = field_problems(config)  # each known field's type and range (support: load_peft)
+    if problems:
+        raise PeftFormatError(f"{config_file}: invalid PEFT config:\n  - " + "\n  - ".join(problems))
     if (path / WEIGHTS_NAME).is_file():
         file = path / WEIGHTS_NAME
         try:
@@ -406,7 +411,7 @@ def _peft_ff(spec: TargetSpec | None, saved_name: str) -> bool:
     if not spec:
         return False
     if isinstance(spec, str):
-        return re.fullmatch(spec, saved_name) is not None
+        return fullmatch(spec, saved_name, "feedforward_modules") is not None
     return any(saved_name.endswith(f) for f in spec)
 
 
@@ -425,7 +430,7 @@ def _selected_targets(
             continue
         if any(name == s or name.startswith(s + ".") for s in saves):
             continue
-        if any(re.match(rf"(^|.*\.){m}($|\..*)", saved) for m in guard):
+        if any(match(rf"(^|.*\.){m}($|\..*)", saved, "modules_to_save") for m in guard):
             continue
         if heads is not None:
             hit = not any(name == h or name.startswith(h + ".") for h in heads) and target_matches(
@@ -682,8 +687,9 @@ def _plan(model: nn.Module, data: dict[str, Any], state: dict[str, torch.Tensor]
         raise PeftFormatError(f"tensor names {outside[:4]} lack PEFT's prefix {PEFT_PREFIX!r}")
     saved = {k[len(PEFT_PREFIX) :]: v for k, v in state.items()}
     names = _resolve_names(model, config, saved)
-    targets, saves = _select(model, config, data.get("task_type"), saved, names)
-    expected = _expect(model, config, names, targets, saves, saved)
+    with time_budget(MATCH_BUDGET):  # every regex from the file is matched here, time-bounded
+        targets, saves = _select(model, config, data.get("task_type"), saved, names)
+        expected = _expect(model, config, names, targets, saves, saved)
     copies = _compare(expected, saved, names)
     adapt = _adapt_config(config, expected, targets)
     if adapt.find(model) != targets:  # cannot happen: exact names; checked so it never mutates on it
@@ -747,8 +753,15 @@ def load_peft(model: nn.Module, path: str | os.PathLike[str]) -> tuple[nn.Module
     mismatch, non-finite values, names of modules this model does not have.
     """
     data, state = read_peft(path)
+    config_file = (Path(path).parent if Path(path).is_file() else Path(path)) / CONFIG_NAME
+    try:
+        config_from_peft(data)  # what the config asks for, checked before the model is looked at
+    except PeftFormatError as err:
+        raise PeftFormatError(f"{config_file}: {err}") from None
     try:
         plan = _plan(model, data, state)
     except PeftFormatError as err:
         raise PeftFormatError(f"{path}: {err}") from None
+    except PatternError as err:  # a regex of the config is too slow on this model's names
+        raise PeftFormatError(f"{config_file}: {err}") from None
     return model, _apply(model, plan)

@@ -15,11 +15,14 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_positive_int
+from ._checks import check_float_dtype, check_nonnegative_float, check_positive_int
 
 
 class LearnablePrefix(AdapterModule):
     """Prepend a trainable ``(prefix_len, d_model)`` prefix to every sequence in the batch.
+
+    The prefix is drawn from ``N(0, init_std^2)``; ``init_std`` must be a finite number >= 0
+    and ``dtype`` a floating-point dtype (or None).
 
     ``forward``: ``(B, L, d_model) -> (B, prefix_len + L, d_model)``, prefix first. Each
     batch row gets its own copy (``torch.cat`` copies), and gradients from every row sum
@@ -37,12 +40,19 @@ class LearnablePrefix(AdapterModule):
     ) -> None:
         self.prefix_len = check_positive_int(prefix_len, "prefix_len")
         self.d_model = check_positive_int(d_model, "d_model")
+        init_std = check_nonnegative_float(init_std, "LearnablePrefix init_std")
+        check_float_dtype(dtype, "LearnablePrefix dtype")
         super().__init__()
         self.prefix = nn.Parameter(torch.empty(prefix_len, d_model, device=device, dtype=dtype))
         nn.init.normal_(self.prefix, std=init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, L, d_model) -> (B, prefix_len + L, d_model)``."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(
+                f"LearnablePrefix expects a floating-point tensor (B, L, {self.d_model}), got {got}"
+            )
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"LearnablePrefix expects input of shape (B, L, {self.d_model}), got {tuple(x.shape)}"
@@ -53,6 +63,9 @@ class LearnablePrefix(AdapterModule):
     def extend_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Extend a padding mask ``(B, L)`` (1 = keep) to ``(B, prefix_len + L)``: prefix
         positions are always kept."""
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"extend_mask expects a padding mask of shape (B, L), got {got}")
         ones = torch.ones(mask.shape[0], self.prefix_len, dtype=mask.dtype, device=mask.device)
         return torch.cat([ones, mask], dim=1)
 
@@ -84,6 +97,8 @@ class PrefixKV(AdapterModule):
         self.prefix_len = check_positive_int(prefix_len, "prefix_len")
         self.num_heads = check_positive_int(num_heads, "num_heads")
         self.head_dim = check_positive_int(head_dim, "head_dim")
+        init_std = check_nonnegative_float(init_std, "PrefixKV init_std")
+        check_float_dtype(dtype, "PrefixKV dtype")
         super().__init__()
         shape = (num_heads, prefix_len, head_dim)
         self.key = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))

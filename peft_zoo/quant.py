@@ -587,9 +587,12 @@ def inject_qlora(
     Returns ``(model, params)``, ``params = [A_1, B_1, A_2, B_2, ...]`` in name order. Every
     name is checked and every layer quantised before any is installed: on an error (an
     unknown name, a non-linear module, a bad rank or block size, NaN weights) the model is
-    unchanged. Other parameters keep their ``requires_grad``; call
-    :func:`~peft_zoo.mark_only_adapters_trainable` to freeze them.
+    unchanged. On success every parameter that is not an adapter parameter is frozen (as
+    :func:`~peft_zoo.inject_lora` does), so ``params`` is the trainable set; adapters injected
+    earlier keep their flags.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"inject_qlora: model must be an nn.Module, got {type(model).__name__}")
     if linear_names is None:
         heads = output_head_names(model)
         owned = _adapter_owned(model)

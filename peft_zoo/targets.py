@@ -15,28 +15,94 @@ means the same modules here and in PEFT (``peft.tuners.tuners_utils.check_target
   ``layers_pattern`` component (``"layer"``, ``"h"``, ``"layers"``...), or, without a
   pattern, the first ``.<name>.<number>.`` in the path. As in PEFT, a name listed exactly in
   ``target_modules`` and a regex ``target_modules`` ignore ``layers_to_transform``.
+
+Every regex here (a string ``target_modules`` / ``exclude_modules``, ``layers_pattern``) is
+matched with a time bound (:mod:`peft_zoo._regex`): a pattern that backtracks exponentially,
+such as ``"(a|aa)+$"``, raises a ``ValueError`` naming the argument instead of hanging, and
+:func:`find_targets` checks the type of every argument first (``check_spec``, ``check_layers``,
+``check_layers_pattern``).
 """
 
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 
 from torch import nn
+
+from ._checks import check_int_in, check_names, short_repr
+from ._regex import check_pattern, fullmatch, match, time_budget
 
 ALL_LINEAR = "all-linear"
 # Names that usually hold a model's output layer; "all-linear" never adapts them.
 HEAD_NAMES = ("lm_head", "head", "classifier", "score", "cls", "output_layer")
 
 TargetSpec = str | Sequence[str]
+MAX_LAYER_INDEX = 1 << 20  # layers_to_transform entries above this are a mistake, not a model
+MATCH_BUDGET = 2.0  # seconds all regex matches of one find_targets / load_peft call may take
+
+
+def check_spec(value: object, what: str, *, optional: bool = False) -> TargetSpec | None:
+    """Return ``value`` if it is a valid target spec for field ``what``: a regex (a ``str`` that
+    compiles) or a list / tuple / set of non-empty module names; ``None`` when ``optional``.
+    Anything else raises a ``TypeError`` / ``ValueError`` naming ``what``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, str):
+        return check_pattern(value, what)
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(
+            f"{what} must be a list of module names or a regex string, got {short_repr(value)} "
+            f"of type {type(value).__name__}"
+        )
+    check_names(value, what)
+    return value  # type: ignore[return-value]
+
+
+def check_layers(value: object, what: str = "layers_to_transform") -> int | list[int] | None:
+    """``None``, a layer index or a list / tuple / set of them, each an ``int`` in
+    ``[0, MAX_LAYER_INDEX]``; anything else raises naming ``what``."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        for index in value:
+            check_int_in(index, f"{what} entry", 0, MAX_LAYER_INDEX)
+        return value  # type: ignore[return-value]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{what} must be a layer index (int) or a list of them, got {short_repr(value)} "
+            f"of type {type(value).__name__}"
+        )
+    return check_int_in(value, what, 0, MAX_LAYER_INDEX)
+
+
+def _layer_regex(pattern: str) -> str:
+    return rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\."
+
+
+def check_layers_pattern(value: object, what: str = "layers_pattern") -> str | list[str] | None:
+    """``None``, a regex or a list / tuple of them (the path component before the layer
+    index, placed into PEFT's layer regex); anything else raises naming ``what``."""
+    if value is None:
+        return None
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)):
+        raise TypeError(
+            f"{what} must be a str or a list of str, got {short_repr(value)} of type {type(value).__name__}"
+        )
+    for pattern in patterns:
+        check_pattern(pattern, what)
+        check_pattern(_layer_regex(pattern), what)
+    return value  # type: ignore[return-value]
 
 
 def _excluded(key: str, exclude_modules: TargetSpec | None) -> bool:
     if not exclude_modules:
         return False
     if isinstance(exclude_modules, str):
-        return re.fullmatch(exclude_modules, key) is not None
+        return fullmatch(exclude_modules, key, "exclude_modules") is not None
     return key in exclude_modules or any(key.endswith(f".{e}") for e in exclude_modules)
 
 
@@ -48,15 +114,14 @@ def layer_index(key: str, layers_pattern: str | Sequence[str] | None = None) -> 
     the *first* match counts, so an expert index deeper in the path is never taken for it.
     """
     if not layers_pattern:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
-    else:
-        patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
-        match = None
-        for pattern in patterns:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
-            if match is not None:
-                break
-    return int(match.group("idx")) if match else None
+        found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+        return int(found.group("idx")) if found else None
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
+    for pattern in patterns:
+        found = match(_layer_regex(pattern), key, "layers_pattern")
+        if found is not None:
+            return int(found.group("idx"))
+    return None
 
 
 def target_matches(
@@ -71,7 +136,7 @@ def target_matches(
     if _excluded(key, exclude_modules):
         return False
     if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, key) is not None
+        return fullmatch(target_modules, key, "target_modules") is not None
     if key in target_modules:
         return True
     if not any(key.endswith(f".{t}") for t in target_modules):
@@ -140,13 +205,51 @@ def find_targets(
     a silent no-op. ``"all-linear"`` selects every module of ``types`` except the output head
     and anything inside it.
     """
-    from .inject import InjectionError, _adapter_owned
+    from .inject import InjectionError
 
+    _check_find_args(model, target_modules, exclude_modules, layers_to_transform, layers_pattern, types)
     if layers_to_transform is not None and isinstance(target_modules, str):
         raise InjectionError(
             "layers_to_transform only works with a list of target_modules; with a regex, write "
             "the layer numbers into the pattern"
         )
+    with time_budget(MATCH_BUDGET):
+        return _find(model, target_modules, exclude_modules, layers_to_transform, layers_pattern, types)
+
+
+def _check_find_args(
+    model: object,
+    target_modules: object,
+    exclude_modules: object,
+    layers_to_transform: object,
+    layers_pattern: object,
+    types: object,
+) -> None:
+    """Refuse, naming the argument, anything :func:`find_targets` cannot use."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if types is not None and not (
+        isinstance(types, tuple)
+        and types
+        and all(isinstance(t, type) and issubclass(t, nn.Module) for t in types)
+    ):
+        raise TypeError(f"types must be a non-empty tuple of nn.Module classes, got {short_repr(types)}")
+    check_spec(target_modules, "target_modules")
+    check_spec(exclude_modules, "exclude_modules", optional=True)
+    check_layers(layers_to_transform)
+    check_layers_pattern(layers_pattern)
+
+
+def _find(
+    model: nn.Module,
+    target_modules: TargetSpec,
+    exclude_modules: TargetSpec | None,
+    layers_to_transform: int | Iterable[int] | None,
+    layers_pattern: str | Sequence[str] | None,
+    types: tuple[type[nn.Module], ...] | None,
+) -> list[str]:
+    from .inject import InjectionError, _adapter_owned
+
     inside_adapter = _adapter_owned(model)
     candidates = [
         (name, module)

@@ -122,6 +122,19 @@ def test_minus_one_rows_are_exactly_the_base_output(strategy: str) -> None:
     assert not torch.allclose(out[[1, 3]], base[[1, 3]])
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("shape", [(0, 8), (0, 5, 8), (3, 0, 8), (0, 0, 8)], ids=str)
+def test_an_empty_batch_gives_an_empty_output_like_lora_linear(strategy: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    layer = BatchedLoRALinear(nn.Linear(8, 6), num_adapters=3, rank=2, strategy=strategy)
+    x = torch.randn(shape, requires_grad=True)
+    out = layer(x, torch.zeros(shape[0], dtype=torch.long))
+    expected = LoRALinear(nn.Linear(8, 6), 2)(x)
+    assert out.shape == expected.shape == (*shape[:-1], 6)
+    out.sum().backward()  # differentiable like any other output
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 def test_fresh_layer_equals_its_base_and_only_adapters_train() -> None:
     torch.manual_seed(0)
     base = nn.Linear(8, 5)

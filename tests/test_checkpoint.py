@@ -90,13 +90,13 @@ def _assert_same_adapters(a: nn.Module, b: nn.Module) -> None:
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
-def _rewrite(path: Path, state: dict[str, torch.Tensor], config: dict) -> None:
-    """Write a safetensors file with the given tensors and peft_zoo config metadata."""
-    safetensors.torch.save_file(
-        {k: v.contiguous() for k, v in state.items()},
-        str(path),
-        metadata={ckpt.METADATA_KEY: json.dumps(config)},
-    )
+def _rewrite(path: Path, state: dict[str, torch.Tensor], config: dict | str) -> None:
+    """Write a safetensors file with the given tensors, peft_zoo config metadata and a
+    matching digest (as a tool that edits a checkpoint on purpose would)."""
+    text = config if isinstance(config, str) else json.dumps(config)
+    state = {k: v.contiguous() for k, v in state.items()}
+    metadata = {ckpt.METADATA_KEY: text, ckpt.DIGEST_KEY: ckpt.checkpoint_digest(state, text)}
+    safetensors.torch.save_file(state, str(path), metadata=metadata)
 
 
 @pytest.fixture
@@ -322,10 +322,10 @@ def test_crashed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, fail_at, a
 # ----------------------------------------------------------------------------- refused loads
 
 
-def _refused(model: nn.Module, path, *fragments: str) -> str:
+def _refused(model: nn.Module, path, *fragments: str, **kwargs) -> str:
     before = fingerprint(model)
     with pytest.raises(CheckpointError) as info:
-        load_adapter(model, path)
+        load_adapter(model, path, **kwargs)
     msg = str(info.value)
     for fragment in fragments:
         assert fragment in msg, f"{fragment!r} not in {msg!r}"
@@ -382,7 +382,8 @@ def test_wrong_shape_without_config_is_refused(saved):
     state, _ = read_adapter(path)
     state["head.lora_B"] = torch.zeros(4, 3)
     safetensors.torch.save_file(state, str(path))  # no config at all: shapes still checked
-    _refused(fresh, path, "head.lora_B: shape (4, 3) in file, (4, 2) in model")
+    _refused(fresh, path, "no integrity digest", "allow_unverified=True")
+    _refused(fresh, path, "head.lora_B: shape (4, 3) in file, (4, 2) in model", allow_unverified=True)
 
 
 def test_wrong_dtype_is_refused(saved):
@@ -468,9 +469,10 @@ def test_peft_directory_is_refused(tmp_path):
     (peft_dir / "adapter_config.json").write_text(
         json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["head"]})
     )
-    _refused(fresh, peft_dir, "'LORA'", "peft_zoo adapters only")
+    _refused(fresh, peft_dir, "no integrity digest")
+    _refused(fresh, peft_dir, "'LORA'", "peft_zoo adapters only", allow_unverified=True)
     with pytest.raises(CheckpointError, match="LORA"):
-        read_adapter(peft_dir)
+        read_adapter(peft_dir, allow_unverified=True)
 
 
 @pytest.mark.parametrize(
@@ -486,7 +488,7 @@ def test_peft_directory_is_refused(tmp_path):
 def test_config_of_the_wrong_shape_is_refused(saved, config):
     _, fresh, path = saved
     state, _ = read_adapter(path)
-    safetensors.torch.save_file(state, str(path), metadata={ckpt.METADATA_KEY: config})
+    _rewrite(path, state, config)
     _refused(fresh, path, "config")
 
 
@@ -497,7 +499,7 @@ def test_invalid_adapter_config_json_is_refused(tmp_path):
     d.mkdir()
     safetensors.torch.save_file(state, str(d / "adapter_model.safetensors"))
     (d / "adapter_config.json").write_text("{not json")
-    _refused(fresh, d, "invalid JSON")
+    _refused(fresh, d, "invalid JSON", allow_unverified=True)
 
 
 # ----------------------------------------------------------------------------- legacy .pt
@@ -507,7 +509,8 @@ def test_legacy_pt_file_loads(tmp_path):
     model, fresh = _lora_pair()
     state = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     torch.save(state, tmp_path / "adapter.pt")
-    config = load_adapter(fresh, tmp_path / "adapter.pt")
+    _refused(fresh, tmp_path / "adapter.pt", "legacy torch file", "allow_unverified=True")
+    config = load_adapter(fresh, tmp_path / "adapter.pt", allow_unverified=True)
     assert config == {}
     _assert_same_adapters(fresh, model)
     x = torch.randn(2, 8)
@@ -517,7 +520,7 @@ def test_legacy_pt_file_loads(tmp_path):
 def test_legacy_bin_in_a_directory_loads(tmp_path):
     model, fresh = _lora_pair()
     torch.save({k: v.clone() for k, v in adapter_state_dict(model).items()}, tmp_path / "adapter_model.bin")
-    load_adapter(fresh, tmp_path)
+    load_adapter(fresh, tmp_path, allow_unverified=True)
     _assert_same_adapters(fresh, model)
 
 
@@ -542,7 +545,7 @@ def test_legacy_pt_with_a_pickled_object_is_refused_and_nothing_runs(tmp_path):
     path = tmp_path / "adapter.pt"
     torch.save({**state, "evil": Payload()}, path)
     CALLS.clear()
-    _refused(fresh, path, "cannot be read as a tensor checkpoint")
+    _refused(fresh, path, "cannot be read as a tensor checkpoint", allow_unverified=True)
     assert CALLS == [], "the pickled payload ran"
     # sanity: the payload is real, an unsafe load would have executed it
     torch.load(path, weights_only=False)
@@ -554,9 +557,9 @@ def test_legacy_pt_that_is_not_a_tensor_dict_is_refused(tmp_path):
     model, fresh = _lora_pair()
     path = tmp_path / "adapter.pt"
     torch.save([v.clone() for v in adapter_state_dict(model).values()], path)
-    _refused(fresh, path, "expected a dict of name -> tensor")
+    _refused(fresh, path, "expected a dict of name -> tensor", allow_unverified=True)
     torch.save({"head.lora_A": 3}, path)
-    _refused(fresh, path, "expected a dict of name -> tensor")
+    _refused(fresh, path, "expected a dict of name -> tensor", allow_unverified=True)
 
 
 def test_legacy_pt_is_validated_like_safetensors(tmp_path):
@@ -564,7 +567,12 @@ def test_legacy_pt_is_validated_like_safetensors(tmp_path):
     state = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     state["head.lora_A"] = state["head.lora_A"][:1]
     torch.save(state, tmp_path / "adapter.pt")
-    _refused(fresh, tmp_path / "adapter.pt", "head.lora_A: shape (1, 16) in file, (2, 16) in model")
+    _refused(
+        fresh,
+        tmp_path / "adapter.pt",
+        "head.lora_A: shape (1, 16) in file, (2, 16) in model",
+        allow_unverified=True,
+    )
 
 
 # ----------------------------------------------------------------------------- read_adapter

@@ -175,6 +175,42 @@ def test_config_validation() -> None:
     assert pz.LoraConfig.from_dict(config.to_dict()) == config
 
 
+def test_fields_are_type_checked_not_coerced() -> None:
+    """Issue 12: ``rslora="yes"``, ``layers_to_transform="x"`` / ``[10**30]`` were accepted and
+    ``modules_to_save="head"`` was read one character at a time."""
+    with pytest.raises(TypeError, match="rslora must be a bool"):
+        pz.LoraConfig(target_modules=["query"], rslora="yes")
+    with pytest.raises(TypeError, match="layers_to_transform must be a layer index"):
+        pz.LoraConfig(target_modules=["query"], layers_to_transform="x")
+    with pytest.raises(ValueError, match=r"layers_to_transform entry must be an int in \[0, "):
+        pz.LoraConfig(target_modules=["query"], layers_to_transform=[10**30])
+    with pytest.raises(TypeError, match=r"modules_to_save must be a list .* write \['classifier'\]"):
+        pz.LoraConfig(target_modules=["query"], modules_to_save="classifier")
+    with pytest.raises(TypeError, match="alpha_pattern"):
+        pz.LoraConfig(target_modules=["query"], alpha_pattern={"query": "8"})
+    with pytest.raises(ValueError, match="rank_pattern: invalid regular expression"):
+        pz.LoraConfig(target_modules=["query"], rank_pattern={"(query": 4})
+    with pytest.raises(TypeError, match="feedforward_modules"):
+        pz.IA3Config(target_modules=["query"], feedforward_modules=3)
+
+
+def test_adapt_model_checks_a_config_changed_after_construction() -> None:
+    model = bert_classifier()
+    before = fingerprint(model)
+    config = pz.LoraConfig(target_modules=["query"], rank=2)
+    config.rslora = "yes"  # dataclass fields can be set at any time
+    with pytest.raises(TypeError, match="rslora"):
+        pz.adapt_model(model, config)
+    assert_model_unchanged(model, before, what="a refused adapt_model")
+    config = pz.LoraConfig(target_modules=["query"], rank_pattern={"(a|aa)+": 4})
+    model.bert.add_module("a" * 40 + "b", nn.Linear(2, 2))
+    before = fingerprint(model)
+    config.target_modules = ["query", "a" * 40 + "b"]
+    with pytest.raises(ValueError, match="rank_pattern: the regular expression"):
+        pz.adapt_model(model, config)
+    assert_model_unchanged(model, before, what="a refused adapt_model")
+
+
 # ---------------------------------------------------------------------- GPT-2: Conv1D, fused c_attn
 
 

@@ -268,3 +268,48 @@ def test_every_planted_bug_is_rejected() -> None:
     assert not survivors, (
         f"kill rate {len(outcomes) - len(survivors)}/{len(outcomes)}; survivors: {survivors}"
     )
+
+
+def test_a_planted_bug_is_killed_whatever_the_hypothesis_seed() -> None:
+    """The issue's case: ex16's off-by-one bound survived ``--hypothesis-seed=0`` because no drawn
+    example held id = N. Explicit boundary examples kill it under every seed (derandomize off)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peft_zoo.exercises.mutation",
+            f"--root={ROOT}",
+            "--seeds=0,1,2",
+            "--only=ids >= N not rejected",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CI": "1"},  # --seeds must switch derandomize off itself
+        check=False,
+    )
+    assert proc.stdout.strip(), proc.stderr[-2000:]
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [o["seed"] for o in outcomes] == [0, 1, 2]
+    assert all(o["killed"] for o in outcomes), outcomes
+
+
+def test_planted_bugs_read_three_and_four_tuples() -> None:
+    bugs = planted_bugs(ROOT)
+    assert any(b.diagnosis is None for b in bugs) and any(b.diagnosis for b in bugs)
+    for b in bugs:
+        assert b.diagnosis is None or isinstance(b.diagnosis, str | tuple), b
+
+
+def test_every_planted_bug_is_valid_python() -> None:
+    """A planted bug that is a syntax error is "killed" by the import, not by the grader."""
+    broken = []
+    for bug in planted_bugs(ROOT):
+        text = (SOLUTIONS / f"{bug.stem}.py").read_text()
+        try:
+            compile(text.replace(bug.old, bug.new), f"{bug.stem}.py", "exec")
+        except SyntaxError as err:
+            broken.append(f"{bug.stem}: {bug.description}: {err}")
+    assert not broken, broken

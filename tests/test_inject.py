@@ -108,7 +108,8 @@ def test_inject_lora_wraps_the_original_linears_of_a_nested_mlp():
         assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
     fc2 = model.get_submodule("encoder.2.branch.fc2")
     assert fc2 is originals["encoder.2.branch.fc2"] and type(fc2) is nn.Linear
-    assert fc2.weight is untouched_weight and fc2.weight.requires_grad
+    assert fc2.weight is untouched_weight
+    assert not fc2.weight.requires_grad, "every non-adapter parameter is frozen, not only the wrapped bases"
 
     expected = [p for n in names for p in (model.get_submodule(n).lora_A, model.get_submodule(n).lora_B)]
     assert _ids(params) == _ids(expected)
@@ -146,7 +147,8 @@ def test_inject_lora_params_property(names, rank):
         assert layer.lora_B.shape == (originals[n].out_features, rank)
     for n in set(MLP_LINEARS) - set(names):
         assert model.get_submodule(n) is originals[n]
-        assert originals[n].weight.requires_grad
+        assert not originals[n].weight.requires_grad
+    assert set(_ids(params)) == {id(p) for p in model.parameters() if p.requires_grad}
 
 
 def test_inject_lora_into_attention_projections_of_a_transformer_block():
@@ -628,7 +630,9 @@ def test_tied_parameters_are_counted_once(capsys):
     model = TiedNet()
     assert count_parameters(model) == (60, 60)  # 40 shared + 4*4 + 4
     inject_lora(model, "proj", rank=1)
-    # frozen: proj.base (20); trainable: the tied 40 once + LoRA 1*(4+4) = 48
+    # frozen: the tied 40 (once) and proj.base (20); trainable: LoRA 1*(4+4) = 8
+    assert count_parameters(model) == (8, 68)
+    model.emb.weight.requires_grad_(True)  # train the tied embedding too: counted once
     assert count_parameters(model) == (48, 68)
     params = trainable_parameters(model)
     assert len(params) == len(set(_ids(params))) == 3

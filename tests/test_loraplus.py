@@ -54,7 +54,8 @@ def test_group_rules_on_peft_zoo_layers() -> None:
     model = Block()
     pz.adapt_model(model, pz.LoraConfig(rank=2, target_modules=["q"], use_dora=True, bias="lora_only"))
     pz.inject_lora(model, ["v"], rank=2)
-    pz.inject_ia3(model, ["fc"])
+    pz.inject_ia3(model, ["fc"])  # injectors freeze every non-adapter parameter, q.base.bias included
+    model.q.base.bias.requires_grad_(True)  # a trained bias (bias="lora_only" for q)
     model.norm.requires_grad_(True)  # a trained LayerNorm
     got = names(loraplus_groups(model))
     assert got == {

@@ -399,7 +399,7 @@ def test_config_translation_details() -> None:
     assert isinstance(ia3, pz.IA3Config) and not ia3.feedforward_modules
     with pytest.raises(PeftFormatError, match="expected 'LORA'"):
         lora_config_from_peft({"peft_type": "IA3", "target_modules": ["k_proj"]})
-    with pytest.raises(PeftFormatError, match="invalid PEFT LoRA config: rank must be > 0"):
+    with pytest.raises(PeftFormatError, match=r"r must be an int in \[1, "):
         lora_config_from_peft({"peft_type": "LORA", "target_modules": ["q"], "r": 0})
     with pytest.raises(PeftFormatError, match="target_modules is missing"):
         lora_config_from_peft({"peft_type": "LORA"})
@@ -589,6 +589,49 @@ def test_refuses_non_finite_and_non_float_values(bert_adapter: Path, tmp_path: P
         state[f"{Q1}.lora_A.weight"] = torch.zeros(4, 16, dtype=torch.int64)
 
     refused(edited(bert_adapter, tmp_path / "b", tensors=ints), "floating-point")
+
+
+def test_a_string_where_a_bool_or_number_belongs_is_refused_not_coerced(
+    bert_adapter: Path, tmp_path: Path
+) -> None:
+    """Issue 12: ``"use_rslora": "no"`` loaded with rsLoRA on (scale 4.0 instead of 2.0) and
+    ``"lora_alpha": "8"`` was read as 8.0."""
+    message = refused(
+        edited(bert_adapter, tmp_path / "a", config=lambda d: d.update(use_rslora="no")), "use_rslora"
+    )
+    assert "adapter_config.json" in message and "'no'" in message
+    refused(edited(bert_adapter, tmp_path / "b", config=lambda d: d.update(lora_alpha="8")), "lora_alpha")
+    refused(
+        edited(bert_adapter, tmp_path / "c", config=lambda d: d.update(layers_to_transform=[10**30])),
+        "layers_to_transform",
+    )
+    with pytest.raises(PeftFormatError, match="use_rslora"):
+        read_peft(tmp_path / "a")
+    model, _ = load_peft(
+        base("bert"), edited(bert_adapter, tmp_path / "d", config=lambda d: d.update(use_rslora=False))
+    )
+    assert model.bert.encoder.layer[0].attention.self.query.scale == 2.0  # lora_alpha 8 / r 4
+
+
+def test_refuses_config_json_that_is_nested_huge_or_ambiguous(bert_adapter: Path, tmp_path: Path) -> None:
+    path = edited(bert_adapter, tmp_path / "a")
+    for text, match in [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # was a bare RecursionError
+        ('{"peft_type": "LORA", "target_modules": ["query"], "r": 2, "r": 4}', "the key 'r' appears twice"),
+        (" " * (17 << 20) + "{}", "too large"),
+    ]:
+        (path / "adapter_config.json").write_text(text)
+        assert "adapter_config.json" in refused(path, match)
+
+
+def test_catastrophic_regex_in_a_config_is_stopped_naming_the_field(
+    bert_adapter: Path, tmp_path: Path
+) -> None:
+    model = base("bert")
+    model.add_module("a" * 40 + "b", nn.Linear(2, 2))
+    path = edited(bert_adapter, tmp_path / "a", config=lambda d: d.update(target_modules="(a|aa)+$"))
+    message = refused(path, "target_modules: the regular expression", model=model)
+    assert "adapter_config.json" in message
 
 
 def test_refuses_an_ia3_adapter_whose_feedforward_modules_differ(tmp_path: Path) -> None:

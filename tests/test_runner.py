@@ -147,6 +147,45 @@ def test_check_fails_with_teaching_output(root, capsys, pytest_runs) -> None:
     assert len(pytest_runs) == 1
 
 
+FORWARD_RETURN = "return self.base(x) + self.scale * F.linear(h, self.lora_B)"
+HARD_EXITS = {
+    "at import": builder.answer_text(CH1) + "\nimport os\n\nos._exit(0)\n",
+    "in forward": builder.answer_text(CH1).replace(
+        FORWARD_RETURN, "import os\n\n        os._exit(0)\n        " + FORWARD_RETURN
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(HARD_EXITS))
+def test_a_hard_exit_is_never_a_pass(root, capsys, where) -> None:
+    assert HARD_EXITS[where] != builder.answer_text(CH1)
+    practice_file(root).write_text(HARD_EXITS[where])
+    code, out = cli(capsys, root, "check", "1")
+    assert code == 1 and "FAILED" in out and "PASSED" not in out, out
+    assert "process died" in out and "exited with status 0" in out
+    assert progress(root).get(CH1.stem, {}).get("passed") is not True
+    code, out = cli(capsys, root, "solution", "1")
+    assert code == 1 and "locked" in out
+    code, out = cli(capsys, root)  # the status screen (grade_many) does not pass it either
+    assert not re.search(r"✓\s+1\s+passed", out)
+
+
+def test_an_exit_code_alone_is_no_evidence(root, monkeypatch) -> None:
+    """pytest exiting 0 without a JUnit report showing a passed test is not a pass."""
+    practice_file(root).write_text(builder.answer_text(CH1))
+    monkeypatch.setattr(runner, "_run_pytest", lambda cmd, **kwargs: runner.PytestRun(0, ""))
+    assert runner.grade_one(runner.Paths(root), CH1, stream=False) is not True
+    assert runner.grade_many(runner.Paths(root), [CH1], timeout=60) == {}
+
+
+def test_an_unfinished_file_is_not_told_to_read_the_drawn_block(root, capsys) -> None:
+    practice_file(root).write_text("# started, but every TODO is still there\n" + builder.stub_text(CH1))
+    code, out = cli(capsys, root, "check", "1")
+    assert code == 1 and "not implemented yet" in out
+    assert "Read the failure above" not in out and "'drawn' is" not in out
+    assert "TODO(ex01)" in out
+
+
 @pytest.mark.parametrize("command", ["check", "hint", "solution", "reset"])
 def test_unknown_challenge_is_a_clear_usage_error(root, capsys, command) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -232,6 +271,20 @@ def test_reset_backs_up_then_restores_the_stub(root, capsys) -> None:
     assert code == 0 and "already" in out
     assert len(list(backups[0].parent.iterdir())) == 1
     assert practice_file(root).stat().st_mtime_ns == before
+
+
+def test_reset_refuses_when_the_backup_folder_is_a_file(root, capsys) -> None:
+    work = "# my work\n" + builder.stub_text(CH1)
+    practice_file(root).write_text(work)
+    blocker = root / "practice" / TRACK / runner.BACKUP_DIR
+    blocker.write_bytes(b"not a folder")
+    code, out = cli(capsys, root, "reset", "1")
+    assert code == 2, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and "peft-zoo: error:" in lines[0] and "is a file" in lines[0]
+    assert runner.BACKUP_DIR in lines[0] and "Traceback" not in out
+    assert practice_file(root).read_text() == work  # nothing lost
+    assert blocker.read_bytes() == b"not a folder"
 
 
 def test_backups_never_overwrite_each_other(root) -> None:

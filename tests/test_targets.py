@@ -7,11 +7,13 @@ property test that draws realistic module paths and configs and compares
 
 from __future__ import annotations
 
+import re
+import time
 import warnings
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -375,3 +377,58 @@ def test_find_targets_on_bert_equals_peft(bert, target_modules, exclude_modules,
             find_targets(bert, target_modules, **kwargs)
     else:
         assert find_targets(bert, target_modules, **kwargs) == theirs
+
+
+# ----------------------------------------------------------------------------- regexes with a time bound
+
+
+def test_catastrophic_regexes_come_back_fast_naming_the_field():
+    """Issue 12: ``"(a+)+$"`` against ``"a" * 30 + "b"`` ran > 10 s in Python's ``re``. Now it
+    comes back at once (no match), and a pattern that still backtracks exponentially is
+    stopped by the timeout with an error naming the argument it came from."""
+    model = nn.Module()
+    model.add_module("a" * 30 + "b", nn.Linear(2, 2))
+    model.add_module("a" * 40 + "b", nn.Linear(2, 2))
+    model.add_module("outer", nn.ModuleDict({"a" * 40 + "b": nn.Linear(2, 2)}))
+    start = time.perf_counter()
+    with pytest.raises(InjectionError, match="no Linear/Conv1D module matches"):
+        find_targets(model, "(a+)+$")
+    for kwargs, field in [
+        ({"target_modules": "(a|aa)+$"}, "target_modules"),
+        ({"target_modules": ["a" * 40 + "b"], "exclude_modules": ".*(a|aa)+$"}, "exclude_modules"),
+        (
+            {"target_modules": ["a" * 40 + "b"], "layers_to_transform": [0], "layers_pattern": "(a|aa)+"},
+            "layers_pattern",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=f"{field}: the regular expression .* did not finish in time"):
+            find_targets(model, **kwargs)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_invalid_regexes_name_the_argument():
+    with pytest.raises(ValueError, match=r"target_modules: invalid regular expression '\(q'"):
+        find_targets(TinyMLP(), "(q")
+    with pytest.raises(ValueError, match="exclude_modules: invalid regular expression"):
+        find_targets(TinyMLP(), ["fc1"], exclude_modules="*fc")
+    with pytest.raises(TypeError, match="target_modules must be a list of module names or a regex"):
+        find_targets(TinyMLP(), None)
+
+
+PATTERN_PARTS = ["a", "b", ".", r"\.", "a*", "(a|b)", "[ab]+", "\\d", "(?:x.)?", "$", "^", "b?", ".*"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(PATTERN_PARTS), min_size=1, max_size=6), key=st.text("ab.x0", max_size=8)
+)
+def test_bounded_matching_gives_re_results(parts, key):
+    """The bounded engine (the ``regex`` package) answers exactly as ``re`` (what PEFT runs)."""
+    from peft_zoo._regex import fullmatch, match
+
+    pattern = "".join(parts)
+    ours = fullmatch(pattern, key, "target_modules")
+    theirs = re.fullmatch(pattern, key)
+    assert (ours is None) == (theirs is None) and (ours is None or ours.span() == theirs.span())
+    ours, theirs = match(pattern, key, "rank_pattern"), re.match(pattern, key)
+    assert (ours is None) == (theirs is None) and (ours is None or ours.span() == theirs.span())

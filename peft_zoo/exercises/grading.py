@@ -7,7 +7,9 @@
   time. Both raise ``BaseException`` subclasses on purpose: hypothesis does not try to
   shrink those, so the learner gets one short message instead of a long search.
 - :func:`diagnose` recognises the classic wrong answers: when the learner's output equals
-  what a known bug would produce, the failure names that bug.
+  what a known bug would produce, the failure names that bug, and only a bug that can be
+  the cause (one that also gives the right answer here is ignored; coinciding bugs are
+  told apart on a larger example, else all listed).
 """
 
 from __future__ import annotations
@@ -142,24 +144,91 @@ def require(module: ModuleType, *names: str) -> list[Any]:
     return [getattr(module, n) for n in names]
 
 
-def diagnose(
-    actual: torch.Tensor, candidates: Mapping[str, Callable[[], torch.Tensor]], *, rtol: float, atol: float
-) -> str | None:
-    """Return the name of the first known bug whose output ``actual`` reproduces, if any.
+# Candidate bugs: description -> what that bug would output (computed lazily).
+Candidates = Mapping[str, Callable[[], torch.Tensor]]
+# A second, larger and fixed example, for when the drawn one cannot tell bugs apart (hypothesis
+# shrinks towards in = out = 1, where many bugs coincide): returns the learner's output, the
+# reference output and the candidates, all computed on that example.
+Recheck = Callable[[], tuple[Any, torch.Tensor, Candidates]]
 
-    ``candidates`` maps a bug description to a function computing what that bug would
-    output (lazily, so only shapes that match are compared).
+CLASSIC_BUG = "your result equals what this classic bug produces: "
+SEVERAL_BUGS = "your result equals what each of these classic bugs produces on this example; one of: "
+
+
+def _same(a: Any, b: torch.Tensor, rtol: float, atol: float) -> bool:
+    return (
+        isinstance(a, torch.Tensor)
+        and a.shape == b.shape
+        and bool(torch.allclose(a.detach().double(), b.detach().double(), rtol=rtol, atol=atol))
+    )
+
+
+def matching_bugs(
+    actual: torch.Tensor,
+    candidates: Candidates,
+    *,
+    rtol: float,
+    atol: float,
+    expected: torch.Tensor | None = None,
+) -> list[str]:
+    """Every candidate whose output ``actual`` reproduces, in the order given.
+
+    A candidate that also reproduces the correct ``expected`` is left out: a bug that gives
+    the right answer on this example cannot be what made the answer wrong.
     """
+    names = []
     for description, compute in candidates.items():
         try:
             wrong = compute()
         except Exception:  # a candidate that does not apply to these shapes
             continue
-        if wrong.shape == actual.shape and torch.allclose(
-            actual.detach().double(), wrong.detach().double(), rtol=rtol, atol=atol
-        ):
-            return description
-    return None
+        if not isinstance(wrong, torch.Tensor) or not _same(actual, wrong, rtol, atol):
+            continue
+        if expected is not None and _same(expected, wrong, rtol, atol):
+            continue
+        names.append(description)
+    return names
+
+
+def _confirm(names: list[str], recheck: Recheck) -> list[str]:
+    """Keep the ``names`` the learner's code still reproduces on the larger example."""
+    from peft_zoo.testing import tolerance
+
+    try:
+        actual, expected, candidates = recheck()
+    except Exception:  # the larger example could not be run: say which candidates remain
+        return names
+    rtol, atol = tolerance(expected.dtype)
+    unchecked = [n for n in names if n not in candidates]
+    checked = {n: candidates[n] for n in names if n in candidates}
+    kept = set(matching_bugs(actual, checked, rtol=rtol, atol=atol, expected=expected)) | set(unchecked)
+    return [n for n in names if n in kept]
+
+
+def diagnose(
+    actual: torch.Tensor,
+    candidates: Candidates,
+    *,
+    rtol: float,
+    atol: float,
+    expected: torch.Tensor | None = None,
+    recheck: Recheck | None = None,
+) -> str | None:
+    """The "likely" line for a wrong ``actual``: which known bug(s) reproduce it, or ``None``.
+
+    Never names a bug that is not the cause: candidates equal to the correct ``expected`` are
+    ignored; with ``recheck`` (see :data:`Recheck`) a candidate is named only if the learner's
+    code reproduces it on the larger example too; when several candidates remain they are all
+    listed ("one of: ...") instead of picking the first.
+    """
+    names = matching_bugs(actual, candidates, rtol=rtol, atol=atol, expected=expected)
+    if names and recheck is not None:
+        names = _confirm(names, recheck)
+    if not names:
+        return None
+    if len(names) == 1:
+        return CLASSIC_BUG + names[0]
+    return SEVERAL_BUGS + "; ".join(names)
 
 
 def assert_matches(
@@ -168,11 +237,16 @@ def assert_matches(
     *,
     what: str,
     drawn: Mapping[str, Any] | None = None,
-    bugs: Mapping[str, Callable[[], torch.Tensor]] | None = None,
+    bugs: Candidates | None = None,
     hint: str | None = None,
+    recheck: Recheck | None = None,
 ) -> None:
     """Assert the learner's ``actual`` equals the reference ``expected``; on a mismatch, name
-    the classic bug from ``bugs`` that reproduces ``actual`` (else fall back to ``hint``)."""
+    the classic bug from ``bugs`` that reproduces ``actual`` (else fall back to ``hint``).
+
+    ``recheck`` (optional) recomputes everything on a larger fixed example, so that bugs that
+    coincide on a tiny drawn example can be told apart (see :func:`diagnose`).
+    """
     from peft_zoo.testing import assert_close, explain, tolerance
 
     if not isinstance(actual, torch.Tensor):
@@ -186,13 +260,9 @@ def assert_matches(
             )
         )
     rtol, atol = tolerance(expected.dtype)
-    close = actual.shape == expected.shape and torch.allclose(
-        actual.detach().double(), expected.detach().double(), rtol=rtol, atol=atol
-    )
-    if not close and bugs:
-        found = diagnose(actual, bugs, rtol=rtol, atol=atol)
-        if found:
-            hint = f"your result equals what this classic bug produces: {found}"
+    if not _same(actual, expected, rtol, atol) and bugs:
+        found = diagnose(actual, bugs, rtol=rtol, atol=atol, expected=expected, recheck=recheck)
+        hint = found or hint
     assert_close(actual, expected, what=what, drawn=drawn, hint=hint)
 
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -305,7 +305,8 @@ def check_refused(
                 hint="no validation before mutating: the names before the bad one were already injected, "
                 "leaving a half-injected model"
                 if replaced
-                else "building the layer freezes the Linear it wraps: build layers only after every name is checked",
+                else "building the layer freezes the Linear it wraps, and freezing the model changes every flag: "
+                "build layers and freeze only after every name is checked",
             )
         )
     try:
@@ -500,12 +501,27 @@ def check_lora_settings(
             )
 
 
+NOT_FROZEN_HINT = (
+    "base layer not frozen: the wrapped layer's own base is not enough, every parameter of the model "
+    "that is not an adapter parameter must end frozen (as PEFT's inject_adapter_in_model does). For "
+    "example model.requires_grad_(False) after replacing, then p.requires_grad_(True) for the new "
+    "adapter parameters"
+)
+
+
 def check_requires_grad(
-    mine: nn.Module, theirs: nn.Module, *, drawn: Mapping[str, Any], hint: str | None = None
+    mine: nn.Module,
+    theirs: nn.Module,
+    *,
+    drawn: Mapping[str, Any],
+    hint: str | None = None,
+    either: Collection[str] = (),
 ) -> None:
-    """Every parameter has the same ``requires_grad`` as in the reference model."""
-    a = {n: p.requires_grad for n, p in mine.named_parameters()}
-    b = {n: p.requires_grad for n, p in theirs.named_parameters()}
+    """Every parameter has the same ``requires_grad`` as in the reference model, except the
+    ones named in ``either`` (adapter parameters that were in the model before the call: an
+    answer may keep their flags or freeze them)."""
+    a = {n: p.requires_grad for n, p in mine.named_parameters() if n not in either}
+    b = {n: p.requires_grad for n, p in theirs.named_parameters() if n not in either}
     should_freeze = sorted(n for n in b if b[n] is False and a.get(n) is True)
     should_train = sorted(n for n in b if b[n] is True and a.get(n) is False)
     if should_freeze:
@@ -514,7 +530,7 @@ def check_requires_grad(
                 "these parameters are trainable but should be frozen",
                 drawn=drawn,
                 got=str(should_freeze[:8]) + (" ..." if len(should_freeze) > 8 else ""),
-                hint=hint or "a frozen base (LoRALinear/IA3Linear freeze theirs) was switched back on",
+                hint=hint or NOT_FROZEN_HINT,
             )
         )
     if should_train:
@@ -523,7 +539,8 @@ def check_requires_grad(
                 "these parameters are frozen but should be trainable",
                 drawn=drawn,
                 got=str(should_train[:8]) + (" ..." if len(should_train) > 8 else ""),
-                hint=hint or "the injector froze layers it was not asked to touch",
+                hint=hint
+                or "the new adapter parameters must be trainable: re-enable them after freezing the model",
             )
         )
 
@@ -600,9 +617,11 @@ def compare_outputs_and_grads(
     *,
     drawn: Mapping[str, Any],
     seed: int,
+    either: Collection[str] = (),
 ) -> None:
     """Give the adapter parameters ``adapter_names`` identical random values in both models,
-    then compare the outputs and the gradients of every parameter."""
+    then compare the outputs and the gradients of every parameter (for those in ``either``,
+    frozen or trainable both pass: only a gradient that is there is compared)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name in adapter_names:
@@ -619,9 +638,17 @@ def compare_outputs_and_grads(
     mine_params = dict(mine.named_parameters())
     for name, p in theirs.named_parameters():
         q = mine_params[name]
+        if name in either and (p.grad is None or q.grad is None):
+            continue
         if p.grad is None:
             if q.grad is not None:
-                raise AssertionError(explain(f"{name} received a gradient but should be frozen", drawn=drawn))
+                raise AssertionError(
+                    explain(
+                        f"{name} received a gradient but should be frozen",
+                        drawn=drawn,
+                        hint=NOT_FROZEN_HINT,
+                    )
+                )
             continue
         if q.grad is None:
             raise AssertionError(

@@ -95,9 +95,12 @@ CHALLENGES: tuple[Challenge, ...] = (
             "To replace a module you need its parent: parent = model.get_submodule(name.rpartition('.')[0]), "
             "then setattr(parent, name.rpartition('.')[2], new_layer).",
             "Return the new layers' lora_A and lora_B, in name order, and nothing else.",
+            "LoRALinear freezes only its own base: after replacing, freeze the whole model "
+            "(model.requires_grad_(False)) and re-enable the new parameters, so only LoRA trains, as in PEFT.",
         ),
         interview=(
             "Why return the LoRA parameters instead of letting the caller use model.parameters()?",
+            "After injection, which parameters should still train, and what does an unfrozen base cost?",
             "How do dotted names from named_modules() map onto nn.Sequential and nn.ModuleList children?",
         ),
     ),
@@ -165,6 +168,8 @@ CHALLENGES: tuple[Challenge, ...] = (
         prerequisites=(4, 8),
         hints=(
             "Same shape as inject_lora: resolve and check every name first, then replace; return the scales.",
+            "Then freeze everything else, as in challenge 04: model.requires_grad_(False), then "
+            "scale.requires_grad_(True) for each new scale.",
         ),
         interview=("Which layers does the IA³ paper rescale, and why those?",),
     ),
@@ -179,6 +184,8 @@ CHALLENGES: tuple[Challenge, ...] = (
             "Collect the names first (list(model.named_modules())), then replace: never mutate while iterating.",
             "Skip the root (name ''), and skip any Linear that is the .base of an existing LoRALinear.",
             "Use isinstance(module, nn.Linear); a LoRALinear is not an nn.Linear, so it is never wrapped again.",
+            "Refuse a Linear root before changing anything; at the end freeze every non-LoRA parameter "
+            "(model.requires_grad_(False), then re-enable the new lora_A / lora_B).",
         ),
         interview=("What goes wrong if you replace modules while iterating named_modules()?",),
     ),

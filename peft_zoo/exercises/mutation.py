@@ -1,12 +1,20 @@
 """Prove the graders: plant each classic bug into a copy of the answers and require a failure.
 
-Every grader lists its bugs in a module-level ``PLANTED_BUGS = [(description, old, new), ...]``
-(a plain literal: it is read with ``ast.literal_eval``, never imported):
-``old`` is a snippet that occurs exactly once in the reference answer and ``new`` the
-mistaken version. A bug is *killed* when the challenge's grader, run against the answers
-with that one snippet replaced, fails. The kill rate must be 100%.
+Every grader lists its bugs in a module-level ``PLANTED_BUGS`` (a plain literal: it is read
+with ``ast.literal_eval``, never imported) of ``(description, old, new)`` or
+``(description, old, new, diagnosis)`` tuples: ``old`` is a snippet that occurs exactly
+once in the reference answer, ``new`` the mistaken version, and ``diagnosis`` (optional)
+the text the grader's "likely:" line must show for that bug (or a tuple of every
+name its tests use for it). A bug is *killed* when the
+challenge's grader, run against the answers with that one snippet replaced, fails. The
+kill rate must be 100%, whatever the hypothesis seed.
 
-    python -m peft_zoo.exercises.mutation [--root DIR] [--shard I/N] [--json]
+    python -m peft_zoo.exercises.mutation [--root DIR] [--shard I/N] [--seeds 0,1,2] [--only TEXT] [--json]
+    python -m peft_zoo.exercises.mutation --diagnose [--shard I/N] [--json]
+
+``--seeds`` runs every bug once per hypothesis seed (derandomisation off) and reports the
+kill rate per seed. ``--diagnose`` runs each bug that has a diagnosis through its whole
+grader and checks that the "likely:" lines name that bug and no other.
 
 Graders run in this process through ``pytest.main`` (one interpreter start for all bugs).
 """
@@ -16,15 +24,24 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import importlib.util
 import io
 import json
+import os
+import re
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .manifest import CHALLENGES, TRACK
+
+# What grading.diagnose writes before the name of a bug (one bug / several candidates).
+_NAMED = ("classic bug produces:", "classic bug gives:", "classic bugs produce")
+_LIKELY = re.compile(r"likely:\s+(.*\S)")
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,8 @@ class PlantedBug:
     description: str
     old: str
     new: str
+    # The bug's name as the grader's "likely:" lines give it (one text, or every name its tests use).
+    diagnosis: str | tuple[str, ...] | None = None
 
 
 @dataclass
@@ -42,10 +61,11 @@ class Outcome:
     killed: bool
     detail: str  # why not killed, or the grader's exit status
     seconds: float
+    seed: int | None = None
 
 
 def planted_bugs(root: Path) -> list[PlantedBug]:
-    """Read ``PLANTED_BUGS`` from every grader without importing it."""
+    """Read ``PLANTED_BUGS`` from every grader without importing it (3- or 4-tuples)."""
     bugs: list[PlantedBug] = []
     for ch in CHALLENGES:
         grader = root / "practice" / TRACK / f"test_{ch.stem}.py"
@@ -56,8 +76,12 @@ def planted_bugs(root: Path) -> list[PlantedBug]:
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 target = node.targets[0]
             if isinstance(target, ast.Name) and target.id == "PLANTED_BUGS" and node.value is not None:
-                for description, old, new in ast.literal_eval(node.value):
-                    bugs.append(PlantedBug(ch.stem, description, old, new))
+                for entry in ast.literal_eval(node.value):
+                    if len(entry) not in (3, 4):
+                        raise ValueError(
+                            f"{grader.name}: a PLANTED_BUGS entry must have 3 or 4 items: {entry}"
+                        )
+                    bugs.append(PlantedBug(ch.stem, *entry))
     return bugs
 
 
@@ -74,11 +98,38 @@ def plant(bug: PlantedBug, answers: Path, out_dir: Path) -> Path:
     return out
 
 
-def run(root: Path, bugs: list[PlantedBug]) -> list[Outcome]:
-    """Plant each bug in turn and run its grader; return one :class:`Outcome` per bug."""
+def _grade(root: Path, stem: str, impl: Path, extra: Sequence[str]) -> tuple[int, str]:
+    """Run one challenge's grader in this process; return (pytest exit code, its output)."""
     import pytest
+    from hypothesis import core
 
+    grader = root / "practice" / TRACK / f"test_{stem}.py"
+    args = [str(grader), f"--impl={impl}", "-q", "-p", "no:cacheprovider", f"--rootdir={root}", *extra]
+    if importlib.util.find_spec("peft_zoo.exercises.isolation") is not None:
+        args.append("--no-isolate")  # one planted bug at a time: no need to fork per grader
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = int(pytest.main(args))
+    finally:
+        core.global_force_seed = None  # --hypothesis-seed sets a process-wide global
+        for name in [m for m in sys.modules if m.startswith("_peft_zoo_graded_")]:
+            del sys.modules[name]  # the next bug re-imports its own copy
+        _forget_examples()
+    return code, out.getvalue()
+
+
+def _forget_examples() -> None:
+    """Empty hypothesis's example database, so no bug is caught by replaying another bug's failure."""
+    home = os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY")
+    if home and Path(home).name.startswith("peft_zoo_mutation_"):
+        shutil.rmtree(Path(home) / "examples", ignore_errors=True)
+
+
+def run(root: Path, bugs: list[PlantedBug], seed: int | None = None) -> list[Outcome]:
+    """Plant each bug in turn and run its grader; return one :class:`Outcome` per bug."""
     answers = root / "solutions" / TRACK
+    extra = ["-x"] + ([] if seed is None else [f"--hypothesis-seed={seed}"])
     outcomes = []
     for bug in bugs:
         t0 = time.perf_counter()
@@ -86,40 +137,105 @@ def run(root: Path, bugs: list[PlantedBug]) -> list[Outcome]:
             try:
                 plant(bug, answers, Path(tmp))
             except ValueError as err:
-                outcomes.append(Outcome(bug.stem, bug.description, False, str(err), 0.0))
+                outcomes.append(Outcome(bug.stem, bug.description, False, str(err), 0.0, seed))
                 continue
-            grader = root / "practice" / TRACK / f"test_{bug.stem}.py"
-            args = [str(grader), f"--impl={tmp}", "-x", "-q", "-p", "no:cacheprovider", f"--rootdir={root}"]
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                code = pytest.main(args)
-            # 1 = tests failed (killed); 0 = survived; anything else = the grader could not run.
-            killed = int(code) == 1
-            detail = {0: "grader passed: the bug survived", 1: "grader failed"}.get(
-                int(code), f"pytest exit {int(code)}"
-            )
-            outcomes.append(Outcome(bug.stem, bug.description, killed, detail, time.perf_counter() - t0))
-            for name in [m for m in sys.modules if m.startswith("_peft_zoo_graded_")]:
-                del sys.modules[name]  # the next bug re-imports its own copy
+            code, _ = _grade(root, bug.stem, Path(tmp), extra)
+        # 1 = tests failed (killed); 0 = survived; anything else = the grader could not run.
+        detail = {0: "grader passed: the bug survived", 1: "grader failed"}.get(code, f"pytest exit {code}")
+        outcomes.append(Outcome(bug.stem, bug.description, code == 1, detail, time.perf_counter() - t0, seed))
     return outcomes
+
+
+def likely_lines(output: str) -> list[str]:
+    """The text of every "likely:" line in a grader's output."""
+    return [m.group(1) for m in _LIKELY.finditer(output)]
+
+
+def check_diagnosis(bug: PlantedBug, output: str) -> str | None:
+    """Why the grader's output does not name exactly ``bug.diagnosis`` (``None`` when it does):
+    some "likely:" line must contain it, and every line that names a classic bug must name it
+    alone (never another bug, never "one of: ...")."""
+    names = (bug.diagnosis,) if isinstance(bug.diagnosis, str) else tuple(bug.diagnosis or ())
+    lines = likely_lines(output)
+    if not any(name in line for line in lines for name in names):
+        return f"no 'likely:' line names {names[0]!r}; got {lines[:4]}"
+    wrong = [
+        line
+        for line in lines
+        if any(k in line for k in _NAMED) and ("one of:" in line or not line.endswith(names))
+    ]
+    if wrong:
+        return f"a 'likely:' line names another bug (or several): {wrong[:3]}"
+    return None
+
+
+def diagnose_all(root: Path, bugs: list[PlantedBug]) -> list[Outcome]:
+    """Run each bug that has a diagnosis through its whole grader; ``killed`` means named right."""
+    answers = root / "solutions" / TRACK
+    outcomes = []
+    for bug in (b for b in bugs if b.diagnosis):
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            plant(bug, answers, Path(tmp))
+            code, output = _grade(root, bug.stem, Path(tmp), ["-vv"])  # -q -vv: every failing test's message
+        problem = check_diagnosis(bug, output) if code == 1 else f"pytest exit {code}"
+        outcomes.append(
+            Outcome(bug.stem, bug.description, problem is None, problem or "named", time.perf_counter() - t0)
+        )
+    return outcomes
+
+
+def _report(outcomes: list[Outcome], label: str) -> None:
+    for o in outcomes:
+        mark = (
+            ("killed  " if o.killed else "SURVIVED")
+            if label.startswith("kill")
+            else ("ok" if o.killed else "WRONG")
+        )
+        print(f"{mark} {o.stem:<30} {o.description} ({o.detail}, {o.seconds:.1f} s)")
+    good = sum(o.killed for o in outcomes)
+    print(f"{label}: {good}/{len(outcomes)} = {100 * good / max(1, len(outcomes)):.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plant each grader's PLANTED_BUGS and report the kill rate.")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
     parser.add_argument("--shard", default="1/1", help="I/N: run every N-th bug starting at the I-th")
+    parser.add_argument("--seeds", default=None, help="comma-separated hypothesis seeds, e.g. 0,1,2")
+    parser.add_argument("--diagnose", action="store_true", help="check the diagnosis of each planted bug")
+    parser.add_argument("--only", default=None, help="only the bugs whose stem or description contains this")
     parser.add_argument("--json", action="store_true", help="print one JSON list of outcomes")
     args = parser.parse_args(argv)
     i, n = (int(v) for v in args.shard.split("/"))
-    bugs = planted_bugs(args.root)[i - 1 :: n]
-    outcomes = run(args.root, bugs)
+    seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
+    if seeds is not None:
+        os.environ.pop("CI", None)  # the graders' conftest derandomizes under CI, which ignores the seed
+    storage = tempfile.mkdtemp(prefix="peft_zoo_mutation_")
+    os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = storage
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+
+        set_hypothesis_home_dir(storage)
+        bugs = [
+            b
+            for b in planted_bugs(args.root)
+            if args.only is None or args.only in f"{b.stem} {b.description}"
+        ]
+        bugs = bugs[i - 1 :: n]
+        if args.diagnose:
+            runs = {"diagnosis accuracy": diagnose_all(args.root, bugs)}
+        elif seeds is None:
+            runs = {"kill rate": run(args.root, bugs)}
+        else:
+            runs = {f"kill rate, seed {s}": run(args.root, bugs, seed=s) for s in seeds}
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    outcomes = [o for group in runs.values() for o in group]
     if args.json:
         print(json.dumps([asdict(o) for o in outcomes]))
     else:
-        for o in outcomes:
-            mark = "killed  " if o.killed else "SURVIVED"
-            print(f"{mark} {o.stem:<30} {o.description} ({o.detail}, {o.seconds:.1f} s)")
-        killed = sum(o.killed for o in outcomes)
-        print(f"kill rate: {killed}/{len(outcomes)} = {100 * killed / max(1, len(outcomes)):.1f}%")
+        for label, group in runs.items():
+            _report(group, label)
     return 0 if all(o.killed for o in outcomes) else 1
 
 

@@ -28,7 +28,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +41,8 @@ BACKUP_DIR = ".backups"
 DEFAULT_TIMEOUT = 900.0  # seconds for one pytest run; the graders bound each test themselves
 ROOT_ENV = "PEFT_ZOO_ROOT"
 LEVELS = {1: "warm-up", 2: "core", 3: "hard"}
+RUNNER_ENV = "PEFT_ZOO_RUNNER"  # tells the graders' summary that this runner prints the next step
+NOT_IMPLEMENTED = "not implemented yet"  # what a grader says about an unfinished stub
 
 
 class RunnerError(Exception):
@@ -331,7 +333,7 @@ def _run_pytest(
     cmd: Sequence[str], *, cwd: Path, timeout: float, echo: Callable[[str], None] | None = None
 ) -> PytestRun:
     """Run pytest in a subprocess; pass each output line to ``echo`` as it arrives."""
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", RUNNER_ENV: "1"}
     proc = subprocess.Popen(
         list(cmd),
         cwd=cwd,
@@ -367,37 +369,96 @@ def _run_pytest(
     return PytestRun(None if timed_out.is_set() else proc.returncode, "".join(lines))
 
 
+@dataclass
+class Evidence:
+    """What a JUnit report says about one challenge: tests passed, tests failed or errored."""
+
+    passed: int = 0
+    failed: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        """A pass needs positive evidence: at least one test passed and none failed."""
+        return self.passed > 0 and self.failed == 0
+
+
+def junit_evidence(junit: Path, challenges: Sequence[Challenge]) -> dict[str, Evidence] | None:
+    """``{stem: Evidence}`` for the challenges the report mentions; None when it is unreadable."""
+    try:
+        tree = ET.parse(junit)
+    except (OSError, ET.ParseError):
+        return None
+    wanted = {f"test_{ch.stem}": ch.stem for ch in challenges}
+    found: dict[str, Evidence] = {}
+    for case in tree.getroot().iter("testcase"):
+        address = f"{case.get('classname', '')}.{case.get('name', '').split('[')[0]}"
+        stem = next((wanted[part] for part in address.split(".") if part in wanted), None)
+        if stem is None:
+            continue
+        evidence = found.setdefault(stem, Evidence())
+        problems = [p for p in (case.find("failure"), case.find("error")) if p is not None]
+        if problems:
+            evidence.failed += 1
+            evidence.messages += [(p.get("message") or "") + "\n" + (p.text or "") for p in problems]
+        elif case.find("skipped") is None:
+            evidence.passed += 1
+    return found
+
+
 def grade_one(
-    paths: Paths, ch: Challenge, *, timeout: float = DEFAULT_TIMEOUT, stream: bool = True, full: bool = False
+    paths: Paths,
+    ch: Challenge,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    stream: bool = True,
+    full: bool = False,
+    messages: list[str] | None = None,
 ) -> bool | None:
     """Grade ``ch`` now (printing pytest's output when ``stream``); None when undecided.
 
-    By default pytest stops at the first failing property and prints short tracebacks, so
-    the teaching message (drawn / expected / got / likely) is what the learner sees;
-    ``full`` runs every property with full tracebacks.
+    Passed only when pytest exits 0 *and* its JUnit report shows at least one passed test
+    and no failure or error for ``ch``: an exit code alone (``os._exit(0)`` in learner code)
+    never counts. By default pytest stops at the first failing property and the grader's
+    conftest prints the teaching message (drawn / expected / got / likely); ``full`` runs
+    every property with pytest's detailed output. The failure messages are appended to
+    ``messages`` when given.
     """
-    extra = ["--tb=long"] if full else ["-x", "--tb=short", "-W", "ignore::DeprecationWarning"]
+    extra = ["--full"] if full else ["-x", "-W", "ignore::DeprecationWarning"]
     if stream and sys.stdout.isatty():
         extra.append("--color=yes")
-    run = _run_pytest(
-        _pytest_command([paths.grader(ch)], *extra),
-        cwd=paths.root,
-        timeout=timeout,
-        echo=emit if stream else None,
-    )
+    with tempfile.TemporaryDirectory(prefix="peft_zoo_check_") as tmp:
+        junit = Path(tmp) / "report.xml"
+        run = _run_pytest(
+            _pytest_command([paths.grader(ch)], *extra, f"--junitxml={junit}"),
+            cwd=paths.root,
+            timeout=timeout,
+            echo=emit if stream else None,
+        )
+        found = junit_evidence(junit, [ch])
     if run.returncode is None:
         emit(f"grading stopped after {timeout:g} s (an infinite loop, or a very slow machine?)")
         return None
-    if run.returncode in (0, 1):
-        return run.returncode == 0
-    if not stream:
-        emit(run.output.rstrip())
-    emit(f"pytest could not grade {ch.stem} (exit code {run.returncode}); see the output above")
-    return None
+    if found is None or run.returncode not in (0, 1):
+        if not stream:
+            emit(run.output.rstrip())
+        emit(f"pytest could not grade {ch.stem} (exit code {run.returncode}); see the output above")
+        return None
+    evidence = found.get(ch.stem, Evidence())
+    if messages is not None:
+        messages += evidence.messages
+    if run.returncode == 0 and evidence.success:
+        return True
+    if run.returncode == 0 or evidence.passed + evidence.failed == 0:
+        emit(f"pytest reported no test result for {ch.stem} (exit code {run.returncode}): not a pass")
+        return None
+    return False
 
 
 def grade_many(paths: Paths, challenges: Sequence[Challenge], *, timeout: float) -> dict[str, bool]:
-    """Grade several challenges in ONE pytest run; ``{stem: passed}`` for those decided."""
+    """Grade several challenges in ONE pytest run; ``{stem: passed}`` for those decided.
+
+    As in :func:`grade_one`, a pass needs the JUnit report's positive evidence."""
     if not challenges:
         return {}
     with tempfile.TemporaryDirectory(prefix="peft_zoo_grade_") as tmp:
@@ -407,31 +468,15 @@ def grade_many(paths: Paths, challenges: Sequence[Challenge], *, timeout: float)
             cwd=paths.root,
             timeout=timeout,
         )
-        try:
-            tree = ET.parse(junit)
-        except (OSError, ET.ParseError):
-            tree = None
+        found = junit_evidence(junit, challenges)
     if run.returncode is None:
         warn(f"grading stopped after {timeout:g} s; those challenges stay undecided")
         return {}
-    if tree is None or run.returncode not in (0, 1):
+    if found is None or run.returncode not in (0, 1):
         warn(f"pytest could not grade the changed files (exit code {run.returncode}):")
         emit(run.output.rstrip()[-3000:], stream=sys.stderr)
         return {}
-    wanted = {f"test_{ch.stem}": ch.stem for ch in challenges}
-    ran: dict[str, int] = {}  # stem -> tests that passed
-    broken: set[str] = set()
-    for case in tree.getroot().iter("testcase"):
-        address = f"{case.get('classname', '')}.{case.get('name', '').split('[')[0]}"
-        stem = next((wanted[part] for part in address.split(".") if part in wanted), None)
-        if stem is None:
-            continue
-        ran.setdefault(stem, 0)
-        if case.find("failure") is not None or case.find("error") is not None:
-            broken.add(stem)
-        elif case.find("skipped") is None:
-            ran[stem] += 1
-    return {stem: stem not in broken and ran[stem] > 0 for stem in ran}
+    return {stem: evidence.success for stem, evidence in found.items()}
 
 
 # ----------------------------------------------------------------------------- status
@@ -606,7 +651,8 @@ def _check(
         return False
     emit(f"Grading challenge {ch.number} {_dot()} {ch.title}  ({paths.show(exercise)})")
     fingerprint = grader_fingerprint(paths, ch)
-    passed = grade_one(paths, ch, timeout=timeout, full=full)
+    messages: list[str] = []
+    passed = grade_one(paths, ch, timeout=timeout, full=full, messages=messages)
     if _sha_file(exercise) != sha256_bytes(data):
         emit("(the file changed while it was being graded: this result is not recorded)")
         if watching:
@@ -624,8 +670,13 @@ def _check(
         emit(f"Compare with the reference answer: `peft-zoo solution {ch.number}`")
         return True
     emit(f"FAILED {m['failing']}  challenge {ch.number} {_dot()} {ch.title}")
+    unfinished = bool(messages) and all(NOT_IMPLEMENTED in m for m in messages)
     if data == pristine_stub(ch):
         emit(f"You have not started yet: replace each TODO({ch.tag}) in {paths.show(exercise)}.")
+    elif unfinished:
+        emit(f"Part of it is not implemented yet: replace every TODO({ch.tag}) in {paths.show(exercise)}.")
+    elif any("process died" in m for m in messages):
+        emit("Your code ended the grading process (see above): remove the exit, abort or crash.")
     else:
         emit(
             "Read the failure above: 'drawn' is the input the grader picked, 'expected' and 'got' "
@@ -727,8 +778,21 @@ def cmd_solution(
 
 def backup_file(paths: Paths, ch: Challenge, data: bytes, now: _dt.datetime | None = None) -> Path:
     """Save ``data`` as ``.backups/<stem>.<YYYYmmdd-HHMMSS>.py`` (with a counter if taken),
-    read it back, and return its path. Never overwrites an existing backup."""
-    paths.backups.mkdir(parents=True, exist_ok=True)
+    read it back, and return its path. Never overwrites an existing backup.
+
+    Raises :class:`RunnerError` (nothing written) when the backup folder cannot be made."""
+    folder = paths.backups
+    if folder.exists() and not folder.is_dir():
+        raise RunnerError(
+            f"{paths.show(folder)} is a file, not a folder, so your work cannot be backed up there: "
+            "rename or move it, then run the reset again (nothing was changed)"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunnerError(
+            f"cannot create the backup folder {paths.show(folder)} ({err.strerror or err}); nothing was changed"
+        ) from None
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     for counter in range(10_000):
         suffix = "" if counter == 0 else f"-{counter}"
@@ -740,6 +804,12 @@ def backup_file(paths: Paths, ch: Challenge, data: bytes, now: _dt.datetime | No
                 os.fsync(handle.fileno())
         except FileExistsError:
             continue
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                target.unlink()  # a partial copy must not pass for a backup
+            raise RunnerError(
+                f"cannot write the backup {paths.show(target)} ({err.strerror or err}); your file was left as it is"
+            ) from None
         if target.read_bytes() != data:
             raise RunnerError(
                 f"the backup {target} does not read back identical; your file was left as it is"

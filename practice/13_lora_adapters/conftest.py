@@ -2,7 +2,11 @@
 
 Each grader module names its challenge in ``CHALLENGE`` and receives two fixtures:
 ``impl`` (the module under test, from ``--impl``) and ``ref`` (the reference answer from
-``solutions/``). A file that cannot be imported fails only its own challenge.
+``solutions/``). A file that cannot be imported fails only its own challenge; each grader
+module runs in a forked child, so a file that exits, segfaults or aborts fails only its own
+challenge too (``--no-isolate`` runs them in this process). ``impl`` refuses an answer that
+re-exports, wraps or subclasses peft_zoo's own implementation or the reference answer.
+The output is a short per-challenge summary; ``-v`` or ``--full`` keeps pytest's details.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import pytest
 import torch
 from hypothesis import Phase, settings
 
+from peft_zoo.exercises import isolation, summary
 from peft_zoo.exercises.grading import LearnerLoadError, LearnerTimeout, NotImplementedYet, load_module
+from peft_zoo.exercises.originality import check_own_work
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -42,6 +48,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="what to grade: 'practice' (your stubs, the default), 'solutions' (the reference "
         "answers) or a directory holding exNN_<name>.py files",
     )
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="pytest's detailed output (tracebacks, every failure) instead of the short summary",
+    )
+    isolation.add_option(parser)
 
 
 def impl_dir(config: pytest.Config) -> Path:
@@ -60,10 +73,38 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"grading: {impl_dir(config)}"
 
 
+def _is_grader(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    return hasattr(module, "CHALLENGE") and Path(str(item.path)).resolve().parent == HERE
+
+
+def _describe(item: pytest.Item) -> tuple[str, str | None]:
+    challenge = item.module.CHALLENGE  # type: ignore[attr-defined]
+    return challenge, str(impl_dir(item.config) / f"{challenge}.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    compact = summary.compact_wanted(config, HERE)
+    if compact:
+        summary.make_compact(config)
+    plugin = summary.GradingSummary(config, practice=HERE, impl=impl_dir(config), compact=compact)
+    config.pluginmanager.register(plugin, "peft_zoo_grading_summary")
+    if isolation.forking_available(config):
+        config.pluginmanager.register(isolation.Isolator(config, _is_grader, _describe), "peft_zoo_isolator")
+
+
 @pytest.fixture(scope="module")
 def impl(request: pytest.FixtureRequest):
-    """The learner's (or --impl's) module for this grader's challenge."""
-    return load_module(impl_dir(request.config) / f"{request.module.CHALLENGE}.py", "impl")
+    """The learner's (or --impl's) module for this grader's challenge; refused when the
+    challenge's own objects come from peft_zoo or the reference answers."""
+    stem = request.module.CHALLENGE
+    path = impl_dir(request.config) / f"{stem}.py"
+    module = load_module(path, "impl")
+    challenge = summary.challenge_of(stem)
+    if challenge is not None:
+        check_own_work(module, path, challenge.objects, solutions=SOLUTIONS)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +117,13 @@ def ref(request: pytest.FixtureRequest):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    if call.excinfo is not None and call.excinfo.errisinstance(_CLEAN):
+    if call.excinfo is None or not report.failed:
+        return
+    challenge = getattr(item.module, "CHALLENGE", item.module.__name__)
+    if call.excinfo.errisinstance(_CLEAN):
         # One short line instead of a traceback through the grading machinery.
-        challenge = getattr(item.module, "CHALLENGE", item.module.__name__)
         report.longrepr = f"{challenge}: {call.excinfo.value}"
+        summary.attach_message(report, report.longrepr)
+    else:
+        learner = str(impl_dir(item.config) / f"{challenge}.py")
+        summary.attach_message(report, summary.failure_message(call.excinfo.value, learner))

@@ -8,54 +8,73 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import assert_matches, learner_code, require
+from peft_zoo.exercises.grading import CLASSIC_BUG, SEVERAL_BUGS, assert_matches, learner_code, require
 from peft_zoo.testing import dtypes, explain, leading_shapes, linear_specs
 
 CHALLENGE = "ex01_lora_linear"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
-# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
 PLANTED_BUGS = [
-    ("base weight left trainable", "self.base.requires_grad_(False)", "self.base.requires_grad_(True)"),
+    (
+        "base weight left trainable",
+        "self.base.requires_grad_(False)",
+        "self.base.requires_grad_(True)",
+        "call base.requires_grad_(False)",
+    ),
     (
         "B random at init",
         "self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))",
         "self.lora_B = nn.Parameter(torch.randn(base.out_features, rank, **factory))",
+        "B random at init: the layer no longer starts as its base",
     ),
     (
         "A zero at init",
         "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
         "nn.init.zeros_(self.lora_A)",
+        "A zero at init: B then gets no gradient",
     ),
     (
         "scale missing",
         "return self.base(x) + self.scale * F.linear(h, self.lora_B)",
         "return self.base(x) + F.linear(h, self.lora_B)",
+        "the scale is missing (base(x) + B A x)",
     ),
     (
         "scale squared",
         "return self.base(x) + self.scale * F.linear(h, self.lora_B)",
         "return self.base(x) + self.scale**2 * F.linear(h, self.lora_B)",
+        "the scale is squared",
     ),
     (
         "alpha used instead of alpha / rank",
         "self.scale = alpha / math.sqrt(rank) if rslora else alpha / rank",
         "self.scale = alpha / math.sqrt(rank) if rslora else alpha",
+        "alpha used as the scale instead of alpha / rank",
     ),
     (
         "A and B transposed",
         "self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))",
         "self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, **factory))",
+        "A and B transposed or swapped?",
     ),
     (
         "dropout applied to the base path",
         "return self.base(x) + self.scale * F.linear(h, self.lora_B)",
         "return self.base(self.lora_dropout(x)) + self.scale * F.linear(h, self.lora_B)",
+        "dropout is applied to the base path",
+    ),
+    (
+        "dropout ignored entirely (the LoRA path sees x in training mode too)",
+        "h = F.linear(self.lora_dropout(x), self.lora_A)",
+        "h = F.linear(x, self.lora_A)",
+        "dropout is never applied",
     ),
 ]
 
@@ -91,6 +110,44 @@ def _pair(impl, ref, spec, dtype=torch.float32, **kw):
 def _drawn(spec, **extra):
     keys = ("in_features", "out_features", "bias", "rank", "alpha", "seed")
     return {**{k: spec[k] for k in keys}, **extra}
+
+
+def _recheck(impl, ref, rslora=False, dtype=torch.float32):
+    """The same comparison on a fixed, non-degenerate layer (in != out, rank >= 2, alpha not
+    1 or rank): tells apart bugs that coincide on a tiny drawn example."""
+
+    def run():
+        spec = {"in_features": 5, "out_features": 4, "bias": True, "rank": 3, "alpha": 7.0, "seed": 11}
+        mine, theirs = _pair(impl, ref, spec, dtype=dtype, rslora=rslora)
+        x = torch.randn(3, 5, dtype=dtype)
+        with torch.no_grad():
+            return mine(x), theirs(x), _bugs(theirs, x)
+
+    return run
+
+
+def _scale_bug(got: float, spec, rslora: bool, expected: float) -> str | None:
+    """Name the classic mistake behind a wrong ``scale`` (the same names as :func:`_bugs`);
+    mistakes that give the right scale for this draw are never named."""
+    alpha, rank = spec["alpha"] or spec["rank"], spec["rank"]
+    candidates = {
+        "the scale is missing (base(x) + B A x)": 1.0,
+        "the scale is squared": expected**2,
+        "alpha used as the scale instead of alpha / rank": alpha,
+        "rslora ignored (alpha / rank instead of alpha / sqrt(rank))"
+        if rslora
+        else ("alpha / sqrt(rank) used without rslora"): alpha / rank if rslora else alpha / math.sqrt(rank),
+    }
+    names = [
+        n
+        for n, v in candidates.items()
+        if math.isclose(got, v, rel_tol=1e-6) and not math.isclose(v, expected, rel_tol=1e-6)
+    ]
+    if not names:
+        return None
+    if len(names) == 1:
+        return CLASSIC_BUG + names[0]
+    return SEVERAL_BUGS + "; ".join(names)
 
 
 def _bugs(theirs, x):
@@ -183,6 +240,19 @@ def test_initialisation_b_zero_a_kaiming_and_output_equals_base(impl, spec, lead
 
 @settings(max_examples=25, deadline=None)
 @given(spec=linear_specs(), lead=leading_shapes(), rslora=st.booleans(), dtype=dtypes())
+# rank = min(in, out), the largest rank the contract allows, and a rank above it
+@example(
+    spec={"in_features": 3, "out_features": 5, "bias": True, "rank": 3, "alpha": 6.0, "seed": 1},
+    lead=(2,),
+    rslora=False,
+    dtype=torch.float32,
+)
+@example(
+    spec={"in_features": 2, "out_features": 2, "bias": False, "rank": 4, "alpha": None, "seed": 2},
+    lead=(),
+    rslora=True,
+    dtype=torch.float64,
+)
 @learner_code()
 def test_forward_matches_reference(impl, ref, spec, lead, rslora, dtype) -> None:
     mine, theirs = _pair(impl, ref, spec, dtype=dtype, rslora=rslora)
@@ -193,10 +263,18 @@ def test_forward_matches_reference(impl, ref, spec, lead, rslora, dtype) -> None
         drawn=drawn,
         expected=f"{expected_scale:.6g} (alpha / {'sqrt(rank)' if rslora else 'rank'}, alpha defaults to rank)",
         got=f"{float(mine.scale):.6g}",
+        hint=_scale_bug(float(mine.scale), spec, rslora, expected_scale),
     )
     x = torch.randn(*lead, spec["in_features"], dtype=dtype)
     with torch.no_grad():
-        assert_matches(mine(x), theirs(x), what="forward output", drawn=drawn, bugs=_bugs(theirs, x))
+        assert_matches(
+            mine(x),
+            theirs(x),
+            what="forward output",
+            drawn=drawn,
+            bugs=_bugs(theirs, x),
+            recheck=_recheck(impl, ref, rslora, dtype),
+        )
 
 
 @settings(max_examples=20, deadline=None)
@@ -240,3 +318,44 @@ def test_dropout_touches_only_the_lora_path(impl, ref, spec, p) -> None:
             drawn=drawn,
             hint="dropout is applied to the base path (or to the whole output): drop only the LoRA input",
         )
+
+
+@settings(max_examples=15, deadline=None)
+@given(d=st.integers(2, 8), bias=st.booleans(), p=st.sampled_from([0.1, 0.5, 0.9]), seed=st.integers(0, 99))
+@learner_code()
+def test_dropout_drops_the_lora_input_in_training_and_nothing_in_eval(impl, d, bias, p, seed) -> None:
+    """With A = B = I (rank = in = out, scale 1) the LoRA path is exactly dropout(x): each entry
+    of ``layer(x) - base(x)`` must be 0 or x / (1 - p) in training mode, and x in eval mode."""
+    (impl_cls,) = require(impl, "LoRALinear")
+    torch.manual_seed(seed)
+    base = nn.Linear(d, d, bias=bias)
+    layer = impl_cls(copy.deepcopy(base), d, dropout=p)
+    drawn = {"in_features": d, "out_features": d, "rank": d, "bias": bias, "dropout": p, "seed": seed}
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.eye(d))
+        layer.lora_B.copy_(torch.eye(d))
+        x = torch.randn(32, d) + 3.0  # no entry near 0: a dropped entry is unmistakable
+        layer.eval()
+        assert_matches(
+            layer(x) - base(x),
+            x,
+            what="eval mode: the LoRA path (A = B = I) must be x itself, no dropout",
+            drawn=drawn,
+            hint="dropout must be off in eval mode: use nn.Dropout (or F.dropout(..., training=self.training))",
+        )
+        layer.train()
+        delta = layer(x) - base(x)  # (32, d): dropout(x) if only the LoRA input is dropped
+    kept = torch.isclose(delta, x / (1 - p), rtol=1e-4, atol=1e-5)
+    dropped = delta.abs() <= 1e-5
+    assert not torch.allclose(delta, x, rtol=1e-4, atol=1e-5), explain(
+        f"train mode with dropout={p}: no entry of the LoRA input was dropped (of {x.numel()})",
+        drawn=drawn,
+        got=f"layer(x) - base(x) starts {delta.reshape(-1)[:4].tolist()} for x {x.reshape(-1)[:4].tolist()}",
+        hint="dropout is never applied: the LoRA path must see lora_dropout(x) in training mode",
+    )
+    assert bool((kept | dropped).all()) and bool(dropped.any()), explain(
+        "train mode: with A = B = I the LoRA path must be dropout(x): each entry 0 or x / (1 - p)",
+        drawn=drawn,
+        got=f"layer(x) - base(x) starts {delta.reshape(-1)[:4].tolist()} for x {x.reshape(-1)[:4].tolist()}",
+        hint="apply nn.Dropout(p) to the input of the LoRA path only (not to the base, not to the output)",
+    )

@@ -15,39 +15,67 @@ CHALLENGE = "ex02_bottleneck_adapter"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes planted into a copy of the answer; the grader must reject every one.
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "up_proj not zero-initialised (the down projection zeroed instead)",
         "nn.init.zeros_(self.up_proj.weight)",
         "nn.init.zeros_(self.down_proj.weight)",
+        "zero up_proj's weight AND bias",
     ),
-    ("up_proj.bias left at nn.Linear's random init", "\n        nn.init.zeros_(self.up_proj.bias)", ""),
+    (
+        "up_proj.bias left at nn.Linear's random init",
+        "\n        nn.init.zeros_(self.up_proj.bias)",
+        "",
+        "zero up_proj's weight AND bias",
+    ),
     (
         "the residual flag is ignored (x always added)",
         "return x + delta if self.residual else delta",
         "return x + delta",
+        (
+            "residual=False is ignored (x + delta returned anyway)",
+            "the residual's gradient is missing or doubled",
+        ),
     ),
-    ("the residual is never added", "return x + delta if self.residual else delta", "return delta"),
+    (
+        "the residual is never added",
+        "return x + delta if self.residual else delta",
+        "return delta",
+        (
+            "the residual is never added",
+            "the residual is never added (forward returns only delta)",
+            "the residual's gradient is missing or doubled",
+        ),
+    ),
     (
         "the activation is skipped",
         "self.up_proj(self.act(self.down_proj(x)))",
         "self.up_proj(self.down_proj(x))",
+        "the activation is skipped (up(down(x)))",
     ),
     (
         "the activation is applied after up_proj",
         "self.up_proj(self.act(self.down_proj(x)))",
         "self.act(self.up_proj(self.down_proj(x)))",
+        "the activation is applied after up_proj (act(up(down(x))))",
     ),
-    ("'gelu' builds a ReLU", "self.act = nn.GELU()", "self.act = nn.ReLU()"),
+    (
+        "'gelu' builds a ReLU",
+        "self.act = nn.GELU()",
+        "self.act = nn.ReLU()",
+        "the other activation was built ('gelu' gave a ReLU, or 'relu' a GELU)",
+    ),
     (
         "an unknown activation silently falls back to GELU",
         'if activation == "gelu":',
         'if activation != "relu":',
+        "an unknown name silently fell back to a default",
     ),
     (
         "the projections have no bias",
         "self.down_proj = nn.Linear(d_model, bottleneck_dim)",
         "self.down_proj = nn.Linear(d_model, bottleneck_dim, bias=False)",
+        "keep nn.Linear's bias",
     ),
 ]
 
@@ -97,7 +125,7 @@ def _bugs_delta(theirs, x):
     return {
         "the activation is skipped (up(down(x)))": lambda: up(down(x)),
         "the activation is applied after up_proj (act(up(down(x))))": lambda: act(up(down(x))),
-        "GELU and ReLU are swapped": lambda: up(other(down(x))),
+        "the other activation was built ('gelu' gave a ReLU, or 'relu' a GELU)": lambda: up(other(down(x))),
         "forward_delta adds the residual (x + delta): only forward adds x": lambda: x + up(act(down(x))),
     }
 

@@ -18,25 +18,49 @@ CHALLENGE = "ex03_adapter_block"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes planted into a copy of the answer; the grader must reject every one.
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "the residual is added twice (h + adapter(h), the adapter adding its own h)",
         "return h + self.adapter.forward_delta(h)",
         "return h + self.adapter(h)",
+        (
+            "the residual is added twice (2h + delta(h)): adapter(h) already adds h, so use h + adapter.forward_delta(h)",
+            "the residual is added twice (2h): adapter(h) already adds h",
+        ),
     ),
-    ("the adapter is fed x instead of h", "self.adapter.forward_delta(h)", "self.adapter.forward_delta(x)"),
-    ("the sublayer's residual is missing", "h = x + self.sublayer(x)", "h = self.sublayer(x)"),
+    (
+        "the adapter is fed x instead of h",
+        "self.adapter.forward_delta(h)",
+        "self.adapter.forward_delta(x)",
+        "the adapter is fed x instead of h (h + delta(x))",
+    ),
+    (
+        "the sublayer's residual is missing",
+        "h = x + self.sublayer(x)",
+        "h = self.sublayer(x)",
+        (
+            "the sublayer's residual is missing (h = sublayer(x))",
+            "the sublayer's residual is missing (sublayer(x))",
+        ),
+    ),
     (
         "adapter(h) returned, relying on the adapter's own residual flag",
         "return h + self.adapter.forward_delta(h)",
         "return self.adapter(h)",
+        "only adapter(h) is returned: it adds h back only when the adapter has residual=True; use h + adapter.forward_delta(h)",
     ),
     (
         "the adapter is fed the sublayer output instead of h",
         "self.adapter.forward_delta(h)",
         "self.adapter.forward_delta(h - x)",
+        "the adapter is fed the sublayer output instead of h (h + delta(sublayer(x)))",
     ),
-    ("the adapter's delta is never added", "return h + self.adapter.forward_delta(h)", "return h"),
+    (
+        "the adapter's delta is never added",
+        "return h + self.adapter.forward_delta(h)",
+        "return h",
+        "the adapter's delta is never added (returns x + sublayer(x))",
+    ),
 ]
 
 

@@ -81,6 +81,21 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "    layers = sorted((model.get_submodule(n) for n in names), key=lambda m: order[id(m)])\n"
         "    return model, [p for m in layers for p in (m.lora_A, m.lora_B)]\n",
     ),
+    (
+        "base layer not frozen: only the wrapped Linears are frozen, the rest of the model still trains",
+        "    model.requires_grad_(False)\n    for p in params:\n        p.requires_grad_(True)\n",
+        "",
+    ),
+    (
+        "everything is frozen, the new adapter parameters too",
+        "    for p in params:\n        p.requires_grad_(True)\n",
+        "",
+    ),
+    (
+        "the model is frozen before the names are checked (a refused call changes requires_grad)",
+        "    names, targets = list(linear_names), []\n",
+        "    model.requires_grad_(False)\n    names, targets = list(linear_names), []\n",
+    ),
 ]
 
 # What a learner's exception on valid input usually means.

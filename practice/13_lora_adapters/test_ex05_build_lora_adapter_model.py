@@ -34,27 +34,36 @@ CHALLENGE = "ex05_build_lora_adapter_model"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, planted into a copy of the reference answer by the test suite: the
-# grader must reject every one. (description, exact snippet of the answer, replacement)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# grader must reject every one. (description, exact snippet of the answer, replacement,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
-        "the base is left trainable (nothing is frozen first)",
-        "    model.requires_grad_(False)  # freeze everything: embeddings, norms, untouched Linears, ...\n",
-        "",
+        # (leaving the freeze out is no longer a bug: inject_lora itself freezes every other parameter)
+        "the LoRA parameters are left frozen (only the adapter parameters are re-enabled)",
+        "for p in params:",
+        "for p in adapter_params:",
+        (
+            "the LoRA parameters were left frozen",
+            "every parameter you return (LoRA and adapter) must be re-enabled",
+        ),
     ),
     (
         "the returned list contains the base weights (model.parameters())",
         "    return model, params\n",
         "    return model, list(model.parameters())\n",
+        "the list holds frozen base weights",
     ),
     (
         "the adapter parameters are left frozen (only the LoRA parameters are re-enabled)",
         "for p in params:",
         "for p in lora_params:",
+        "the adapter parameters were left frozen",
     ),
     (
         "the adapter parameters are missing from the returned list",
         "params = lora_params + adapter_params",
         "params = lora_params",
+        "these parameters are missing from the list",
     ),
     (
         "everything is frozen after the new parameters were enabled (nothing trains)",
@@ -62,11 +71,13 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "    for p in params:  # ... then re-enable exactly the new parameters\n"
         "        p.requires_grad_(True)\n",
         "    for p in params:\n        p.requires_grad_(True)\n    model.requires_grad_(False)\n",
+        "freeze first, then re-enable: model.requires_grad_(False) after the loop undoes it",
     ),
     (
         "the adapter is created but the base is returned without it",
         "        model = AdapterBlock(base, adapter)",
         "        model = base",
+        "model = AdapterBlock(base, BottleneckAdapter(base.d_model, adapter_bottleneck))",
     ),
 ]
 
@@ -178,18 +189,30 @@ def test_exactly_the_lora_and_adapter_parameters_train_and_are_returned(impl, re
         "these parameters are trainable but should be frozen",
         drawn=drawn,
         got=str(should_freeze[:8]) + (" ..." if len(should_freeze) > 8 else ""),
-        hint="the base was left trainable: inject_lora freezes only the Linears it wraps. Freeze "
-        "everything first (model.requires_grad_(False)), then re-enable the new parameters",
+        hint="the base was left trainable: freeze everything first (model.requires_grad_(False)), "
+        "then re-enable the new parameters",
     )
     adapter_names = [n for n in should_train if n.startswith("adapter.")]
+    adapter_trains = any(p.requires_grad for n, p in mine.named_parameters() if n.startswith("adapter."))
+    hint = (
+        "freeze first, then re-enable: model.requires_grad_(False) after the loop undoes it, and every "
+        "parameter you return (LoRA and adapter) must be re-enabled"
+    )
+    if adapter_names and len(adapter_names) == len(should_train):
+        hint = (
+            "the adapter parameters were left frozen: after freezing the whole model, re-enable the "
+            "adapter's parameters too, not only the LoRA ones"
+        )
+    elif not adapter_names and adapter_trains:
+        hint = (
+            "the LoRA parameters were left frozen: after freezing the whole model, re-enable every "
+            "parameter you return, the LoRA ones too"
+        )
     assert not should_train, explain(
         "these parameters are frozen but should be trainable",
         drawn=drawn,
         got=str(should_train[:8]) + (" ..." if len(should_train) > 8 else ""),
-        hint="the adapter parameters were left frozen: after freezing the whole model, re-enable the "
-        "adapter's parameters too, not only the LoRA ones"
-        if adapter_names and len(adapter_names) == len(should_train)
-        else "freeze first, then re-enable: model.requires_grad_(False) after the loop undoes it",
+        hint=hint,
     )
 
 

@@ -18,24 +18,51 @@ CHALLENGE = "ex06_parallel_adapter_block"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes planted into a copy of the answer; the grader must reject every one.
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "the adapter is fed the sublayer's output instead of x",
         "self.adapter.forward_delta(x)",
         "self.adapter.forward_delta(self.sublayer(x))",
+        "the adapter is fed the sublayer's output (sublayer(x) + delta(sublayer(x))): in the parallel form both branches read x",
     ),
-    ("an extra residual x is added", "return self.sublayer(x) + ", "return x + self.sublayer(x) + "),
+    (
+        "an extra residual x is added",
+        "return self.sublayer(x) + ",
+        "return x + self.sublayer(x) + ",
+        (
+            "an extra residual x is added (x + sublayer(x)): calling adapter(x), which adds its own x, or the serial form h = x + sublayer(x) both do this; the parallel block adds no residual",
+            "an extra residual x is added (x + sublayer(x) + delta(x)), e.g. by calling adapter(x), which adds its own x",
+            "an extra residual x (its gradient g is added once more)",
+        ),
+    ),
     (
         "adapter(x) instead of adapter.forward_delta(x) (the adapter's own residual sneaks in)",
         "self.adapter.forward_delta(x)",
         "self.adapter(x)",
+        (
+            "an extra residual x is added (x + sublayer(x)): calling adapter(x), which adds its own x, or the serial form h = x + sublayer(x) both do this; the parallel block adds no residual",
+            "an extra residual x is added (x + sublayer(x) + delta(x)), e.g. by calling adapter(x), which adds its own x",
+            "an extra residual x (its gradient g is added once more)",
+        ),
     ),
     (
         "the serial form: h = x + sublayer(x); h + delta(h)",
         "return self.sublayer(x) + self.adapter.forward_delta(x)",
         "return (h := x + self.sublayer(x)) + self.adapter.forward_delta(h)",
+        (
+            "an extra residual x is added (x + sublayer(x)): calling adapter(x), which adds its own x, or the serial form h = x + sublayer(x) both do this; the parallel block adds no residual",
+            "the serial form (h = x + sublayer(x); h + delta(h)) instead of the parallel one",
+        ),
     ),
-    ("the sublayer branch is dropped", "return self.sublayer(x) + ", "return x + "),
+    (
+        "the sublayer branch is dropped",
+        "return self.sublayer(x) + ",
+        "return x + ",
+        (
+            "the sublayer branch is missing (x + delta(x), which is x at initialisation)",
+            "the sublayer branch is missing (x + delta(x))",
+        ),
+    ),
 ]
 
 

@@ -15,12 +15,21 @@ CHALLENGE = "ex07_learnable_prefix"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes planted into a copy of the answer; the grader must reject every one.
-PLANTED_BUGS: list[tuple[str, str, str]] = [
-    ("the prefix is appended instead of prepended", "torch.cat([p, x], dim=1)", "torch.cat([x, p], dim=1)"),
+PLANTED_BUGS: list[tuple[str, ...]] = [
+    (
+        "the prefix is appended instead of prepended",
+        "torch.cat([p, x], dim=1)",
+        "torch.cat([x, p], dim=1)",
+        (
+            "the prefix is appended after the tokens instead of prepended (cat([x, p]))",
+            "the prefix sits at the end of the sequence (appended)",
+        ),
+    ),
     (
         "the prefix overwrites the first tokens instead of being prepended",
         "return torch.cat([p, x], dim=1)",
         "return torch.cat([p, x[:, p.shape[1] :]], dim=1)",
+        "the prefix overwrites the first prefix_len tokens instead of being prepended",
     ),
     (
         "the prefix is written into batch row 0 only (an indexing slip in a preallocated output)",
@@ -29,31 +38,41 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "        out[:, p.shape[1] :] = x\n"
         "        out[0, : p.shape[1]] = self.prefix\n"
         "        return out",
+        (
+            "only batch row 0 gets the prefix (the other rows' prefix positions are left at zero)",
+            "only batch row 0 gets the prefix",
+            "only row 0's gradient reaches the prefix",
+        ),
     ),
     (
         "batch and prefix axes mixed up: a (P, B, d) tensor reshaped to (B, P, d)",
         "self.prefix.unsqueeze(0).expand(x.shape[0], -1, -1)",
         "self.prefix.unsqueeze(1).expand(-1, x.shape[0], -1).reshape(x.shape[0], -1, x.shape[2])",
+        "batch and prefix axes mixed up: prefix.unsqueeze(1).expand(P, B, d) reshaped to (B, P, d) scrambles the rows",
     ),
     (
         "a shortcut for empty sequences returns the expand()ed view: rows alias each other and the prefix",
         "return torch.cat([p, x], dim=1)",
         "return p if x.shape[1] == 0 else torch.cat([p, x], dim=1)",
+        "the rows alias one buffer",
     ),
     (
         "the prefix is detached (it never learns)",
         "self.prefix.unsqueeze(0)",
         "self.prefix.detach().unsqueeze(0)",
+        "is it detached (.detach(), .data, torch.tensor(...))",
     ),
     (
         "the prefix is a plain tensor, not an nn.Parameter",
         "nn.Parameter(torch.randn(prefix_len, d_model) * 0.02)",
         "torch.randn(prefix_len, d_model) * 0.02",
+        "a plain tensor attribute is not trained",
     ),
     (
         "the prefix is not scaled by 0.02",
         "torch.randn(prefix_len, d_model) * 0.02",
         "torch.randn(prefix_len, d_model)",
+        "scale the draw: torch.randn(prefix_len, d_model) * 0.02",
     ),
 ]
 

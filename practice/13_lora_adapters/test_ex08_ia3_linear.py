@@ -18,37 +18,52 @@ CHALLENGE = "ex08_ia3_linear"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, planted into a copy of the reference answer by the test suite: the
-# grader must reject every one. (description, exact snippet of the answer, replacement)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# grader must reject every one. (description, exact snippet of the answer, replacement,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "the IA³ scale is initialised to zero (the layer starts by outputting 0)",
         "torch.ones(base.out_features",
         "torch.zeros(base.out_features",
+        "the IA³ scale initialised to zero multiplies every output by 0",
     ),
     (
         "the scale is applied before the base: base(x * scale)",
         "return self.base(x) * self.scale",
         "return self.base(x * self.scale)",
+        "the scale is applied to the input: base(x * scale)",
     ),
     (
         "the base layer is left trainable",
         "        self.base.requires_grad_(False)  # only the scale trains\n",
         "",
+        "call base.requires_grad_(False)",
     ),
     (
         "the scale is created in float32 whatever the base dtype",
         ", dtype=w.dtype, device=w.device)",
         ", device=w.device)",
+        "torch.ones(n, dtype=base.weight.dtype",
     ),
     (
         "the scale is a plain tensor, not an nn.Parameter (it never trains)",
-        "self.scale = nn.Parameter(torch.ones(",
-        "self.scale = torch.as_tensor(",
+        "self.scale = nn.Parameter(torch.ones(base.out_features, dtype=w.dtype, device=w.device))",
+        "self.scale = torch.ones(base.out_features, dtype=w.dtype, device=w.device)",
+        "a plain tensor attribute is not registered",
     ),
     (
         "the layer wraps a new Linear instead of the one it was given",
         "self.base = base\n",
         "self.base = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)\n",
+        "keep the Linear itself (self.base = base)",
+    ),
+    (
+        "the bias is not scaled: (W0 x) * scale + b",
+        "return self.base(x) * self.scale",
+        "return torch.nn.functional.linear(x, self.base.weight) * self.scale + (\n"
+        "            0 if self.base.bias is None else self.base.bias\n"
+        "        )",
+        "the bias is not scaled: (W0 x) ⊙ l + b",
     ),
 ]
 
@@ -93,6 +108,20 @@ def _pair(impl, ref, spec, dtype=torch.float32):
             )
         got.copy_(theirs.scale)
     return mine, theirs
+
+
+def _recheck(impl, ref, dtype=torch.float32):
+    """The forward comparison on a fixed, non-degenerate layer (in = out = 5, with bias): on a
+    tiny drawn example (in = out = 1) base(x * l) and (W0 x) l + b coincide."""
+
+    def run():
+        spec = {"in_features": 5, "out_features": 5, "bias": True, "seed": 7}
+        mine, theirs = _pair(impl, ref, spec, dtype)
+        x = torch.randn(3, 5, dtype=dtype)
+        with torch.no_grad():
+            return mine(x), theirs(x), _bugs(theirs, x)
+
+    return run
 
 
 def _bugs(theirs, x):
@@ -205,6 +234,7 @@ def test_forward_matches_reference(impl, ref, spec, lead, dtype) -> None:
             what="forward output (random scale)",
             drawn=drawn,
             bugs=_bugs(theirs, x),
+            recheck=_recheck(impl, ref, dtype),
         )
 
 

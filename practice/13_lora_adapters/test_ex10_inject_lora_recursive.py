@@ -81,6 +81,17 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "layer = LoRALinear(linear, rank, alpha)",
         "layer = LoRALinear(linear, rank)",
     ),
+    (
+        "base layer not frozen: only the wrapped Linears are frozen, the rest of the model still trains",
+        "    model.requires_grad_(False)\n    for p in params:\n        p.requires_grad_(True)\n",
+        "",
+    ),
+    (
+        "the model is frozen before the Linear root is refused (a refused call changes requires_grad)",
+        "    if isinstance(model, nn.Linear):  # the root has no parent to replace it through\n",
+        "    model.requires_grad_(False)\n"
+        "    if isinstance(model, nn.Linear):  # the root has no parent to replace it through\n",
+    ),
 ]
 
 
@@ -102,6 +113,17 @@ def _model(case) -> nn.Module:
     if case["already_lora"]:
         peft_zoo.inject_lora(model, case["already_lora"], 2)
     return model
+
+
+def _earlier_lora_params(model: nn.Module) -> set[str]:
+    """Names of the LoRA parameters already in the model: an answer may keep their flags or
+    freeze them (the stub's docstring allows either)."""
+    return {
+        f"{n}.{p}"
+        for n, m in model.named_modules()
+        if isinstance(m, LoRALinear)
+        for p in ("lora_A", "lora_B")
+    }
 
 
 def _targets(model: nn.Module) -> list[str]:
@@ -144,10 +166,11 @@ MISSED = (
 @given(case=recursive_cases())
 @learner_code()
 def test_wraps_every_linear_exactly_once(impl, ref, case) -> None:
+    earlier = _earlier_lora_params(_model(case))
     mine, theirs, before, targets, _ = _inject_both(impl, ref, case)
     check_wrapped(mine, before, targets, LoRALinear, drawn=case, missed_hint=MISSED)
     check_lora_settings(mine, targets, case["rank"], case["alpha"], drawn=case)
-    check_requires_grad(mine, theirs, drawn=case)
+    check_requires_grad(mine, theirs, drawn=case, either=earlier)
     check_same_tree(mine, theirs, drawn=case)
 
 
@@ -168,11 +191,12 @@ def test_returns_only_the_new_parameters_in_module_order(impl, ref, case) -> Non
 @given(case=recursive_cases())
 @learner_code()
 def test_outputs_and_gradients_match_reference(impl, ref, case) -> None:
+    earlier = _earlier_lora_params(_model(case))
     mine, theirs, _, _, _ = _inject_both(impl, ref, case)
     check_same_tree(mine, theirs, drawn=case)
     adapter = [n for n, _ in theirs.named_parameters() if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]
     x = example_input(case["model"], case["seed"])
-    compare_outputs_and_grads(mine, theirs, adapter, x, drawn=case, seed=case["seed"])
+    compare_outputs_and_grads(mine, theirs, adapter, x, drawn=case, seed=case["seed"], either=earlier)
 
 
 @settings(max_examples=10, deadline=None, report_multiple_bugs=False)

@@ -18,33 +18,51 @@ CHALLENGE = "ex11_adapter_stack"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes planted into a copy of the answer; the grader must reject every one.
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "adapter_id is ignored: always adapter 0",
         "self.adapters[adapter_id].forward_delta(x)",
         "self.adapters[0].forward_delta(x)",
+        "adapter_id is ignored: adapter 0 is always used",
     ),
-    ("negative ids silently accepted", "if not 0 <= adapter_id < n:", "if adapter_id >= n:"),
-    ("off-by-one bound (<= n)", "if not 0 <= adapter_id < n:", "if not 0 <= adapter_id <= n:"),
+    (
+        "negative ids silently accepted",
+        "if not 0 <= adapter_id < n:",
+        "if adapter_id >= n:",
+        "negative ids are silently accepted",
+    ),
+    (
+        "off-by-one bound (<= n)",
+        "if not 0 <= adapter_id < n:",
+        "if not 0 <= adapter_id <= n:",
+        "your bound is off by one (<= num_adapters instead of <) or missing",
+    ),
     (
         "ids treated as 1-based (adapters[adapter_id - 1])",
         "self.adapters[adapter_id]",
         "self.adapters[adapter_id - 1]",
+        "ids treated as 1-based (adapters[adapter_id - 1]): id 0 then picks the last adapter",
     ),
     (
         "one adapter shared by every task ([adapter] * n)",
         "nn.ModuleList(BottleneckAdapter(d_model, bottleneck_dim) for _ in range(num_adapters))",
         "nn.ModuleList([BottleneckAdapter(d_model, bottleneck_dim)] * num_adapters)",
+        "[BottleneckAdapter(...)] * n repeats ONE adapter n times",
     ),
     (
         "the residual is added twice (x + adapter(x))",
         "return x + self.adapters[adapter_id].forward_delta(x)",
         "return x + self.adapters[adapter_id](x)",
+        (
+            "the residual is added twice (x + adapter(x))",
+            "the residual is added twice (x + adapter(x), and adapter(x) already adds x)",
+        ),
     ),
     (
         "the IndexError does not name the valid range",
         "valid ids are 0..{n - 1} ({n} adapters)",
         "no such adapter",
+        "put the range in the message",
     ),
 ]
 
@@ -88,6 +106,22 @@ def _pair(impl, ref, d, r, n, seed, *, dtype=torch.float32):
             p.normal_(0.0, 0.5)
     _copy_params(mine, theirs, drawn)
     return mine.to(dtype), theirs.to(dtype)
+
+
+def _recheck(impl, ref):
+    """Every adapter id of a fixed 4-adapter stack at once: on a small drawn stack "id ignored,
+    adapter 0 used" and "1-based ids" pick the same adapter for id 1, here they differ."""
+
+    def run():
+        mine, theirs = _pair(impl, ref, 5, 3, 4, 1234, dtype=torch.float64)
+        x = torch.randn(3, 5, dtype=torch.float64)
+        with torch.no_grad():
+            per_id = [_bugs(theirs, x, k) for k in range(4)]
+            bugs = {name: (lambda name=name: torch.stack([b[name]() for b in per_id])) for name in per_id[0]}
+            actual = torch.stack([mine(x, k) for k in range(4)])
+            return actual, torch.stack([theirs(x, k) for k in range(4)]), bugs
+
+    return run
 
 
 def _bugs(theirs, x, k):
@@ -200,6 +234,7 @@ def test_forward_uses_the_chosen_adapter(impl, ref, d, r, n, lead, dtype, seed) 
                     d_model=d, bottleneck_dim=r, num_adapters=n, lead=lead, dtype=dtype, adapter_id=k
                 ),
                 bugs=_bugs(theirs, x, k),
+                recheck=_recheck(impl, ref),
             )
 
 

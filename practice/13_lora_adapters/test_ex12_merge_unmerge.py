@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -18,37 +18,44 @@ CHALLENGE = "ex12_merge_unmerge"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, planted into a copy of the reference answer by the test suite: the
-# grader must reject every one. (description, exact snippet of the answer, replacement)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# grader must reject every one. (description, exact snippet of the answer, replacement,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "merge forgets the scale (adds B @ A instead of scale * B @ A)",
         "delta = layer.scale * (layer.lora_B @ layer.lora_A)  # (out, rank)",
         "delta = layer.lora_B @ layer.lora_A  # (out, rank)",
+        ("the scale is missing (W0 + B @ A)", "the scale is missing (W0 + B @ A merged)"),
     ),
     (
         "unmerge does not restore the weight (only clears the flag)",
         "layer.base.weight.sub_(delta)",
         "pass",
+        "unmerge did not subtract the update (the weight is still W0 + scale * B @ A)",
     ),
     (
         "merging twice adds the update twice (no check of layer.merged)",
         "if layer.merged:",
         "if False:",
+        "the update was added twice: check layer.merged first",
     ),
     (
         "unmerging an unmerged layer subtracts the update anyway",
         "if not layer.merged:",
         "if False:",
+        "return early when not layer.merged",
     ),
     (
         "merge never sets the merged flag",
         "    layer.merged = True\n",
         "    pass\n",
+        "set it to True in merge_lora and False in unmerge_lora",
     ),
     (
         "merge runs outside torch.no_grad(), so autograd records the update",
         "    with torch.no_grad():\n        delta = layer.scale * (layer.lora_B @ layer.lora_A)  # (out, rank)",
         "    if True:\n        delta = layer.scale * (layer.lora_B @ layer.lora_A)  # (out, rank)",
+        "change the weight in place under torch.no_grad()",
     ),
 ]
 
@@ -101,9 +108,7 @@ def _compare(actual, expected, *, what, drawn, magnitude, bugs=None, hint=None, 
         and actual.shape == expected.shape
         and torch.allclose(actual.double(), expected.double(), rtol=rtol, atol=atol)
     ):
-        found = diagnose(actual, bugs, rtol=rtol, atol=atol)
-        if found:
-            hint = f"your result equals what this classic bug produces: {found}"
+        hint = diagnose(actual, bugs, rtol=rtol, atol=atol, expected=expected) or hint
     assert_close(actual, expected, what=what, drawn=drawn, hint=hint, rtol=rtol, atol=atol)
 
 
@@ -157,6 +162,13 @@ specs = linear_specs(max_dim=12, max_rank=6)
 
 @settings(max_examples=20, deadline=None)
 @given(spec=specs, lead=leading_shapes(max_dims=2), rslora=st.booleans(), dtype=dtypes())
+# rank = min(in, out): the largest rank the contract allows (a full-rank update)
+@example(
+    spec={"in_features": 4, "out_features": 3, "bias": True, "rank": 3, "alpha": 6.0, "seed": 5},
+    lead=(2,),
+    rslora=False,
+    dtype=torch.float32,
+)
 @learner_code()
 def test_merge_keeps_the_function(impl, spec, lead, rslora, dtype) -> None:
     merge_lora, _ = require(impl, "merge_lora", "unmerge_lora")
@@ -221,6 +233,7 @@ def test_unmerge_restores_the_base_weight(impl, spec, rslora, dtype) -> None:
         before = layer(x)
 
     merge_lora(layer)
+    _check_flag(layer, True, drawn, "merge_lora")  # else unmerge_lora rightly does nothing
     result = unmerge_lora(layer)
 
     assert result is None, explain(

@@ -19,12 +19,14 @@ CHALLENGE = "ex13_adapter_state_dict"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, planted into a copy of the reference answer by the test suite: the
-# grader must reject every one. (description, exact snippet of the answer, replacement)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# grader must reject every one. (description, exact snippet of the answer, replacement,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "the saved dict includes the frozen base tensors (no key filter)",
         "for k, v in model.state_dict().items() if k.endswith(ADAPTER_SUFFIXES)}",
         "for k, v in model.state_dict().items()}",
+        "filter model.state_dict() on k.endswith(('lora_A', 'lora_B'))",
     ),
     (
         "the loader copies entries while validating them: a bad dict leaves a partial load",
@@ -37,21 +39,25 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "        with torch.no_grad():\n"
         "            params[k].copy_(v)\n"
         "    missing = sorted(set(params) - set(state))\n",
+        "validate everything first, copy afterwards",
     ),
     (
         "unexpected keys are not checked (only missing ones)",
         "if missing or unexpected:",
         "if missing:",
+        "missing AND unexpected",
     ),
     (
         "shapes are not checked before copying",
         "    if wrong:\n",
         "    if False:\n",
+        "check keys and shapes yourself before copying",
     ),
     (
         "the loader aliases the saved tensors instead of copying them (p.data = tensor)",
         "p.copy_(state[k])",
         "p.data = state[k]",
+        "`param.data = tensor` aliases them",
     ),
 ]
 

@@ -16,27 +16,35 @@ CHALLENGE = "ex14_lora_param_count"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, planted into a copy of the reference answer by the test suite: the
-# grader must reject every one. (description, exact snippet of the answer, replacement)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# grader must reject every one. (description, exact snippet of the answer, replacement,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "counting rank * in * out (a full matrix per rank) instead of rank * (in + out)",
         "return rank * (in_features + out_features)",
         "return rank * in_features * out_features",
+        (
+            "rank * in * out: that is r full matrices, not two thin factors",
+            "counting rank * in * out per Linear",
+        ),
     ),
     (
         "forgetting to multiply by n_layers",
         "return n_layers * per_block",
         "return per_block",
+        "forgetting to multiply by n_layers",
     ),
     (
         "fc1 and fc2 treated as d_model x d_model",
         '"fc1": (d_model, d_ff),  # up projection\n        "fc2": (d_ff, d_model),  # down projection',
         '"fc1": (d_model, d_model),  # up projection\n        "fc2": (d_model, d_model),  # down projection',
+        "fc1 / fc2 treated as d_model x d_model",
     ),
     (
         "unknown target names are not rejected with ValueError",
         "    if unknown:\n",
         "    if False:\n",
+        "check every name against the known targets first and raise ValueError yourself",
     ),
 ]
 
@@ -50,8 +58,14 @@ SUBLAYERS = {
 }
 
 
-def _check_int(got, expected: int, *, what: str, drawn, bugs: dict[str, int]) -> None:
-    """Assert ``got == expected`` (an int), naming the classic bug that gives ``got``."""
+def _int_bugs(got: int, expected: int, bugs: dict[str, int]) -> list[str]:
+    """The bugs that give ``got``; a bug that gives the right answer here is never one of them."""
+    return [name for name, value in bugs.items() if value == got and value != expected]
+
+
+def _check_int(got, expected: int, *, what: str, drawn, bugs: dict[str, int], recheck=None) -> None:
+    """Assert ``got == expected`` (an int), naming the classic bug that gives ``got``; when
+    several coincide, ``recheck() -> (got, expected, bugs)`` on a larger fixed case tells them apart."""
     assert isinstance(got, int) and not isinstance(got, bool), explain(
         f"{what}: must return a Python int",
         drawn=drawn,
@@ -60,14 +74,27 @@ def _check_int(got, expected: int, *, what: str, drawn, bugs: dict[str, int]) ->
         hint="a parameter count is an integer: use integer arithmetic (no /, no tensors)",
     )
     if got != expected:
-        found = next((name for name, value in bugs.items() if value == got and value != expected), None)
+        names = _int_bugs(got, expected, bugs)
+        if names and recheck is not None:
+            try:
+                again = _int_bugs(*recheck())
+            except Exception:  # the larger case could not run: keep the honest list
+                again = names
+            names = [n for n in names if n in again]
+        found = None
+        if len(names) == 1:
+            found = f"your result equals what this classic bug gives: {names[0]}"
+        elif names:
+            found = "your result equals what each of these classic bugs gives here; one of: " + "; ".join(
+                names
+            )
         raise AssertionError(
             explain(
                 what,
                 drawn=drawn,
                 expected=f"{expected:,}",
                 got=f"{got:,}",
-                hint=f"your result equals what this classic bug gives: {found}" if found else None,
+                hint=found,
             )
         )
 
@@ -95,6 +122,7 @@ def test_one_linear_matches_a_real_lora_layer(impl, i, o, r) -> None:
         what="LoRA parameters of one Linear",
         drawn={"in_features": i, "out_features": o, "rank": r},
         bugs=_linear_bugs(i, o, r),
+        recheck=lambda: (lora_params_for_linear(7, 5, 3), 3 * (7 + 5), _linear_bugs(7, 5, 3)),
     )
 
 
@@ -132,6 +160,18 @@ def _count_by_injection(g: dict) -> int:
     return sum(p.numel() for p in params)
 
 
+# A fixed, non-degenerate geometry (d_model != d_ff, several layers, rank >= 2) for telling
+# apart bugs that give the same count on a tiny drawn one.
+RECHECK = {
+    "d_model": 6,
+    "n_heads": 2,
+    "d_ff": 10,
+    "n_layers": 3,
+    "targets": ["q", "v", "fc1", "fc2"],
+    "rank": 2,
+}
+
+
 def _model_bugs(g: dict) -> dict[str, int]:
     d, f, n, r, ts = g["d_model"], g["d_ff"], g["n_layers"], g["rank"], g["targets"]
     shape = {"fc1": (d, f), "fc2": (f, d)}
@@ -165,6 +205,11 @@ def test_transformer_count_matches_a_real_injection(impl, g) -> None:
         what="LoRA parameters of the whole transformer (counted on a real TinyTransformer with inject_lora)",
         drawn={k: g[k] for k in ("d_model", "d_ff", "n_layers", "targets", "rank", "container")},
         bugs=_model_bugs(g),
+        recheck=lambda: (
+            lora_param_count(6, 10, 3, list(RECHECK["targets"]), 2),
+            _count_by_injection(RECHECK),
+            _model_bugs(RECHECK),
+        ),
     )
 
 

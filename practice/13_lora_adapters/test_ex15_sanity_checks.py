@@ -33,32 +33,38 @@ CHECKS = (
 
 
 # Classic mistakes, planted into a copy of the reference answer by the test suite: the
-# grader must reject every one. (description, exact snippet of the answer, replacement)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# grader must reject every one. (description, exact snippet of the answer, replacement,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "check_trainable_fraction never asserts anything",
         "def check_trainable_fraction(lora_cls: type) -> None:\n",
         "def check_trainable_fraction(lora_cls: type) -> None:\n    return  # planted: checks nothing\n",
+        "assert requires_grad is False on every parameter of layer.base",
     ),
     (
         "check_init_equals_base never asserts anything",
         "def check_init_equals_base(lora_cls: type) -> None:\n",
         "def check_init_equals_base(lora_cls: type) -> None:\n    return  # planted: checks nothing\n",
+        "compare the fresh layer's output with the base layer's output",
     ),
     (
         "check_loss_decreases never asserts anything",
         "def check_loss_decreases(lora_cls: type) -> None:\n",
         "def check_loss_decreases(lora_cls: type) -> None:\n    return  # planted: checks nothing\n",
+        "assert the loss clearly drops",
     ),
     (
         "check_adapters_differ never asserts anything",
         "def check_adapters_differ(lora_cls: type) -> None:\n",
         "def check_adapters_differ(lora_cls: type) -> None:\n    return  # planted: checks nothing\n",
+        "give two layers different non-zero A and B and assert their outputs differ",
     ),
     (
         "check_init_equals_base compares the layer with itself instead of with the base",
         "expected = original(x)",
         "expected = layer(x)",
+        "compare with the base you passed in (or a copy made before wrapping), not with layer.base",
     ),
     (
         "check_adapters_differ compares the first layer with itself instead of with the base",
@@ -69,21 +75,25 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "check_trainable_fraction only looks at the fraction, not at the frozen base (a trainable bias slips through)",
         '    assert not trainable_base, f"base parameters are still trainable: {trainable_base}"\n',
         "",
+        "check every parameter of layer.base (weight and bias)",
     ),
     (
         "check_trainable_fraction's threshold is too loose (any fraction below 100% passes)",
         "assert 0 < trainable / total < 0.05",
         "assert 0 < trainable / total < 1",
+        "assert the trainable fraction is tiny",
     ),
     (
         "check_init_equals_base uses the default alpha (scale = 1): a scale applied to the base goes unseen",
         "layer = lora_cls(base, 4, alpha=8.0)",
         "layer = lora_cls(base, 4)",
+        "pass an alpha different from the rank",
     ),
     (
         "check_loss_decreases calls backward without checking the output requires grad (crashes on a detached path)",
         '        assert out.requires_grad, "the output does not depend on any trainable parameter"\n',
         "",
+        "assert out.requires_grad before calling backward",
     ),
     (
         "check_adapters_differ leaves the adapters at their initial values (B = 0: everything equals the base)",

@@ -12,75 +12,105 @@ from torch import nn
 from torch.func import functional_call
 
 from peft_zoo import LoRALinear
-from peft_zoo.exercises.grading import assert_gradients_match, assert_matches, learner_code, require
-from peft_zoo.testing import explain, seeds
+from peft_zoo.exercises.grading import (
+    assert_gradients_match,
+    assert_matches,
+    diagnose,
+    learner_code,
+    require,
+)
+from peft_zoo.testing import assert_close, explain, seeds, tolerance
 
 CHALLENGE = "ex16_batched_lora"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
-# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "ids shifted by one (sample with id i uses adapter i + 1)",
         "idx = adapter_ids.clamp(min=0)",
         "idx = (adapter_ids.clamp(min=0) + 1) % n",
+        "ids shifted by one: id i used adapter i + 1",
     ),
     (
         "ids treated as 1-based (adapter i - 1)",
         "idx = adapter_ids.clamp(min=0)",
         "idx = (adapter_ids - 1).clamp(min=0)",
+        "ids treated as 1-based: id i used adapter i - 1 (id 0 clamped to adapter 0)",
     ),
     (
         "-1 not handled: lora_A[ids] silently picks the LAST adapter",
         "    idx = adapter_ids.clamp(min=0)",
         "    idx = adapter_ids\n    adapter_ids = adapter_ids.clamp(min=0)",
+        "-1 picked the LAST adapter (plain lora_A[ids]: Python negative indexing)",
     ),
     (
         "-1 clamped to adapter 0 but never masked (base-only samples get adapter 0)",
         "* (adapter_ids >= 0).to(x.dtype)",
         "* torch.ones_like(adapter_ids).to(x.dtype)",
+        "-1 was clamped to 0 but never masked: base-only samples got adapter 0",
     ),
     (
         "scale of adapter 0 used for every sample",
         "s = scale[idx].to(x.dtype)",
         "s = scale[0].to(x.dtype)",
+        "the scale of adapter 0 is used for every sample",
     ),
     (
         "scale indexed by position b instead of by adapter id",
         "s = scale[idx].to(x.dtype)",
         "s = scale[torch.arange(len(idx)) % n].to(x.dtype)",
+        "the scale is indexed by position b instead of by the sample's adapter id",
     ),
     (
         "A and B swapped in the gather",
         "    A = lora_A[idx]  # (B, r, in): sample b's A\n    B = lora_B[idx]  # (B, out, r): sample b's B\n",
         "    A = lora_B[idx].transpose(1, 2)\n    B = lora_A[idx].transpose(1, 2)\n",
+        "A and B swapped (x @ B @ A instead of x @ A^T @ B^T)",
     ),
     (
         "A reshaped instead of transposed (a (r, in) -> (in, r) view scrambles the matrix)",
         "h = torch.bmm(x, A.transpose(1, 2))",
         "h = torch.bmm(x, A.reshape(A.shape[0], A.shape[2], A.shape[1]))",
+        "A reshaped instead of transposed (A.view(in, r) is not A^T)",
     ),
-    ("scale missing", "return y * s.view(-1, 1, 1)", "return y"),
+    (
+        "scale missing",
+        "return y * s.view(-1, 1, 1)",
+        "return y",
+        "the scale is missing and -1 picked adapter 0",
+    ),
     (
         "ids >= N not rejected with a ValueError (off-by-one bound)",
         "(adapter_ids < -1) | (adapter_ids >= n)",
         "(adapter_ids < -1) | (adapter_ids > n)",
+        "check the ids and shapes yourself before indexing",
     ),
     (
         "ids below -1 not rejected",
         "(adapter_ids < -1) | (adapter_ids >= n)",
         "(adapter_ids >= n)",
+        "-1 is the only negative id allowed",
     ),
     (
         "the number of ids is not checked against the batch",
         "if tuple(adapter_ids.shape) != (x.shape[0],):",
         "if adapter_ids.dim() != 1:",
+        "check the ids and shapes yourself before indexing",
     ),
     (
         "the ids are clamped in place: the caller's -1 become 0",
         "idx = adapter_ids.clamp(min=0)",
         "idx = adapter_ids.clamp_(min=0)",
+        "clamp_ / masked_fill_ / index_put_ on an argument edit the caller's tensor",
+    ),
+    (
+        "one adapter for the whole batch (sample 0's id used for every sample)",
+        "idx = adapter_ids.clamp(min=0)",
+        "idx = adapter_ids.clamp(min=0)[:1].expand(adapter_ids.shape[0])",
+        "one adapter for the whole batch: every sample used the adapter (and scale) of sample 0",
     ),
 ]
 
@@ -155,6 +185,7 @@ def _with(base, x, ids, A, B, scale, pick, scale_of, *, mask_minus_one=True, use
 def _bugs(base, x, ids, A, B, scale):
     """What the classic mistakes would output for these inputs."""
     n = A.shape[0]
+    first = int(ids[0]) if len(ids) else 0
 
     def by_id(b, i):
         return scale[i % n]
@@ -180,6 +211,11 @@ def _bugs(base, x, ids, A, B, scale):
             lambda b, i: scale[(i - 1) % n],
             {},
         ),
+        "ids treated as 1-based: id i used adapter i - 1 (id 0 clamped to adapter 0)": (
+            lambda b, i: max(i - 1, 0),
+            lambda b, i: scale[max(i - 1, 0)],
+            {},
+        ),
         "the scale of adapter 0 is used for every sample": (lambda b, i: i, lambda b, i: scale[0], {}),
         "the scale is indexed by position b instead of by the sample's adapter id": (
             lambda b, i: i,
@@ -196,6 +232,11 @@ def _bugs(base, x, ids, A, B, scale):
             lambda b, i: max(i, 0),
             by_id,
             {"use_scale": False, "mask_minus_one": False},
+        ),
+        "one adapter for the whole batch: every sample used the adapter (and scale) of sample 0": (
+            lambda b, i: max(first, 0),
+            lambda b, i: scale[max(first, 0)],
+            {},
         ),
     }
     out = {
@@ -230,26 +271,49 @@ def _drawn(setup, **extra):
     return {**setup, **extra}
 
 
-def _check_output(got, expected, setup, bugs, *, what):
-    """Compare the whole output; on a mismatch, point at the first wrong sample and its id."""
+# A fixed, non-degenerate batch (distinct ids, a -1 in the middle, in != out, rank >= 2) for
+# telling apart bugs that coincide on a tiny drawn one (one adapter for the whole batch and
+# "ids shifted by one" agree on a batch of two).
+RECHECK = {"B": 6, "T": 2, "N": 4, "r": 3, "in": 5, "out": 4, "ids": [2, -1, 0, 3, 1, 2], "seed": 3}
+
+
+def _recheck(fn, *, delta=False):
+    """A :data:`peft_zoo.exercises.grading.Recheck` running ``fn`` (the learner's forward, or
+    delta when ``delta``) on :data:`RECHECK`."""
+
+    def run():
+        base, x, ids, A, B, scale = _tensors(RECHECK, dtype=torch.float64)
+        with torch.no_grad():
+            bugs = _bugs(base, x, ids, A, B, scale)
+            expected = _loop_reference(base, x, ids, A, B, scale)
+            if not delta:
+                return fn(base, x, ids, A, B, scale), expected, bugs
+            shifted = {name: (lambda f=f: f() - base(x)) for name, f in bugs.items()}
+            return fn(x, ids, A, B, scale), expected - base(x), shifted
+
+    return run
+
+
+def _check_output(got, expected, setup, bugs, *, what, recheck=None):
+    """Compare the whole output; on a mismatch, point at the first wrong sample and its id, and
+    name the classic bug that reproduces the whole output (re-checked on a larger batch)."""
     ids = setup["ids"]
     drawn = _drawn(setup)
+    rtol, atol = tolerance(expected.dtype)
     if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-        rtol, atol = (1e-9, 1e-10) if expected.dtype == torch.float64 else (1e-4, 1e-5)
         for b in range(expected.shape[0]):
             if not torch.allclose(got[b].double(), expected[b].double(), rtol=rtol, atol=atol):
-                row_bugs = {name: (lambda f=f, b=b: f()[b]) for name, f in bugs.items()}
-                assert_matches(
+                hint = diagnose(got, bugs, rtol=rtol, atol=atol, expected=expected, recheck=recheck)
+                if hint is None and ids[b] == -1:
+                    hint = "a sample with id -1 must get exactly base(x[b]): no adapter, no scale"
+                assert_close(
                     got[b],
                     expected[b],
                     what=f"{what}: sample b={b} (adapter id {ids[b]}) is wrong",
                     drawn=drawn,
-                    bugs=row_bugs,
-                    hint=None
-                    if ids[b] != -1
-                    else "a sample with id -1 must get exactly base(x[b]): no adapter, no scale",
+                    hint=hint,
                 )
-    assert_matches(got, expected, what=what, drawn=drawn, bugs=bugs)
+    assert_matches(got, expected, what=what, drawn=drawn, bugs=bugs, recheck=recheck)
 
 
 @settings(max_examples=40, deadline=None)
@@ -265,13 +329,21 @@ def test_forward_matches_a_loop_of_lora_linear_layers(impl, ref, setup) -> None:
         got = forward(base, x, ids, A, B, scale)
         expected = _loop_reference(base, x, ids, A, B, scale)
         bugs = _bugs(base, x, ids, A, B, scale)
-        _check_output(got, expected, setup, bugs, what="batched_lora_forward vs one LoRALinear per sample")
+        _check_output(
+            got,
+            expected,
+            setup,
+            bugs,
+            what="batched_lora_forward vs one LoRALinear per sample",
+            recheck=_recheck(forward),
+        )
         _check_output(
             got,
             ref.batched_lora_forward(base, x, ids, A, B, scale),
             setup,
             bugs,
             what="batched_lora_forward vs the reference answer",
+            recheck=_recheck(forward),
         )
     inputs = {"x": x, "adapter_ids": ids, "lora_A": A, "lora_B": B, "scale": scale}
     for (name, now), before in zip(inputs.items(), originals, strict=True):
@@ -296,7 +368,14 @@ def test_delta_matches_the_reference_answer(impl, ref, setup) -> None:
     zero = torch.zeros_like(base(x))
     bugs = {name: (lambda f=f: f() - base(x)) for name, f in _bugs(base, x, ids, A, B, scale).items()}
     bugs["the LoRA path is never added (output = base(x))"] = lambda: zero
-    _check_output(got, expected, setup, bugs, what="batched_lora_delta (the LoRA path alone)")
+    _check_output(
+        got,
+        expected,
+        setup,
+        bugs,
+        what="batched_lora_delta (the LoRA path alone)",
+        recheck=_recheck(delta, delta=True),
+    )
 
 
 class _Batched(nn.Module):
@@ -419,15 +498,21 @@ def _expect_value_error(call, *, problem, drawn, mention):
 
 
 @settings(max_examples=20, deadline=None)
-@given(setup=setups(), bad=st.one_of(st.integers(-5, -2), st.integers(0, 3)), data=st.data())
+@given(setup=setups(), bad=st.one_of(st.integers(-5, -2), st.integers(0, 3)), pos=st.integers(0, 4))
+# the boundaries the contract names: id = N (the first id too large) and id = -2 (the first too small)
+@example(setup={"B": 2, "T": 1, "N": 2, "r": 1, "in": 2, "out": 2, "ids": [0, 1], "seed": 0}, bad=0, pos=1)
+@example(
+    setup={"B": 3, "T": 1, "N": 1, "r": 1, "in": 1, "out": 1, "ids": [0, -1, 0], "seed": 0}, bad=0, pos=0
+)
+@example(setup={"B": 2, "T": 1, "N": 3, "r": 2, "in": 2, "out": 3, "ids": [2, -1], "seed": 0}, bad=-2, pos=0)
 @learner_code()
-def test_bad_ids_and_shapes_raise_value_error(impl, setup, bad, data) -> None:
+def test_bad_ids_and_shapes_raise_value_error(impl, setup, bad, pos) -> None:
     delta, forward = require(impl, "batched_lora_delta", "batched_lora_forward")
     base, x, ids, A, B, scale = _tensors(setup)
     n = setup["N"]
     if bad >= 0:
-        bad = n + bad  # an id >= N (N itself included)
-    pos = data.draw(st.integers(0, setup["B"] - 1), label="position of the bad id")
+        bad = n + bad  # an id >= N (bad = 0 draws N itself, the off-by-one boundary)
+    pos = pos % setup["B"]  # position of the bad id
     bad_ids = ids.clone()
     bad_ids[pos] = bad
     drawn = _drawn(setup, bad_ids=bad_ids.tolist())

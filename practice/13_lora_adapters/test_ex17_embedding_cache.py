@@ -7,64 +7,78 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from peft_zoo.exercises.grading import learner_code, require
+from peft_zoo.exercises.grading import CLASSIC_BUG, SEVERAL_BUGS, learner_code, require
 from peft_zoo.testing import explain
 
 CHALLENGE = "ex17_embedding_cache"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
-# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "stale entry after an update: the version is not part of the key",
         "return (key, adapter, self.version(adapter))",
         "return (key, adapter, 0)",
+        "stale entry after an update: the adapter version is not part of the key, so bump() changes nothing and old embeddings are served",
     ),
     (
         "bump sets the version to 1 instead of incrementing it (the second update serves stale entries)",
         "self._versions[adapter] = self.version(adapter) + 1",
         "self._versions[adapter] = 1",
+        "bump() sets the version to 1 instead of incrementing it: after the second update the entries of the first are served again (stale)",
     ),
     (
         "LRU evicts the most recent entry (popitem(last=True))",
         "self._entries.popitem(last=False)",
         "self._entries.popitem(last=True)",
+        "the LRU evicts the MOST recent entry (popitem(last=True)); the front of an OrderedDict is the least recently used: popitem(last=False)",
     ),
     (
         "get() does not refresh recency",
         "self._entries.move_to_end(full)  # a hit refreshes recency",
         "pass",
+        (
+            "get() does not refresh recency: a hit must move_to_end the entry",
+            "a hit must mark the entry most recently used",
+        ),
     ),
     (
         "put() over an existing entry does not refresh its recency",
         "self._entries.move_to_end(slot)",
         "pass",
+        "put() over an existing entry does not refresh it: assigning to an existing OrderedDict key keeps its old position, so move_to_end it",
     ),
     (
         "compute called with all indices instead of only the misses",
         "computed = compute(miss)",
         "computed = compute(list(range(len(keys))))[miss]",
+        "compute is called with every index instead of only the misses",
     ),
     (
         "duplicate misses in one lookup are computed twice",
         "if rows[i] is None and pair not in first_miss:",
         "if rows[i] is None:",
+        "a (key, adapter) pair that misses twice in one lookup is computed twice",
     ),
     (
         "off-by-one capacity: evicts at len == capacity (holds capacity - 1)",
         "while len(self._entries) > self.capacity:",
         "while len(self._entries) >= self.capacity:",
+        "off-by-one capacity: entries are evicted at len == capacity (the cache holds capacity - 1)",
     ),
     (
         "off-by-one capacity: holds capacity + 1 entries",
         "while len(self._entries) > self.capacity:",
         "while len(self._entries) > self.capacity + 1:",
+        "off-by-one capacity: the cache holds capacity + 1 entries",
     ),
     (
         "a non-positive capacity is accepted",
         "if capacity <= 0:",
         "if capacity < 0:",
+        "reject capacity <= 0 in __init__",
     ),
 ]
 
@@ -229,15 +243,47 @@ def _trace(cache, ops) -> list:
     return [_step(cache, op, step) for step, op in enumerate(ops)]
 
 
-def _diagnose(capacity: int, ops, got: list) -> str | None:
-    """The classic bug whose model reproduces everything the learner's cache showed."""
+# Fixed operations that tell apart bugs a short drawn sequence may not: a hit next to a key
+# that misses twice (compute of every index vs. of the misses twice), several evictions.
+RECHECK_CAPACITY = 2
+RECHECK_OPS = [
+    ("lookup", [(0, "a")]),
+    ("lookup", [(0, "a"), (1, "a"), (1, "a")]),
+    ("get", 0, "a"),
+    ("put", 2, "a"),
+    ("put", 1, "a"),
+    ("bump", "a"),
+    ("bump", "a"),
+    ("lookup", [(0, "a"), (3, "a")]),
+]
+
+
+def _matching(capacity: int, ops, got: list) -> list[str]:
+    """The classic bugs whose model reproduces every step the learner's cache showed."""
+    names = []
     for bug, description in BUG_MODELS.items():
         try:
             if _trace(_Model(capacity, bug), ops) == got:
-                return description
+                names.append(description)
         except Exception:  # that bug crashes on these operations
             continue
-    return None
+    return names
+
+
+def _diagnose(capacity: int, ops, got: list, cache_cls=None) -> str | None:
+    """The classic bug whose model reproduces everything the learner's cache showed; when
+    several do, the learner's cache replays :data:`RECHECK_OPS` to tell them apart, and the
+    ones still left are all listed, never just the first."""
+    names = _matching(capacity, ops, got)
+    if len(names) > 1 and cache_cls is not None:
+        try:
+            again = _matching(RECHECK_CAPACITY, RECHECK_OPS, _trace(cache_cls(RECHECK_CAPACITY), RECHECK_OPS))
+            names = [n for n in names if n in again]
+        except Exception:  # the learner's cache fails on the fixed operations: keep the list
+            pass
+    if len(names) > 1:
+        return SEVERAL_BUGS + "; ".join(names)
+    return CLASSIC_BUG + names[0] if names else None
 
 
 def _drawn(capacity, ops, upto: int) -> dict:
@@ -275,7 +321,7 @@ def _run_learner(cache_cls, ref_cls, capacity: int, ops) -> None:
                 drawn=_drawn(capacity, ops, step),
                 expected=f"{expected[0]}; {expected[1]}",
                 got=f"{shown[0]}; {shown[1]}",
-                hint=_diagnose(capacity, ops[: step + 1], got),
+                hint=_diagnose(capacity, ops[: step + 1], got, cache_cls),
             )
         )
 
@@ -315,6 +361,7 @@ def test_every_operation_matches_a_model_lru_cache(impl, ref, capacity, ops) -> 
 
 @settings(max_examples=10, deadline=None)
 @given(capacity=st.integers(-3, 0))
+@example(capacity=0)  # the boundary: a cache that can hold nothing
 @learner_code()
 def test_capacity_must_be_positive(impl, capacity) -> None:
     (cache_cls,) = require(impl, "VersionedLRUCache")

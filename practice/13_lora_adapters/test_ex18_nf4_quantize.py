@@ -9,7 +9,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from peft_zoo.exercises.grading import learner_code, require
+from peft_zoo.exercises.grading import CLASSIC_BUG, SEVERAL_BUGS, learner_code, require
 from peft_zoo.quant import NF4_CODE
 from peft_zoo.testing import explain, seeds
 
@@ -17,77 +17,92 @@ CHALLENGE = "ex18_nf4_quantize"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
-# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "max instead of absmax (a block's negative values are ignored)",
         "absmax = blocks.abs().amax(dim=1)",
         "absmax = blocks.amax(dim=1)",
+        "max instead of absmax: use blocks.abs().amax(dim=1), or a block's negative values can exceed 1",
     ),
     (
         "one absmax for the whole tensor instead of one per block",
         "absmax = blocks.abs().amax(dim=1)",
         "absmax = blocks.abs().amax().expand(blocks.shape[0])",
+        "one absmax for the whole tensor: take the absmax of each block (amax over dim=1)",
     ),
     (
         "no guard for an all-zero block (0 / 0 = NaN)",
         "normed = blocks / divisor[:, None]",
         "normed = blocks / absmax[:, None]",
+        "an all-zero block divided by its absmax 0 gives NaN; divide by 1 when the absmax is 0",
     ),
     (
         "nearest code by rounding 7 * x on an integer grid instead of the NF4 table",
         "codes = dist.argmin(dim=-1)",
         "codes = (normed * 7).round().long() + 7",
+        "codes = round(7 * x) + 7 assumes evenly spaced levels; NF4 is not: take the argmin over the table",
     ),
     (
         "argmin over the wrong axis (the block, not the table)",
         "codes = dist.argmin(dim=-1)",
         "codes = dist.argmin(dim=1)",
+        "argmin over the LAST axis, the 16 table entries",
     ),
     (
         "rounds up to the next table entry instead of to the nearest",
         "codes = dist.argmin(dim=-1)",
         "codes = torch.bucketize(normed, NF4)",
+        "the code above, not the nearest: bucketize(x, NF4) rounds up; compare distances to every entry",
     ),
     (
         "nibble order swapped when packing (first element in the low nibble)",
         "packed = (pairs[:, 0] << 4) | pairs[:, 1]",
         "packed = (pairs[:, 1] << 4) | pairs[:, 0]",
+        "nibble order swapped: the FIRST element of each pair goes in the HIGH nibble (<< 4)",
     ),
     (
         "codes packed as int8: 8 << 4 overflows into the sign bit",
         "pairs = codes.reshape(-1, 2).to(torch.uint8)",
         "pairs = codes.reshape(-1, 2).to(torch.int8)",
+        "pack in uint8: in int8, codes >= 8 shifted left by 4 overflow into the sign bit",
     ),
     (
         "no padding: sizes that are not a multiple of blocksize break",
         "flat = F.pad(flat, (0, n_pad - n))",
         "flat = flat",
+        "pad the flattened tensor with zeros to a multiple of blocksize",
     ),
     (
         "blocks formed along the wrong dimension (strided elements instead of consecutive ones)",
         "blocks = flat.view(n_pad // blocksize, blocksize)",
         "blocks = flat.view(blocksize, n_pad // blocksize).T",
+        "blocks are consecutive elements: flat.view(n_blocks, blocksize), not a strided view",
     ),
     (
         "nibble order swapped when unpacking (low nibble taken as the first element)",
         "codes = torch.stack([high, low], dim=1)",
         "codes = torch.stack([low, high], dim=1)",
+        "nibble order swapped: the high nibble (packed >> 4) is the FIRST element",
     ),
     (
         "dequantize forgets to multiply by the block absmax",
         "values = NF4[codes].view(-1, blocksize) * absmax.float()[:, None]",
         "values = NF4[codes].view(-1, blocksize)",
+        "each block must be multiplied by its absmax: NF4[q] * absmax[block]",
     ),
     (
         "dequantize keeps the padding",
         "return values.reshape(-1)[:n].reshape(shape).to(dtype)",
         "return values.reshape(-1).reshape(shape).to(dtype)",
+        "keep only the first prod(shape) values when dequantising",
     ),
     (
         "dequantize ignores the requested dtype",
         "return values.reshape(-1)[:n].reshape(shape).to(dtype)",
         "return values.reshape(-1)[:n].reshape(shape)",
+        "the result must have the requested dtype: .to(dtype) at the end",
     ),
 ]
 
@@ -131,6 +146,14 @@ def _weights(case: dict) -> torch.Tensor:
         b = int(torch.randint(n_blocks, (1,), generator=g))
         flat[b * bs : (b + 1) * bs] = 0.0
     return w
+
+
+def _named(names: list[str]) -> str | None:
+    """The "likely" line for the classic bugs that reproduce the learner's output: one named, or
+    all of them when this example cannot tell them apart (never just the first)."""
+    if not names:
+        return None
+    return CLASSIC_BUG + names[0] if len(names) == 1 else SEVERAL_BUGS + "; ".join(names)
 
 
 EXAMPLES = [
@@ -278,14 +301,14 @@ def _check_quantized(got, w: torch.Tensor, case: dict, drawn: dict) -> None:
     )
     if torch.equal(packed, expected_packed) and torch.allclose(absmax, expected_absmax, rtol=1e-6, atol=0):
         return
-    found = None  # which classic bug reproduces the learner's output exactly?
+    names = []  # which classic bugs reproduce the learner's output exactly (and not the answer)?
     for bug, message in QUANTIZE_BUGS.items():
         bug_packed, bug_absmax = _model_quantize(w, bs, bug)
         matches = torch.equal(packed, bug_packed) and torch.allclose(absmax, bug_absmax, equal_nan=True)
         differs = not (torch.equal(bug_packed, expected_packed) and torch.equal(bug_absmax, expected_absmax))
         if matches and differs:
-            found = f"your result equals what this classic bug produces: {message}"
-            break
+            names.append(message)
+    found = _named(names)
     absmax_ok = torch.allclose(absmax, expected_absmax, rtol=1e-6, atol=0)
     if not absmax_ok:
         b = int((~torch.isclose(absmax, expected_absmax, rtol=1e-6, atol=0)).nonzero()[0])
@@ -363,13 +386,13 @@ def test_dequantize_matches_the_reference(impl, ref, case, dtype) -> None:
     assert isinstance(got, torch.Tensor), explain(
         "nf4_dequantize must return a tensor", drawn=drawn, got=f"{type(got).__name__}"
     )
-    found = None  # which classic bug reproduces the learner's output exactly?
+    names = []  # which classic bugs reproduce the learner's output exactly (and not the answer)?
     for bug, message in DEQUANTIZE_BUGS.items():
         wrong = _model_dequantize(packed, absmax, shape, bs, dtype, bug)
         same = wrong.shape == got.shape and wrong.dtype == got.dtype and torch.equal(wrong, got)
         if same and not (wrong.dtype == expected.dtype and torch.equal(wrong, expected)):
-            found = f"your result equals what this classic bug produces: {message}"
-            break
+            names.append(message)
+    found = _named(names)
     assert tuple(got.shape) == shape and got.dtype == dtype, explain(
         "nf4_dequantize returned the wrong shape or dtype",
         drawn=drawn,

@@ -28,8 +28,9 @@ CHALLENGE = "ex19_shared_weights_lora"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
-# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "values copied (.data.copy_) instead of aliased: the blocks drift apart after one step",
         "        target.weight = source.weight  # the same Parameter object: one tensor, one .grad\n"
@@ -37,16 +38,19 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "        target.weight.data.copy_(source.weight.data)\n"
         "        if source.bias is not None:\n"
         "            target.bias.data.copy_(source.bias.data)\n",
+        "each block holds its own copy (only block 0's own gradient reached block 0's tensor)",
     ),
     (
         "block 0's weight cloned into a new Parameter per block",
         "target.weight = source.weight  #",
         "target.weight = nn.Parameter(source.weight.detach().clone())  #",
+        "each block holds its own copy (only block 0's own gradient reached block 0's tensor)",
     ),
     (
         "block 0's tensor wrapped in a new nn.Parameter: same storage, but separate Parameters and grads",
         "target.weight = source.weight  #",
         "target.weight = nn.Parameter(source.weight)  #",
+        "each block holds its own copy (only block 0's own gradient reached block 0's tensor)",
     ),
     (
         "the LayerNorms are shared too",
@@ -54,6 +58,7 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "        target.bias = source.bias\n"
         "    for block in blocks[1:]:\n"
         "        block.ln_1, block.ln_2 = blocks[0].ln_1, blocks[0].ln_2\n",
+        "LayerNorms stay per layer",
     ),
     (
         "the whole LoRALinear module is aliased: LoRA A and B are shared too",
@@ -64,37 +69,63 @@ PLANTED_BUGS: list[tuple[str, str, str]] = [
         "        for name in names:\n"
         "            parent, _, leaf = name.rpartition('.')\n"
         "            setattr(block.get_submodule(parent), leaf, blocks[0].get_submodule(name))\n",
+        "share module.base's weight and bias, never the LoRALinear",
     ),
-    ("the bias is forgotten", "        target.bias = source.bias  # (None stays None)\n", ""),
-    ("the last block is skipped (off by one)", "if i > 0:", "if 0 < i < len(blocks) - 1:"),
+    (
+        "the bias is forgotten",
+        "        target.bias = source.bias  # (None stays None)\n",
+        "",
+        "the bias was forgotten: alias it too",
+    ),
+    (
+        "the last block is skipped (off by one)",
+        "if i > 0:",
+        "if 0 < i < len(blocks) - 1:",
+        "the last block was skipped",
+    ),
     (
         "block 0's layers are re-initialised",
         "    for source, target in pairs:\n",
         "    for source, target in pairs:\n        source.reset_parameters()\n",
+        "never re-initialise them",
     ),
     (
         "aliasing while still checking: an error in a later block leaves the earlier ones shared",
         "                pairs.append((source, target))\n",
         "                target.weight, target.bias = source.weight, source.bias\n"
         "                pairs.append((source, target))\n",
+        "check every block and name first, then alias",
     ),
     (
         "weight shapes not checked",
         "if target.weight.shape != source.weight.shape or (target.bias is None) != (source.bias is None):",
         "if (target.bias is None) != (source.bias is None):",
+        "compare each layer's weight shape and whether it has a bias",
     ),
     (
         "bias presence not checked",
         "if target.weight.shape != source.weight.shape or (target.bias is None) != (source.bias is None):",
         "if target.weight.shape != source.weight.shape:",
+        "compare each layer's weight shape and whether it has a bias",
     ),
-    ("a single block accepted", "if len(blocks) < 2:", "if len(blocks) < 1:"),
+    (
+        "a single block accepted",
+        "if len(blocks) < 2:",
+        "if len(blocks) < 1:",
+        "sharing needs at least two blocks",
+    ),
     (
         "an unknown name escapes as AttributeError instead of a ValueError",
         "except AttributeError:",
         "except KeyError:",
+        "check the names yourself (get_submodule raises AttributeError) and raise a ValueError",
     ),
-    ("all four matrices shared whatever names says", "for name in names:", "for name in MAIN_MATRICES:"),
+    (
+        "all four matrices shared whatever names says",
+        "for name in names:",
+        "for name in MAIN_MATRICES:",
+        "look every name up in every block before aliasing anything",
+    ),
 ]
 
 MAIN = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

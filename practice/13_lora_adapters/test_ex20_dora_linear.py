@@ -18,78 +18,111 @@ CHALLENGE = "ex20_dora_linear"
 pytestmark = pytest.mark.timeout(120)
 
 # Classic mistakes, each planted alone into a copy of the answer: this grader must reject every one
-# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet)
-PLANTED_BUGS: list[tuple[str, str, str]] = [
+# (checked by tests/test_exercises.py). (description, snippet in the answer, mistaken snippet,
+# and the bug's name as this grader's "likely:" line gives it: tests/test_diagnosis.py checks it)
+PLANTED_BUGS: list[tuple[str, ...]] = [
     (
         "magnitude initialised to ones",
         "nn.Parameter(torch.linalg.norm(base.weight.detach(), dim=1))",
         "nn.Parameter(torch.ones(base.out_features, **factory))",
+        "magnitude initialised to ones",
     ),
     (
         "magnitude initialised with the column norms of W0",
         "torch.linalg.norm(base.weight.detach(), dim=1)",
         "torch.linalg.norm(base.weight.detach(), dim=0)",
+        "one norm per OUTPUT feature",
     ),
     (
         "B initialised non-zero (the layer no longer starts as its base)",
         "self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))",
         "self.lora_B = nn.Parameter(0.1 * torch.randn(base.out_features, rank, **factory))",
+        "B random at init: W0 + s B A != W0",
     ),
     (
         "the norm is not detached (gradients flow through ||V||)",
         "return torch.linalg.norm(v, dim=1).detach()",
         "return torch.linalg.norm(v, dim=1)",
+        (
+            "return the norm .detach()-ed",
+            "||V|| is not detached: gradients flow through the norm (Sec. 4.3 treats it as a constant)",
+        ),
     ),
     (
         "the norm taken over the columns (dim=0) instead of the rows",
         "return torch.linalg.norm(v, dim=1).detach()",
         "return torch.linalg.norm(v, dim=0).detach()",
+        (
+            "one norm per OUTPUT feature",
+            "the norm over the columns (dim=0)",
+            "the norm is taken over the columns (dim=0): it must be one per row (output feature)",
+        ),
     ),
     (
         "the norm of W0 instead of W0 + s B A",
         "v = self.base.weight + self.scale * (self.lora_B @ self.lora_A)",
         "v = self.base.weight",
+        (
+            "the norm of W0 alone (leave out the update and ||V|| ignores B and A)",
+            "||V|| uses W0 only: the norm must include the update, ||W0 + s B A||",
+        ),
     ),
     (
         "the scale missing inside the norm (||W0 + B A||)",
         "v = self.base.weight + self.scale * (self.lora_B @ self.lora_A)",
         "v = self.base.weight + (self.lora_B @ self.lora_A)",
+        (
+            "the scale is missing: ||W0 + B A||",
+            "the scale is missing inside the norm: ||W0 + s B A||, not ||W0 + B A||",
+        ),
     ),
     (
         "the ratio inverted (||V|| / m)",
         "ratio = self.magnitude / self.weight_norm()  # (out,)  m / ||V||",
         "ratio = self.weight_norm() / self.magnitude",
+        "the ratio is inverted: it is m / ||V||, not ||V|| / m",
     ),
     (
         "the scale missing on the LoRA path of forward",
         "lora_out = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale",
         "lora_out = F.linear(F.linear(x, self.lora_A), self.lora_B)",
+        "the scale is missing on the LoRA path (B A x instead of s B A x)",
     ),
     (
         "the bias multiplied by the magnitude ratio",
         "return out if self.base.bias is None else out + self.base.bias",
         "return out if self.base.bias is None else out + ratio * self.base.bias",
+        "the bias is multiplied by m / ||V||: add the base's bias after the rescaling",
     ),
     (
         "merge forgets the magnitude (writes V / ||V||)",
         "self.base.weight.copy_(ratio[:, None] * adapted)",
         "self.base.weight.copy_(adapted / self.weight_norm()[:, None])",
+        "the magnitude is missing: W' = m V / ||V||, not V / ||V||",
     ),
     (
         "merge writes the plain LoRA weight V (no DoRA rescaling)",
         "self.base.weight.copy_(ratio[:, None] * adapted)",
         "self.base.weight.copy_(adapted)",
+        "that is the plain LoRA merge V = W0 + s B A: DoRA rescales each row by m / ||V||",
     ),
     (
         "merge scales the columns instead of the rows",
         "self.base.weight.copy_(ratio[:, None] * adapted)",
         "self.base.weight.copy_(adapted * ratio[: adapted.shape[1]])",
+        ("one factor per ROW", "the columns are scaled, not the rows: use (m / ||V||)[:, None]"),
     ),
-    ("merge never sets the merged flag", "        self.merged = True\n", "        self.merged = False\n"),
+    (
+        "merge never sets the merged flag",
+        "        self.merged = True\n",
+        "        self.merged = False\n",
+        "merge never set the merged flag",
+    ),
     (
         "merging twice applies the update twice",
         "        if self.merged:\n            return\n",
         "",
+        "merge() on a merged layer must return at once",
     ),
 ]
 
@@ -382,7 +415,11 @@ def test_merge_writes_m_v_over_norm_and_keeps_the_output(impl, ref, spec) -> Non
             mine.base.weight, theirs.base.weight, what="base.weight after merge()", drawn=spec, bugs=bugs
         )
         assert mine.merged is True, explain(
-            "merge() must set merged = True", drawn=spec, got=repr(mine.merged)
+            "merge() must set merged = True",
+            drawn=spec,
+            got=repr(mine.merged),
+            hint="merge never set the merged flag: forward then adds the LoRA path on top of the merged "
+            "weight, and a second merge() applies the update again",
         )
         assert_matches(
             _call(lambda: mine(x), "forward after merge()", spec, NORM_HINT),

@@ -18,6 +18,9 @@ Three traps:
    itself is not an ``nn.Linear``, so ``isinstance`` already leaves it alone.
 3. The root has no parent, so it cannot be replaced in place: if the model *is* an
    ``nn.Linear``, refuse (``LoRALinear(model, rank)`` is what the caller wants).
+
+As in challenge 04, everything that is not a LoRA parameter ends frozen (embeddings, norms,
+biases, the bases): only LoRA trains.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ def inject_lora_recursive(
     Returns:
         ``(model, params)``: the ``lora_A`` and ``lora_B`` of each NEW layer,
         ``[A1, B1, A2, B2, ...]`` in module order (the order of ``model.named_modules()``);
-        no parameter of a LoRA layer that was already there.
+        no parameter of a LoRA layer that was already there. Every parameter of ``model``
+        that is not a LoRA parameter ends frozen (``requires_grad=False``); the new LoRA
+        parameters are trainable. The LoRA parameters of layers that were already there may
+        keep their flags or be frozen: either is accepted.
 
     Raises:
-        ValueError: ``model`` itself is an ``nn.Linear`` (the root cannot be replaced in place).
+        ValueError: ``model`` itself is an ``nn.Linear`` (the root cannot be replaced in
+            place); the model, ``requires_grad`` flags included, is left as it was.
 
-    About 12 lines.
+    About 15 lines.
     """
     # Linears that are already adapted: the .base of every existing LoRA layer.
     lora_bases = {id(m.base) for m in model.modules() if isinstance(m, LoRALinear)}
@@ -62,4 +69,8 @@ def inject_lora_recursive(
         layer = LoRALinear(linear, rank, alpha)  # wraps the original Linear and freezes it
         setattr(model.get_submodule(parent_name), attr, layer)
         params += [layer.lora_A, layer.lora_B]  # only the new layers' parameters
+    # 3. Freeze everything else (as PEFT does); here the earlier LoRA layers are frozen too.
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
     return model, params

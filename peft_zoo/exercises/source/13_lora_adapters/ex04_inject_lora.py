@@ -19,7 +19,12 @@ Two habits from real libraries (Hugging Face PEFT, loralib):
 - validate first, mutate second: check every name before replacing any, so a typo in the
   last name does not leave a half-injected model behind;
 - return the new parameters explicitly. The optimizer should get ``[A1, B1, A2, B2, ...]``
-  and nothing else; ``model.parameters()`` would also hand it every frozen weight.
+  and nothing else; ``model.parameters()`` would also hand it every frozen weight;
+- freeze everything that is not an adapter, as PEFT's ``inject_adapter_in_model`` does.
+  ``LoRALinear`` freezes only the layer it wraps: the rest of the model (other Linears,
+  embeddings, norms, biases) would still train, and backward would compute a gradient for
+  every one of those weights for nothing. After the call, ``requires_grad=True`` must mark
+  exactly the returned parameters.
 """
 
 from __future__ import annotations
@@ -43,16 +48,19 @@ def inject_lora(
     Returns:
         ``(model, params)`` with ``params == [A1, B1, A2, B2, ...]``: the ``lora_A`` and
         ``lora_B`` of each new layer, in the order of ``linear_names``, and nothing else.
+        Every other parameter of ``model`` ends frozen (``requires_grad=False``), so the
+        trainable parameters are exactly ``params``. (Any way of freezing is fine: freeze the
+        whole model and re-enable ``params``, or freeze each parameter that is not LoRA's.)
 
     Raises:
         ValueError: naming the problem, when a name does not exist or is not an
-            ``nn.Linear``. Raised *before* anything changes: the model is left exactly as it was
-            (``get_submodule`` raises ``AttributeError`` for a missing path: turn it into
-            a ``ValueError``).
+            ``nn.Linear``. Raised *before* anything changes: the model is left exactly as it was,
+            ``requires_grad`` flags included (``get_submodule`` raises ``AttributeError`` for a
+            missing path: turn it into a ``ValueError``).
 
-    About 15 lines.
+    About 18 lines.
     """
-    # BEGIN SOLUTION: resolve and check every name first (ValueError), then swap each Linear for a LoRALinear via its parent
+    # BEGIN SOLUTION: check every name first (ValueError), swap each Linear for a LoRALinear via its parent, freeze the rest
     # 1. Validate everything before changing anything: a failing call leaves the model as it was.
     names, targets = list(linear_names), []
     for name in names:
@@ -70,5 +78,9 @@ def inject_lora(
         layer = LoRALinear(linear, rank, alpha)  # wraps the original object and freezes it
         setattr(model.get_submodule(parent_name), attr, layer)  # get_submodule("") is the model itself
         params += [layer.lora_A, layer.lora_B]  # only the new parameters: no frozen base weight
+    # 3. Freeze everything else (as PEFT does): only the new LoRA parameters train.
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
     return model, params
     # END SOLUTION

@@ -12,7 +12,8 @@ full fine-tuning. In the small models here the keys and values are ``attn.branch
 ``attn.branch.v``.
 
 As before: validate every name before replacing any (a failing call must leave the model
-exactly as it was), and return the new parameters, in the order of the names.
+exactly as it was), return the new parameters, in the order of the names, and freeze every
+other parameter of the model, so that only the scales train.
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ def inject_ia3(model: nn.Module, linear_names: list[str]) -> tuple[nn.Module, li
 
     Returns:
         ``(model, params)`` with ``params == [scale_1, scale_2, ...]``: the ``scale`` of each
-        new layer, in the order of ``linear_names``, and nothing else.
+        new layer, in the order of ``linear_names``, and nothing else. Every other parameter
+        of ``model`` ends frozen (``requires_grad=False``), so the trainable parameters are
+        exactly ``params`` (freeze in any way you like).
 
     Raises:
         ValueError: naming the problem, when a name does not exist or is not an
-            ``nn.Linear``, before anything changes.
+            ``nn.Linear``, before anything changes (``requires_grad`` flags included).
 
-    About 15 lines.
+    About 18 lines.
     """
-    # BEGIN SOLUTION: resolve and check every name first (ValueError), then swap each Linear for an IA3Linear via its parent
+    # BEGIN SOLUTION: check every name first (ValueError), swap each Linear for an IA3Linear via its parent, freeze the rest
     # 1. Validate everything before changing anything.
     names, targets = list(linear_names), []
     for name in names:
@@ -58,5 +61,9 @@ def inject_ia3(model: nn.Module, linear_names: list[str]) -> tuple[nn.Module, li
         layer = IA3Linear(linear)  # wraps the original object and freezes it
         setattr(model.get_submodule(parent_name), attr, layer)
         params.append(layer.scale)  # (out_features,): the only trainable tensor of the layer
+    # 3. Freeze everything else (as PEFT does): only the new scales train.
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
     return model, params
     # END SOLUTION
