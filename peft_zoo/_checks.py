@@ -136,6 +136,13 @@ def check_last_dim(x: torch.Tensor, expected: int, layer: str) -> None:
         raise ValueError(f"{layer} expects input of shape (..., {expected}), got {tuple(x.shape)}")
 
 
+def check_module(value: object, name: str) -> nn.Module:
+    """Return ``value`` if it is an ``nn.Module``, else raise a TypeError naming ``name``."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be an nn.Module, got {type(value).__name__}")
+    return value
+
+
 def check_bool(value: object, name: str) -> bool:
     """Return ``value`` if it is a real ``bool`` (a string such as ``"no"`` or an int is refused)."""
     if not isinstance(value, bool):

@@ -1,4 +1,5 @@
-"""Crash-safe file writes, shared by adapter checkpoints, PEFT-format saves and the exercise runner.
+"""Crash-safe file writes (shared by adapter checkpoints, PEFT-format saves and the exercise
+runner) and the one reader of legacy torch tensor files.
 
 A write goes to a temporary file in the target's directory, is flushed to disk, renamed over
 the target (atomic on POSIX and Windows) and the directory entry is flushed too. A crash
@@ -29,6 +30,8 @@ import socket
 import stat
 import time
 from pathlib import Path
+
+import torch
 
 TMP_MARK = ".peft_zoo-tmp-"
 STALE_AFTER_S = 24 * 3600.0  # an orphan from another host (or a reused pid) goes after a day
@@ -131,3 +134,18 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def read_torch_state_dict(file: Path, error: type[Exception]) -> dict[str, torch.Tensor]:
+    """A legacy ``.pt`` / ``.bin`` file as ``{name: tensor}``, read with
+    ``torch.load(weights_only=True)`` (never unpickles code); anything else raises ``error``
+    naming the file."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise error(f"{file}: cannot be read as a tensor checkpoint ({err})") from err
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise error(f"{file}: expected a dict of name -> tensor")
+    return state

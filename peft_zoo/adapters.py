@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_bool, check_float_dtype, check_last_dim, check_positive_int
+from ._checks import check_bool, check_float_dtype, check_last_dim, check_module, check_positive_int
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -97,8 +97,7 @@ class BottleneckAdapter(AdapterModule):
 
 def _check_adapter(sublayer: object, adapter: object, block: str) -> BottleneckAdapter:
     """Check a block's arguments: an ``nn.Module`` sublayer and a distinct BottleneckAdapter."""
-    if not isinstance(sublayer, nn.Module):
-        raise TypeError(f"{block} sublayer must be an nn.Module, got {type(sublayer).__name__}")
+    check_module(sublayer, f"{block} sublayer")
     if not isinstance(adapter, BottleneckAdapter):
         raise TypeError(f"{block} adapter must be a BottleneckAdapter, got {type(adapter).__name__}")
     if sublayer is adapter:

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_linear, check_positive_float, check_positive_int
+from ._checks import check_bool, check_linear, check_module, check_positive_float, check_positive_int
 from .lora import LoRALinear, lora_scale
 
 __all__ = [
@@ -196,8 +196,7 @@ class BatchedLoRALinear(AdapterModule):
         alpha = float(rank) if alpha is None else check_positive_float(alpha, "alpha")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if not isinstance(rslora, bool):
-            raise TypeError(f"rslora must be a bool, got {rslora!r} of type {type(rslora).__name__}")
+        check_bool(rslora, "rslora")
         super().__init__()
         self.base = base
         self.in_features = base.in_features
@@ -442,8 +441,7 @@ def inject_batched_lora(
     """
     from .inject import _as_name_list, _replace_linears
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"inject_batched_lora: model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "inject_batched_lora: model")
     names = _as_name_list(linear_names, "linear_names")
     check_positive_int(num_adapters, "num_adapters")
     check_positive_int(rank, "rank")
@@ -468,8 +466,7 @@ def use_adapters(model: nn.Module, adapter_ids: torch.Tensor) -> Iterator[Routin
     layer. Blocks nest (an inner block overrides the outer one for its model) and are
     local to the thread / async context that opened them.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"use_adapters: model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "use_adapters: model")
     layers = batched_lora_layers(model)
     if not layers:
         raise ValueError(

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ._base import AdapterModule, outermost_adapters
-from ._io import atomic_write
+from ._checks import check_bool, check_module
+from ._io import atomic_write, read_torch_state_dict
 from .inject import adapter_named_parameters
 
 FORMAT = "peft_zoo.adapter"
@@ -57,7 +58,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     The tensors are detached views of the live parameters (no copy).
     """
-    _check_model(model, "adapter_state_dict")
+    check_module(model, "adapter_state_dict: model")
     return {name: p.detach() for name, p in adapter_named_parameters(model)}
 
 
@@ -65,7 +66,7 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
     """Describe the adapters in ``model``: one record per adapter layer, plus a summary."""
     from . import __version__
 
-    _check_model(model, "adapter_config")
+    check_module(model, "adapter_config: model")
     layers = {name: module.adapter_config() for name, module in outermost_adapters(model).items()}
     methods = sorted({str(rec["method"]) for rec in layers.values()})
 
@@ -89,24 +90,12 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- argument checks
 
 
-def _check_model(model: object, fn: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{fn}: model must be an nn.Module, got {type(model).__name__}")
-    return model
-
-
 def _check_path(path: object, fn: str) -> Path:
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{fn}: path must be a str or os.PathLike, got {type(path).__name__}")
     if not str(os.fspath(path)):
         raise ValueError(f"{fn}: path is empty")
     return Path(path)
-
-
-def _check_flag(value: object, name: str, fn: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
-    return value
 
 
 def checkpoint_digest(tensors: Mapping[str, torch.Tensor], config_text: str = "") -> str:
@@ -162,7 +151,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     whose parent is a file, raises :class:`CheckpointError` before anything is written.
     Returns the path of the safetensors file.
     """
-    _check_model(model, "save_adapter")
+    check_module(model, "save_adapter: model")
     path = _check_path(path, "save_adapter")
     state = adapter_state_dict(model)
     if not state:
@@ -247,15 +236,7 @@ def _read_legacy(file: Path, allow_unverified: bool) -> dict[str, torch.Tensor]:
             f"{file}: a legacy torch file carries no integrity digest, so corruption cannot be "
             f"detected; {_OPT_IN}, or re-save it with save_adapter"
         )
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{file}: cannot be read as a tensor checkpoint ({err})") from err
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(f"{file}: expected a dict of name -> tensor")
-    return state
+    return read_torch_state_dict(file, CheckpointError)
 
 
 def read_adapter(
@@ -266,7 +247,7 @@ def read_adapter(
     (the stored digest does not match), and for a file without a config or a digest unless
     ``allow_unverified=True`` (then the config may come back empty: ``{}``)."""
     file = _resolve_file(_check_path(path, "read_adapter"))
-    _check_flag(allow_unverified, "allow_unverified", "read_adapter")
+    check_bool(allow_unverified, "read_adapter: allow_unverified")
     config_text = None
     if file.suffix == ".safetensors":
         state, config_text = _read_safetensors(file, allow_unverified)
@@ -366,7 +347,7 @@ def load_adapter_state_dict(
     with each layer's hyperparameters. Raises ``TypeError`` for a state that is not a
     ``str -> Tensor`` mapping and :class:`CheckpointError` for one that does not fit; the
     model is unchanged either way."""
-    _check_model(model, "load_adapter_state_dict")
+    check_module(model, "load_adapter_state_dict: model")
     _check_state(state, config)
     problems = _check_fits(model, dict(state), dict(config or {}))
     if problems:
@@ -391,7 +372,7 @@ def load_adapter(
     ``allow_unverified=True``: then the missing checks are skipped (shapes and dtypes are
     still checked; a digest that is present is still verified).
     """
-    _check_model(model, "load_adapter")
+    check_module(model, "load_adapter: model")
     state, config = read_adapter(path, allow_unverified=allow_unverified)
     try:
         load_adapter_state_dict(model, state, config)

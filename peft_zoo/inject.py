@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from torch import nn
 
 from ._base import AdapterModule
-from ._checks import check_positive_int, is_conv1d
+from ._checks import check_module, check_positive_int, is_conv1d
 from .adapters import AdapterBlock, BottleneckAdapter
 from .ia3 import IA3Linear
 from .lora import LoRALinear
@@ -78,12 +78,6 @@ def _adapter_owned(model: nn.Module) -> dict[int, str]:
                 if sub is not module:
                     owned.setdefault(id(sub), name)
     return owned
-
-
-def _check_model(model: object, method: str, what: str = "model") -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{method}: {what} must be an nn.Module, got {type(model).__name__}")
-    return model
 
 
 def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -217,7 +211,7 @@ def inject_lora(
         TypeError, ValueError: a bad ``rank``, ``alpha`` or ``dropout`` (from
             :class:`LoRALinear`'s checks). The model is unchanged.
     """
-    _check_model(model, "inject_lora")
+    check_module(model, "inject_lora: model")
     names = _as_name_list(linear_names, "linear_names")
     params = _replace_linears(
         model, names, lambda _n, lin: LoRALinear(lin, rank, alpha, **lora_kwargs), "inject_lora"
@@ -241,7 +235,7 @@ def inject_lora_recursive(
     skipped. Returns ``(model, params)`` like :func:`inject_lora`, and freezes every
     non-adapter parameter the same way.
     """
-    _check_model(model, "inject_lora_recursive")
+    check_module(model, "inject_lora_recursive: model")
     if isinstance(model, nn.Linear):
         raise InjectionError(
             "inject_lora_recursive never replaces the root module; wrap a lone Linear with "
@@ -286,7 +280,7 @@ def inject_ia3(
     ``(model, [scale, ...])`` in name order; like :func:`inject_lora` it freezes every
     non-adapter parameter of ``model`` and raises (changing nothing) on a bad name.
     """
-    _check_model(model, "inject_ia3")
+    check_module(model, "inject_ia3: model")
     names = _as_name_list(linear_names, "linear_names")
     ff = _as_name_list(feedforward_names, "feedforward_names")
     all_names = _as_name_list(names + ff, "linear_names + feedforward_names")
@@ -328,7 +322,7 @@ def build_lora_adapter_model(
     injected, so a call that raises (a bad name, an adapter too large to allocate) leaves
     ``base`` exactly as it was, ``requires_grad`` flags included.
     """
-    _check_model(base, "build_lora_adapter_model", "base")
+    check_module(base, "build_lora_adapter_model: base")
     names = _as_name_list(lora_names, "lora_names")
     if adapter_bottleneck is not None:
         check_positive_int(adapter_bottleneck, "adapter_bottleneck")

@@ -21,6 +21,7 @@ from torch import nn
 
 from ._base import AdapterModule, refuse_merge_into_shared
 from ._checks import (
+    check_bool,
     check_last_dim,
     check_positive_float,
     check_positive_int,
@@ -167,8 +168,7 @@ class LoRALinear(LowRankAdapter):
         # Validate everything before touching ``base``.
         d_in, d_out, fan_in_fan_out = linear_features(base, "LoRALinear base", fan_in_fan_out)
         rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
-        if not isinstance(rslora, bool):
-            raise TypeError(f"rslora must be a bool, got {rslora!r} of type {type(rslora).__name__}")
+        check_bool(rslora, "rslora")
         super().__init__()
 
         self.base = base

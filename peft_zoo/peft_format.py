@@ -59,7 +59,7 @@ from torch import nn
 
 from ._base import AdapterModule, outermost_adapters
 from ._checks import is_conv1d, linear_features
-from ._io import atomic_write
+from ._io import atomic_write, read_torch_state_dict
 from ._peft_checks import field_problems
 from ._regex import PatternError, fullmatch, match, time_budget
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
@@ -336,14 +336,7 @@ def read_peft(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
             ) from err
     elif (path / LEGACY_WEIGHTS_NAME).is_file():
         file = path / LEGACY_WEIGHTS_NAME
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise PeftFormatError(f"{file}: cannot be read as a tensor checkpoint ({err})") from err
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise PeftFormatError(f"{file}: expected a dict of name -> tensor")
+        state = read_torch_state_dict(file, PeftFormatError)
     else:
         raise PeftFormatError(
             f"{path}: no {WEIGHTS_NAME} (or legacy {LEGACY_WEIGHTS_NAME}) in this directory"

@@ -39,6 +39,7 @@ from torch import nn
 from ._base import AdapterModule
 from ._checks import (
     check_last_dim,
+    check_module,
     check_positive_int,
     is_conv1d,
     linear_features,
@@ -591,8 +592,7 @@ def inject_qlora(
     :func:`~peft_zoo.inject_lora` does), so ``params`` is the trainable set; adapters injected
     earlier keep their flags.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"inject_qlora: model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "inject_qlora: model")
     if linear_names is None:
         heads = output_head_names(model)
         owned = _adapter_owned(model)

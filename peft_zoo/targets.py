@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from ._checks import check_int_in, check_names, short_repr
+from ._checks import check_int_in, check_module, check_names, short_repr
 from ._regex import check_pattern, fullmatch, match, time_budget
 
 ALL_LINEAR = "all-linear"
@@ -226,8 +226,7 @@ def _check_find_args(
     types: object,
 ) -> None:
     """Refuse, naming the argument, anything :func:`find_targets` cannot use."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     if types is not None and not (
         isinstance(types, tuple)
         and types
