@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_zoo.cost import GENEFORMER_GF_20L_95M_I4096, build_model
-from peft_zoo.inject import inject_lora, mark_only_adapters_trainable
+from peft_zoo.injection.inject import inject_lora, inject_qlora
+from peft_zoo.injection.surgery import mark_only_adapters_trainable
 from peft_zoo.lora import LoRALinear
 from peft_zoo.models import TinyTransformer, TinyTransformerConfig
-from peft_zoo.quant import NF4Linear, QLoRALinear, inject_qlora, model_nbytes, quantize_int4, quantize_nf4
+from peft_zoo.nf4 import NF4Linear, model_nbytes, quantize_int4, quantize_nf4
+from peft_zoo.qlora import QLoRALinear
 
 MIB = 2**20
 

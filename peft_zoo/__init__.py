@@ -5,12 +5,30 @@ Every public building block is importable from here::
     from peft_zoo import LoRALinear, inject_lora, save_adapter
 """
 
-from ._base import AdapterModule, merge_adapters, unmerge_adapters
 from .adapters import AdapterBlock, AdapterStack, BottleneckAdapter, ParallelAdapterBlock
-from .bank import AdapterBank, BankError
-from .batched import BatchedLoRALinear, Routing, batched_lora_layers, inject_batched_lora, use_adapters
-from .cache import CacheStats, EmbeddingCache
-from .checkpoint import (
+from .core.base import AdapterModule, merge_adapters, unmerge_adapters
+from .core.version import __version__
+from .dora import DoRALinear
+from .fused import FusedLoRALinear
+from .ia3 import IA3Linear
+from .injection.config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from .injection.inject import (
+    build_lora_adapter_model,
+    inject_ia3,
+    inject_lora,
+    inject_lora_recursive,
+    inject_qlora,
+)
+from .injection.surgery import (
+    InjectionError,
+    adapter_named_parameters,
+    count_parameters,
+    mark_only_adapters_trainable,
+    print_trainable_parameters,
+    trainable_parameters,
+)
+from .injection.targets import find_targets, layer_index, target_matches
+from .interop.checkpoint import (
     CheckpointError,
     adapter_config,
     adapter_state_dict,
@@ -19,25 +37,7 @@ from .checkpoint import (
     read_adapter,
     save_adapter,
 )
-from .config import IA3Config, LoraConfig, ModulesToSave, adapt_model
-from .dora import DoRALinear
-from .fused import FusedLoRALinear
-from .ia3 import IA3Linear
-from .inject import (
-    InjectionError,
-    adapter_named_parameters,
-    build_lora_adapter_model,
-    count_parameters,
-    inject_ia3,
-    inject_lora,
-    inject_lora_recursive,
-    mark_only_adapters_trainable,
-    print_trainable_parameters,
-    trainable_parameters,
-)
-from .lora import LoRALinear, lora_scale
-from .loraplus import create_loraplus_optimizer, loraplus_param_groups
-from .peft_format import (
+from .interop.peft_format import (
     PeftFormatError,
     config_from_peft,
     ia3_config_from_peft,
@@ -47,21 +47,21 @@ from .peft_format import (
     read_peft,
     save_peft,
 )
+from .lora import LoRALinear, lora_scale
+from .loraplus import create_loraplus_optimizer, loraplus_param_groups
+from .nf4 import NF4_CODE, NF4Linear, NF4Tensor, quantize_int4, quantize_nf4
 from .prefix import LearnablePrefix, PrefixKV
-from .quant import (
-    NF4_CODE,
-    NF4Linear,
-    NF4Tensor,
-    QLoRALinear,
-    inject_qlora,
-    merge_qlora,
-    quantize_int4,
-    quantize_nf4,
+from .qlora import QLoRALinear, merge_qlora
+from .serving.bank import AdapterBank, BankError
+from .serving.batched import (
+    BatchedLoRALinear,
+    Routing,
+    batched_lora_layers,
+    inject_batched_lora,
+    use_adapters,
 )
+from .serving.cache import CacheStats, EmbeddingCache
 from .sharing import share_main_matrices, shared_parameters, unique_parameter_count
-from .targets import find_targets, layer_index, target_matches
-
-__version__ = "0.1.0"
 
 __all__ = [
     "NF4_CODE",

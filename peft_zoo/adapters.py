@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._base import AdapterModule
-from ._checks import check_bool, check_float_dtype, check_last_dim, check_module, check_positive_int
+from .core.base import AdapterModule
+from .core.checks import check_bool, check_float_dtype, check_last_dim, check_module, check_positive_int
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,

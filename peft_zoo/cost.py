@@ -19,7 +19,7 @@ Each family's modules, per transformer layer (``h`` hidden, ``i`` intermediate,
     LLaMA  self_attn.q_proj h -> h, k_proj / v_proj h -> kv, o_proj h -> h,
            mlp.gate_proj / up_proj h -> i, mlp.down_proj i -> h        (no biases)
 
-Targets follow PEFT's list rule (see :mod:`peft_zoo.targets`): a name selects every module
+Targets follow PEFT's list rule (see :mod:`peft_zoo.injection.targets`): a name selects every module
 whose dotted path equals it or ends with ``"." + name``. So ``"c_proj"`` selects *both*
 GPT-2 ``c_proj`` layers (attention and MLP) and ``"output.dense"`` both BERT ``output.dense``
 layers, exactly as ``LoraConfig(target_modules=[...])`` would; write ``"attn.c_proj"`` or
@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from ._checks import check_positive_int
-from .inject import count_parameters, inject_lora, mark_only_adapters_trainable
-from .targets import ALL_LINEAR, find_targets, layer_index, target_matches
+from .core.checks import check_positive_int
+from .injection.inject import inject_lora
+from .injection.surgery import count_parameters, mark_only_adapters_trainable
+from .injection.targets import ALL_LINEAR, find_targets, layer_index, target_matches
 
 __all__ = [
     "FAMILIES",

@@ -77,7 +77,7 @@ from typing import Literal
 
 import torch
 
-from ._checks import check_positive_int
+from .core.checks import check_positive_int
 from .cost import (
     GENEFORMER_GF_20L_95M_I4096,
     GENEFORMER_GF_20L_95M_I4096_AS_QUOTED,

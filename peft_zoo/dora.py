@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import refuse_merge_into_shared
-from ._checks import check_last_dim, linear_features
+from .core.base import refuse_merge_into_shared
+from .core.checks import check_last_dim, linear_features
 from .lora import LoRALinear
 
 __all__ = ["DoRALinear"]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_last_dim, linear_features
+from .core.checks import check_bool, check_last_dim, linear_features
 from .lora import LoRALinear, LowRankAdapter, check_lora_hyperparameters, set_lora_hyperparameters
 
 __all__ = ["FusedLoRALinear"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import AdapterModule, refuse_merge_into_shared
-from ._checks import check_bool, check_last_dim, linear_features
+from .core.base import AdapterModule, refuse_merge_into_shared
+from .core.checks import check_bool, check_last_dim, linear_features
 
 
 class IA3Linear(AdapterModule):

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import AdapterModule, refuse_merge_into_shared
-from ._checks import (
+from .core.base import AdapterModule, refuse_merge_into_shared
+from .core.checks import (
     check_bool,
     check_last_dim,
     check_positive_float,

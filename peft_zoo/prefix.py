@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import AdapterModule
-from ._checks import check_float_dtype, check_nonnegative_float, check_positive_int
+from .core.base import AdapterModule
+from .core.checks import check_float_dtype, check_nonnegative_float, check_positive_int
 
 
 class LearnablePrefix(AdapterModule):

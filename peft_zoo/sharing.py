@@ -30,8 +30,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ._base import SHARED_WEIGHT_FLAG, AdapterModule
-from ._checks import is_conv1d
+from .core.base import SHARED_WEIGHT_FLAG, AdapterModule
+from .core.checks import is_conv1d
 
 __all__ = [
     "MAIN_MATRICES",

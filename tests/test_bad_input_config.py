@@ -24,7 +24,7 @@ from badinput import Refusal, check_refusal
 from torch import nn
 
 import peft_zoo as pz
-from peft_zoo.peft_format import (
+from peft_zoo.interop.peft_format import (
     PeftFormatError,
     config_from_peft,
     load_peft,

@@ -41,11 +41,11 @@ from peft_zoo import (
     save_adapter,
     use_adapters,
 )
-from peft_zoo import checkpoint as ckpt
-from peft_zoo.batched import BatchedLoRALinear
-from peft_zoo.cache import EmbeddingCache
 from peft_zoo.dora import DoRALinear
+from peft_zoo.interop import checkpoint as ckpt
 from peft_zoo.prefix import PrefixKV
+from peft_zoo.serving.batched import BatchedLoRALinear
+from peft_zoo.serving.cache import EmbeddingCache
 
 _TMP = tempfile.TemporaryDirectory(prefix="peft_zoo_bad_input_")
 CASES: list[Refusal] = []

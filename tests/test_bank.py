@@ -1,4 +1,4 @@
-"""Tests for peft_zoo.bank: named adapter slots over a model's BatchedLoRALinear layers.
+"""Tests for peft_zoo.serving.bank: named adapter slots over a model's BatchedLoRALinear layers.
 
 The reference for every batched output is the ordinary single-adapter model: each sample
 run alone through a copy of the base with ``inject_lora`` and the same adapter weights

@@ -25,8 +25,8 @@ from peft_zoo import (
     save_adapter,
     use_adapters,
 )
-from peft_zoo.batched import STRATEGIES
 from peft_zoo.models import TinyTransformer, TinyTransformerConfig
+from peft_zoo.serving.batched import STRATEGIES
 from peft_zoo.testing import assert_close, assert_model_unchanged, fingerprint
 
 SYNC_FREE = ("bmm", "bag", "dense")

@@ -1,4 +1,4 @@
-"""Tests for peft_zoo.cache: the LRU cache of per-sample outputs keyed by (input, adapter, version).
+"""Tests for peft_zoo.serving.cache: the LRU cache of per-sample outputs keyed by (input, adapter, version).
 
 A counting ``compute`` records every sub-batch it is asked for, so the tests can say
 exactly what was computed; the LRU policy is checked against a plain OrderedDict model;
@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import peft_zoo.cache as cache_mod
+import peft_zoo.serving.cache as cache_mod
 from peft_zoo import (
     AdapterBank,
     CacheStats,
@@ -25,8 +25,8 @@ from peft_zoo import (
     inject_lora,
     use_adapters,
 )
-from peft_zoo.cache import input_keys
 from peft_zoo.models import TinyTransformer, TinyTransformerConfig
+from peft_zoo.serving.cache import input_keys
 from peft_zoo.testing import assert_close
 
 ADAPTERS = {None: 0.0, "a": 100.0, "b": 200.0, "c": 300.0}

@@ -1,4 +1,4 @@
-"""Tests for peft_zoo.checkpoint: adapter-only save/load, atomic writes, validation on load.
+"""Tests for peft_zoo.interop.checkpoint: adapter-only save/load, atomic writes, validation on load.
 
 Every refused load checks that the error names the problem and that the model is exactly
 as it was: loading validates everything before the first tensor is copied.
@@ -35,7 +35,7 @@ from peft_zoo import (
     read_adapter,
     save_adapter,
 )
-from peft_zoo import checkpoint as ckpt
+from peft_zoo.interop import checkpoint as ckpt
 from peft_zoo.models import TinyMLP, TinyTransformerBlock
 from peft_zoo.testing import (
     alphas,

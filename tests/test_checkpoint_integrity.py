@@ -30,14 +30,14 @@ from torch import nn
 
 from peft_zoo import (
     CheckpointError,
-    _io,
     adapter_state_dict,
     inject_lora,
     load_adapter,
     read_adapter,
     save_adapter,
 )
-from peft_zoo import checkpoint as ckpt
+from peft_zoo.core import io as atomic_io
+from peft_zoo.interop import checkpoint as ckpt
 from peft_zoo.testing import assert_model_unchanged, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ _CHILD = textwrap.dedent(
     import torch
     from torch import nn
     import peft_zoo
-    from peft_zoo import _io
+    from peft_zoo.core import io as atomic_io
 
     real_fsync = os.fsync
 
@@ -179,7 +179,7 @@ _CHILD = textwrap.dedent(
         print("WRITTEN", flush=True)
         time.sleep(120)
 
-    _io.os.fsync = slow_fsync
+    atomic_io.os.fsync = slow_fsync
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1024))
     peft_zoo.inject_lora(model, ["0", "2"], 64, 64.0)
@@ -235,7 +235,7 @@ def test_a_save_killed_mid_write_leaves_the_old_file_and_the_next_save_cleans_up
 
 
 def _orphan(directory: Path, host: str, pid: int, age_s: float = 0.0, name: str = "x.safetensors") -> Path:
-    path = directory / f".{name}{_io.TMP_MARK}{host}-{pid}-{'ab' * 8}"
+    path = directory / f".{name}{atomic_io.TMP_MARK}{host}-{pid}-{'ab' * 8}"
     path.write_bytes(b"partial")
     if age_s:
         t = time.time() - age_s
@@ -251,7 +251,7 @@ def _dead_pid() -> int:
 
 @pytest.mark.skipif(os.name == "nt", reason="pid liveness is not probed on Windows")
 def test_only_provably_stale_temporary_files_are_removed(tmp_path):
-    here = _io._host_tag()
+    here = atomic_io._host_tag()
     dead = _orphan(tmp_path, here, _dead_pid(), name="a")
     live_other = _orphan(tmp_path, here, os.getppid(), name="b")  # a live writer's file
     mine = _orphan(tmp_path, here, os.getpid(), name="c")  # another thread of this process
@@ -261,9 +261,9 @@ def test_only_provably_stale_temporary_files_are_removed(tmp_path):
     )
     unrelated = tmp_path / ".notes.peft_zoo-tmp-keep"
     unrelated.write_text("not ours")
-    lookalike_dir = tmp_path / f".f{_io.TMP_MARK}{here}-{_dead_pid()}-{'cd' * 8}"
+    lookalike_dir = tmp_path / f".f{atomic_io.TMP_MARK}{here}-{_dead_pid()}-{'cd' * 8}"
     lookalike_dir.mkdir()
-    removed = _io.remove_stale_temp_files(tmp_path)
+    removed = atomic_io.remove_stale_temp_files(tmp_path)
     assert sorted(removed) == sorted([dead, far_old])
     for kept in (live_other, mine, far_fresh, unrelated, lookalike_dir):
         assert kept.exists(), kept
@@ -282,8 +282,8 @@ def test_the_directory_is_flushed_after_the_rename(tmp_path, monkeypatch):
         events.append("replace")
         real_replace(src, dst)
 
-    monkeypatch.setattr(_io.os, "fsync", fsync)
-    monkeypatch.setattr(_io.os, "replace", replace)
-    _io.atomic_write(tmp_path / "f.bin", b"data")
+    monkeypatch.setattr(atomic_io.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_io.os, "replace", replace)
+    atomic_io.atomic_write(tmp_path / "f.bin", b"data")
     assert events == ["fsync-file", "replace", "fsync-dir"]
     assert (tmp_path / "f.bin").read_bytes() == b"data"

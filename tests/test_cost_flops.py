@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from peft_zoo._base import merge_adapters
+from peft_zoo.core.base import merge_adapters
 from peft_zoo.cost import (
     GENEFORMER_GF_20L_95M_I4096,
     GENEFORMER_GF_20L_95M_I4096_AS_QUOTED,
@@ -44,7 +44,7 @@ from peft_zoo.cost import (
     serving_table,
     training_memory,
 )
-from peft_zoo.inject import adapter_named_parameters
+from peft_zoo.injection.surgery import adapter_named_parameters
 
 QKVO_7B = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TARGET_NAMES = {

@@ -210,8 +210,8 @@ SHORTCUTS = [
     ),
     (
         4,
-        "import peft_zoo.inject\n\ninject_lora = peft_zoo.inject.inject_lora\n",
-        "peft_zoo.inject.inject_lora",
+        "import peft_zoo.injection.inject\n\ninject_lora = peft_zoo.injection.inject.inject_lora\n",
+        "peft_zoo.injection.inject.inject_lora",
     ),
     (
         12,

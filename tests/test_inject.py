@@ -1,4 +1,4 @@
-"""Tests for peft_zoo.inject: injectors, build_lora_adapter_model and trainability helpers.
+"""Tests for peft_zoo.injection.inject: injectors, build_lora_adapter_model and trainability helpers.
 
 Every failure path checks two things: the error names the problem, and the model is
 exactly as it was (tensors, module objects and types, requires_grad flags).

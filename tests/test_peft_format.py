@@ -50,7 +50,7 @@ transformers = pytest.importorskip("transformers")
 
 import peft_zoo as pz  # noqa: E402
 from peft_zoo.dora import DoRALinear  # noqa: E402
-from peft_zoo.peft_format import (  # noqa: E402
+from peft_zoo.interop.peft_format import (  # noqa: E402
     PEFT_PREFIX,
     PeftFormatError,
     config_from_peft,
@@ -654,7 +654,7 @@ def test_a_failure_halfway_through_is_rolled_back(tmp_path: Path, monkeypatch: p
     config = pz.LoraConfig(rank=2, target_modules=["query"], modules_to_save=["classifier"], bias="lora_only")
     theirs = perturb(peft.get_peft_model(base("bert"), peft_config(config, "bert")), seed=11)
     theirs.save_pretrained(tmp_path)
-    from peft_zoo import peft_format
+    from peft_zoo.interop import peft_format
 
     real = peft_format._tensor_at
 
@@ -805,7 +805,8 @@ def test_qlora_adapter_saves_as_plain_lora_that_peft_applies_to_the_dequantised_
 ) -> None:
     """A QLoRA adapter is a plain LoRA: PEFT on a base holding the dequantised NF4 weights must
     compute exactly what the QLoRA model computes (GPT-2: from Conv1D, fan_in_fan_out)."""
-    from peft_zoo.quant import QLoRALinear, inject_qlora
+    from peft_zoo.injection.inject import inject_qlora
+    from peft_zoo.qlora import QLoRALinear
 
     targets = {"bert": ["query", "value"], "gpt2": ["c_attn"]}[arch]
     model = base(arch)

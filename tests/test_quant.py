@@ -1,4 +1,4 @@
-"""QLoRA and NF4 (peft_zoo.quant): the table, blockwise 4-bit quantisation, double quantisation,
+"""QLoRA and NF4 (peft_zoo.nf4, peft_zoo.qlora): the table, blockwise 4-bit quantisation, double quantisation,
 QLoRALinear and whole-model injection, each checked against an independent computation.
 
     c_b = max |w| over block b,   q = argmin_j |w / c_b - T_j|,   w' = T[q] c_b
@@ -16,16 +16,14 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
-from peft_zoo.checkpoint import adapter_state_dict, load_adapter, save_adapter
-from peft_zoo.inject import InjectionError, mark_only_adapters_trainable
+from peft_zoo.injection.inject import inject_qlora
+from peft_zoo.injection.surgery import InjectionError, mark_only_adapters_trainable
+from peft_zoo.interop.checkpoint import adapter_state_dict, load_adapter, save_adapter
 from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerConfig
-from peft_zoo.quant import (
+from peft_zoo.nf4 import (
     INT4_CODE,
     NF4_CODE,
     NF4Linear,
-    QLoRALinear,
-    inject_qlora,
-    merge_qlora,
     model_nbytes,
     normal_float_code,
     pack_4bit,
@@ -33,10 +31,11 @@ from peft_zoo.quant import (
     quantize_nf4,
     unpack_4bit,
 )
+from peft_zoo.qlora import QLoRALinear, merge_qlora
 from peft_zoo.testing import assert_model_unchanged, fingerprint, seeds
 
 FAST = settings(max_examples=25, deadline=None)
-# The 16 values of QLoRA's Appendix E, typed here independently of peft_zoo.quant.
+# The 16 values of QLoRA's Appendix E, typed here independently of peft_zoo.nf4.
 PAPER_NF4 = [
     -1.0,
     -0.6961928009986877,

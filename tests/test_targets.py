@@ -1,4 +1,4 @@
-"""Tests for peft_zoo.targets: choosing modules by name with Hugging Face PEFT's rules.
+"""Tests for peft_zoo.injection.targets: choosing modules by name with Hugging Face PEFT's rules.
 
 Examples on a small ``transformers`` BERT and on the library's tiny models, then a
 property test that draws realistic module paths and configs and compares
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from peft_zoo import InjectionError, find_targets, inject_lora, layer_index, target_matches
+from peft_zoo.injection.targets import output_head_names
 from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerConfig
-from peft_zoo.targets import output_head_names
 
 # ----------------------------------------------------------------------------- small BERT
 
@@ -424,7 +424,7 @@ PATTERN_PARTS = ["a", "b", ".", r"\.", "a*", "(a|b)", "[ab]+", "\\d", "(?:x.)?",
 )
 def test_bounded_matching_gives_re_results(parts, key):
     """The bounded engine (the ``regex`` package) answers exactly as ``re`` (what PEFT runs)."""
-    from peft_zoo._regex import fullmatch, match
+    from peft_zoo.core.regex import fullmatch, match
 
     pattern = "".join(parts)
     ours = fullmatch(pattern, key, "target_modules")

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from peft_zoo.cli import main
+from peft_zoo.cli.tour import run_tour
 from peft_zoo.models import TinyTransformerConfig
-from peft_zoo.tour import run_tour
 
 SMALL = TinyTransformerConfig(vocab_size=32, max_len=17, d_model=64, n_heads=4, d_ff=128, n_layers=2)
 
@@ -34,7 +34,7 @@ def test_tour_trains_a_small_fraction_and_saves_a_small_file(tour_result) -> Non
 
 
 def test_cli_tour_prints_each_stage(capsys, monkeypatch) -> None:
-    monkeypatch.setattr("peft_zoo.tour.TOUR_CONFIG", SMALL)  # the stages, not the model size
+    monkeypatch.setattr("peft_zoo.cli.tour.TOUR_CONFIG", SMALL)  # the stages, not the model size
     assert main(["tour", "--steps", "40", "--no-progress"]) == 0
     out = capsys.readouterr().out
     for marker in ("1. Base model", "trainable params:", "|| all params:", "4. Merged", "5. Saved adapter"):

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import peft_zoo
-import peft_zoo.inject
+import peft_zoo.injection.inject
+import peft_zoo.injection.surgery
 from peft_zoo.exercises.grading import assert_matches
 from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerBlock, TinyTransformerConfig
 from peft_zoo.testing import alphas, assert_model_unchanged, explain, fingerprint, seeds
@@ -152,10 +153,8 @@ def bad_name_cases(draw: st.DrawFn, kinds: Sequence[str] = KINDS) -> dict[str, A
 @contextlib.contextmanager
 def library_injectors_closed(exercise: str) -> Iterator[None]:
     """While active, peft_zoo's own injectors refuse to run: the exercise is to write one."""
-    original = getattr(peft_zoo.inject, "_replace_linears", None)
-    if original is None:
-        yield
-        return
+    injectors = peft_zoo.injection.inject  # the module whose replace_linears inject_* call
+    original = injectors.replace_linears
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(
@@ -163,21 +162,22 @@ def library_injectors_closed(exercise: str) -> Iterator[None]:
             "write the injection yourself, using only the layer class"
         )
 
-    peft_zoo.inject._replace_linears = refuse  # type: ignore[attr-defined]
+    injectors.replace_linears = refuse
     try:
         yield
     finally:
-        peft_zoo.inject._replace_linears = original  # type: ignore[attr-defined]
+        injectors.replace_linears = original
 
 
 @contextlib.contextmanager
 def library_function_closed(name: str, exercise: str) -> Iterator[None]:
-    """While active, ``peft_zoo.<name>`` (and ``peft_zoo.inject.<name>``) refuses to run."""
+    """While active, ``peft_zoo.<name>`` (and the same name in the injection modules) refuses to run."""
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"{exercise} called peft_zoo.{name}: write it yourself")
 
-    owners = [m for m in (peft_zoo, peft_zoo.inject) if hasattr(m, name)]
+    homes = (peft_zoo, peft_zoo.injection.inject, peft_zoo.injection.surgery)
+    owners = [m for m in homes if hasattr(m, name)]
     originals = [getattr(m, name) for m in owners]
     for m in owners:
         setattr(m, name, refuse)

@@ -5,7 +5,7 @@ the grader compares against an identical implementation. So before grading, the 
 challenge asks for (``Challenge.objects``) must be the learner's own:
 
 - statically (the file's AST): no import of those names from ``peft_zoo`` or a submodule, no
-  attribute access such as ``pz.LoRALinear`` / ``peft_zoo.inject.inject_lora`` on a name bound
+  attribute access such as ``pz.LoRALinear`` / ``peft_zoo.injection.inject.inject_lora`` on a name bound
   to a peft_zoo import, no import of ``solutions`` and no path into ``solutions/``;
 - at runtime (after import): each object is defined in the learner's module, and no class in
   its MRO comes from ``peft_zoo`` or from another copy of a challenge file.

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._io import atomic_write
+from ..core.io import atomic_write
 from . import builder
 from .manifest import BY_NUMBER, CHALLENGES, TRACK, Challenge
 

@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from peft_zoo.exercises.grading import CLASSIC_BUG, SEVERAL_BUGS, learner_code, require
-from peft_zoo.quant import NF4_CODE
+from peft_zoo.nf4 import NF4_CODE
 from peft_zoo.testing import explain, seeds
 
 CHALLENGE = "ex18_nf4_quantize"

@@ -57,18 +57,20 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._base import AdapterModule, outermost_adapters
-from ._checks import is_conv1d, linear_features
-from ._io import atomic_write, read_torch_state_dict
-from ._peft_checks import field_problems
-from ._regex import PatternError, fullmatch, match, time_budget
+from ..core.base import AdapterModule, outermost_adapters
+from ..core.checks import is_conv1d, linear_features
+from ..core.io import atomic_write, read_torch_state_dict
+from ..core.regex import PatternError, fullmatch, match, time_budget
+from ..dora import DoRALinear
+from ..fused import FusedLoRALinear
+from ..ia3 import IA3Linear
+from ..injection.config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from ..injection.surgery import mark_only_adapters_trainable
+from ..injection.targets import MATCH_BUDGET, TargetSpec, output_head_names, target_matches
+from ..lora import LoRALinear, lora_scale
+from ..qlora import QLoRALinear
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from .config import IA3Config, LoraConfig, ModulesToSave, adapt_model
-from .dora import DoRALinear
-from .fused import FusedLoRALinear
-from .ia3 import IA3Linear
-from .inject import mark_only_adapters_trainable
-from .lora import LoRALinear, lora_scale
+from .peft_checks import field_problems
 from .peft_config import (
     _TASK_SAVES,
     PeftFormatError,
@@ -80,8 +82,6 @@ from .peft_config import (
     peft_dict_from_config,
     read_config_file,
 )
-from .quant import QLoRALinear
-from .targets import MATCH_BUDGET, TargetSpec, output_head_names, target_matches
 
 __all__ = [
     "PEFT_PREFIX",

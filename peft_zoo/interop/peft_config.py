@@ -6,7 +6,7 @@
 an explicit list: translated, ignored (bookkeeping, or used only to initialise fresh
 weights), or accepted only when off (a bias on B, layer replication, ...). Anything else is refused by
 name, so an unknown option never silently loads a different model. The tensors and the
-directory layout live in :mod:`peft_zoo.peft_format`.
+directory layout live in :mod:`peft_zoo.interop.peft_format`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 
 from torch import nn
 
-from ._checks import check_names, is_conv1d
-from ._peft_checks import TASK_TYPES, field_problems, read_json_object
+from ..core.checks import check_names, is_conv1d
+from ..injection.config import IA3Config, LoraConfig
+from ..injection.targets import TargetSpec
 from .checkpoint import CheckpointError
-from .config import IA3Config, LoraConfig
-from .targets import TargetSpec
+from .peft_checks import TASK_TYPES, field_problems, read_json_object
 
 __all__ = [
     "PeftFormatError",
@@ -136,7 +136,7 @@ def _check_peft_dict(data: Mapping[str, Any]) -> list[str]:
     if unknown:
         problems.append(
             f"unknown config fields {unknown}: peft_zoo does not know what they do, so it refuses "
-            "rather than load a different function (the fields it knows are listed in peft_zoo/peft_format.py)"
+            "rather than load a different function (the fields it knows are listed in peft_zoo/interop/peft_format.py)"
         )
     for name, why in off.items():
         if name in data and not _is_off(data[name]):

@@ -1,6 +1,6 @@
 """Named adapter slots over a model's batched LoRA layers: load, evict, and turn names into ids.
 
-:class:`AdapterBank` manages the ``N`` slots that every :class:`~peft_zoo.batched.BatchedLoRALinear`
+:class:`AdapterBank` manages the ``N`` slots that every :class:`~peft_zoo.serving.batched.BatchedLoRALinear`
 in a model shares. Each slot holds one ordinary single-adapter LoRA (what ``inject_lora`` +
 training + ``save_adapter`` produce), zero-padded to the bank's rank::
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_positive_float
+from ..core.checks import check_bool, check_positive_float
+from ..lora import lora_scale
 from .batched import BatchedLoRALinear, batched_lora_layers
-from .lora import lora_scale
 
 __all__ = ["AdapterBank", "BankError"]
 
@@ -53,7 +53,7 @@ class AdapterBank:
 
     Args:
         model: a model holding :class:`BatchedLoRALinear` layers (from
-            :func:`~peft_zoo.batched.inject_batched_lora`), all with the same number of slots.
+            :func:`~peft_zoo.serving.batched.inject_batched_lora`), all with the same number of slots.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -158,7 +158,7 @@ class AdapterBank:
         self._check_options(name, alpha, rslora, strict, allow_unverified)
         per_layer_cfg: dict[str, dict] = {}
         if isinstance(adapter, (str, os.PathLike)):
-            from .checkpoint import CheckpointError, read_adapter
+            from ..interop.checkpoint import CheckpointError, read_adapter
 
             try:
                 state, config = read_adapter(adapter, allow_unverified=allow_unverified)

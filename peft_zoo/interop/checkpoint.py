@@ -32,10 +32,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._base import AdapterModule, outermost_adapters
-from ._checks import check_bool, check_module
-from ._io import atomic_write, read_torch_state_dict
-from .inject import adapter_named_parameters
+from ..core.base import AdapterModule, outermost_adapters
+from ..core.checks import check_bool, check_module
+from ..core.io import atomic_write, read_torch_state_dict
+from ..core.version import __version__
+from ..injection.surgery import adapter_named_parameters
 
 FORMAT = "peft_zoo.adapter"
 FORMAT_VERSION = 1
@@ -64,8 +65,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def adapter_config(model: nn.Module) -> dict[str, Any]:
     """Describe the adapters in ``model``: one record per adapter layer, plus a summary."""
-    from . import __version__
-
     check_module(model, "adapter_config: model")
     layers = {name: module.adapter_config() for name, module in outermost_adapters(model).items()}
     methods = sorted({str(rec["method"]) for rec in layers.values()})
@@ -147,7 +146,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     ``path`` ending in ``.safetensors`` writes that one file; any other path is a directory
     (created if needed) receiving ``adapter_model.safetensors`` and ``adapter_config.json``.
     Each file is written to a temporary name and renamed into place (see
-    :func:`peft_zoo._io.atomic_write`). A destination blocked by an existing directory, or
+    :func:`peft_zoo.core.io.atomic_write`). A destination blocked by an existing directory, or
     whose parent is a file, raises :class:`CheckpointError` before anything is written.
     Returns the path of the safetensors file.
     """

@@ -54,9 +54,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import AdapterModule
-from ._checks import check_bool, check_linear, check_module, check_positive_float, check_positive_int
-from .lora import LoRALinear, lora_scale
+from ..core.base import AdapterModule
+from ..core.checks import (
+    check_bool,
+    check_linear,
+    check_module,
+    check_positive_float,
+    check_positive_int,
+)
+from ..injection.surgery import as_name_list, replace_linears
+from ..lora import LoRALinear, lora_scale
 
 __all__ = [
     "BAG_MAX_TOKENS",
@@ -433,19 +440,18 @@ def inject_batched_lora(
 ) -> tuple[nn.Module, list[nn.Parameter]]:
     """Replace each named ``nn.Linear`` with a :class:`BatchedLoRALinear` of ``num_adapters``
     slots (all or nothing, like :func:`~peft_zoo.inject_lora`; names as ``named_modules()``
-    prints them; :func:`~peft_zoo.targets.find_targets` selects them by pattern or layer range).
+    prints them; :func:`~peft_zoo.injection.targets.find_targets` selects them by pattern or layer range).
 
     ``kwargs`` go to :class:`BatchedLoRALinear` (``rslora``, ``strategy``). Returns
     ``(model, [A_1, B_1, A_2, B_2, ...])`` in name order. Like :func:`~peft_zoo.inject_lora`
     it freezes every parameter of ``model`` that is not an adapter parameter.
     """
-    from .inject import _as_name_list, _replace_linears
 
     check_module(model, "inject_batched_lora: model")
-    names = _as_name_list(linear_names, "linear_names")
+    names = as_name_list(linear_names, "linear_names")
     check_positive_int(num_adapters, "num_adapters")
     check_positive_int(rank, "rank")
-    params = _replace_linears(
+    params = replace_linears(
         model,
         names,
         lambda _n, lin: BatchedLoRALinear(lin, num_adapters, rank, alpha, **kwargs),

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .exercises import runner
+    from ..core.version import __version__
+    from ..exercises import runner
 
     parser = argparse.ArgumentParser(
         prog="peft-zoo",
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, seed=args.seed, config=tour.TOUR_CONFIG, progress=not args.no_progress
         )
         return 0 if result.loss_end < result.loss_start else 1
-    from .exercises import runner
+    from ..exercises import runner
 
     def no_exercises() -> int:
         parser.print_help()

@@ -3,7 +3,7 @@
 :func:`read_json_object` reads the file with bounds (size, nesting, encoding, duplicate
 keys); :func:`field_problems` checks the type and range of every field PEFT may write, by
 name, so ``"use_rslora": "no"`` or ``"lora_alpha": "8"`` is refused instead of being read
-as ``True`` / ``8.0``. :mod:`peft_zoo.peft_config` sorts the fields by what they do.
+as ``True`` / ``8.0``. :mod:`peft_zoo.interop.peft_config` sorts the fields by what they do.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._checks import (
+from ..core.checks import (
     check_bool,
     check_int_in,
     check_names,
@@ -22,8 +22,8 @@ from ._checks import (
     check_probability,
     short_repr,
 )
-from .config import MAX_RANK, check_pattern_map
-from .targets import check_layers, check_layers_pattern, check_spec
+from ..injection.config import MAX_RANK, check_pattern_map
+from ..injection.targets import check_layers, check_layers_pattern, check_spec
 
 __all__ = [
     "FIELD_CHECKS",

@@ -17,7 +17,7 @@ means the same modules here and in PEFT (``peft.tuners.tuners_utils.check_target
   ``target_modules`` and a regex ``target_modules`` ignore ``layers_to_transform``.
 
 Every regex here (a string ``target_modules`` / ``exclude_modules``, ``layers_pattern``) is
-matched with a time bound (:mod:`peft_zoo._regex`): a pattern that backtracks exponentially,
+matched with a time bound (:mod:`peft_zoo.core.regex`): a pattern that backtracks exponentially,
 such as ``"(a|aa)+$"``, raises a ``ValueError`` naming the argument instead of hanging, and
 :func:`find_targets` checks the type of every argument first (``check_spec``, ``check_layers``,
 ``check_layers_pattern``).
@@ -32,8 +32,9 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from ._checks import check_int_in, check_module, check_names, short_repr
-from ._regex import check_pattern, fullmatch, match, time_budget
+from ..core.checks import check_int_in, check_module, check_names, short_repr
+from ..core.regex import check_pattern, fullmatch, match, time_budget
+from .surgery import InjectionError, adapter_owned
 
 ALL_LINEAR = "all-linear"
 # Names that usually hold a model's output layer; "all-linear" never adapts them.
@@ -180,7 +181,7 @@ def _target_hint(target: str, names: Sequence[str]) -> str:
 
 
 def _is_target_type(module: nn.Module, types: tuple[type[nn.Module], ...] | None) -> bool:
-    from ._checks import is_conv1d
+    from ..core.checks import is_conv1d
 
     if types is None:
         return isinstance(module, nn.Linear) or is_conv1d(module)
@@ -205,8 +206,6 @@ def find_targets(
     a silent no-op. ``"all-linear"`` selects every module of ``types`` except the output head
     and anything inside it.
     """
-    from .inject import InjectionError
-
     _check_find_args(model, target_modules, exclude_modules, layers_to_transform, layers_pattern, types)
     if layers_to_transform is not None and isinstance(target_modules, str):
         raise InjectionError(
@@ -247,9 +246,7 @@ def _find(
     layers_pattern: str | Sequence[str] | None,
     types: tuple[type[nn.Module], ...] | None,
 ) -> list[str]:
-    from .inject import InjectionError, _adapter_owned
-
-    inside_adapter = _adapter_owned(model)
+    inside_adapter = adapter_owned(model)
     candidates = [
         (name, module)
         for name, module in model.named_modules()

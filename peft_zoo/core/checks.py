@@ -159,7 +159,10 @@ def check_nonnegative_float(value: object, name: str) -> float:
     return float(value)
 
 
-def check_float_dtype(dtype: object, name: str = "dtype") -> None:
-    """Refuse a ``dtype`` that is neither ``None`` nor a floating-point ``torch.dtype``."""
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+def check_float_dtype(dtype: object, name: str = "dtype") -> torch.dtype | None:
+    """Return ``dtype`` if it is ``None`` or a floating-point ``torch.dtype``, else raise."""
+    if dtype is None:
+        return None
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"{name} must be a floating-point torch.dtype or None, got {dtype!r}")
+    return dtype

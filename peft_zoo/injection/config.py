@@ -4,9 +4,9 @@
     model, params = adapt_model(model, config)
 
 The fields mirror ``peft.LoraConfig`` / ``peft.IA3Config`` under peft_zoo's names (``rank``
-for ``r``, ``alpha`` for ``lora_alpha``...), and :mod:`peft_zoo.peft_format` translates both
+for ``r``, ``alpha`` for ``lora_alpha``...), and :mod:`peft_zoo.interop.peft_format` translates both
 ways (``lora_config_from_peft``, ``peft_dict_from_config``), so one config selects the same
-modules here and in PEFT (see :mod:`peft_zoo.targets` for the rules). ``adapt_model`` validates everything
+modules here and in PEFT (see :mod:`peft_zoo.injection.targets` for the rules). ``adapt_model`` validates everything
 first (unknown targets, patterns that name no layer, a rank pattern for a layer that does
 not exist) and changes nothing when it raises.
 
@@ -14,7 +14,7 @@ Every field is type-checked when a config is built and again by ``adapt_model`` 
 be set later): bools must be ``bool`` (``"no"`` is refused, not read as true), ints ``int``
 within bounds, floats finite, names lists of ``str`` (a bare string for ``modules_to_save``
 is refused: it would be read one character at a time), patterns ``dict[str regex, number]``.
-Regexes must compile and are matched with a time bound (:mod:`peft_zoo._regex`).
+Regexes must compile and are matched with a time bound (:mod:`peft_zoo.core.regex`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 from torch import nn
 
-from ._base import AdapterModule
-from ._checks import (
+from ..core.base import AdapterModule
+from ..core.checks import (
     check_int_in,
     check_names,
     check_optional_bool,
@@ -36,13 +36,20 @@ from ._checks import (
     check_probability,
     short_repr,
 )
-from ._regex import check_pattern, fullmatch, match, time_budget
-from .dora import DoRALinear
-from .fused import FusedLoRALinear
-from .ia3 import IA3Linear
-from .inject import InjectionError, _adapter_owned, _replace_linears, mark_only_adapters_trainable
-from .lora import LoRALinear
-from .targets import MATCH_BUDGET, TargetSpec, check_layers, check_layers_pattern, check_spec, find_targets
+from ..core.regex import check_pattern, fullmatch, match, time_budget
+from ..dora import DoRALinear
+from ..fused import FusedLoRALinear
+from ..ia3 import IA3Linear
+from ..lora import LoRALinear
+from .surgery import InjectionError, adapter_owned, mark_only_adapters_trainable, replace_linears
+from .targets import (
+    MATCH_BUDGET,
+    TargetSpec,
+    check_layers,
+    check_layers_pattern,
+    check_spec,
+    find_targets,
+)
 
 __all__ = [
     "MAX_RANK",
@@ -260,7 +267,7 @@ class ModulesToSave(AdapterModule):
 def _modules_to_save_names(model: nn.Module, wanted: Sequence[str]) -> list[str]:
     """PEFT's rule: a module whose full name *ends with* an entry (plain string suffix);
     never one inside an adapter layer, never one inside another match."""
-    inside_adapter = _adapter_owned(model)
+    inside_adapter = adapter_owned(model)
     chosen: list[str] = []
     for name, module in model.named_modules():
         if not name or id(module) in inside_adapter or any(name.startswith(c + ".") for c in chosen):
@@ -337,7 +344,7 @@ def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Mo
             raise InjectionError(
                 f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}"
             )
-    _replace_linears(model, names, build, method)
+    replace_linears(model, names, build, method)
     for name in save_names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)

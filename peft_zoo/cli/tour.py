@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._base import merge_adapters, unmerge_adapters
-from .checkpoint import load_adapter, save_adapter
-from .inject import (
+from ..core.base import merge_adapters, unmerge_adapters
+from ..injection.inject import inject_lora_recursive
+from ..injection.surgery import (
     count_parameters,
-    inject_lora_recursive,
     mark_only_adapters_trainable,
     print_trainable_parameters,
 )
-from .models import TinyTransformer, TinyTransformerConfig
+from ..interop.checkpoint import load_adapter, save_adapter
+from ..models import TinyTransformer, TinyTransformerConfig
 
 
 @dataclass

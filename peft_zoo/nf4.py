@@ -1,4 +1,4 @@
-"""QLoRA: LoRA on a frozen base stored as 4-bit NormalFloat (Dettmers et al., 2023, arXiv:2305.14314).
+"""NF4: the 4-bit NormalFloat storage format of QLoRA (Dettmers et al., 2023, arXiv:2305.14314).
 
 The base weight ``W (out, in)`` is stored in blocks of ``blocksize`` (64) consecutive elements
 of its row-major flattening. Each block keeps one float constant, its absolute maximum, and
@@ -21,41 +21,28 @@ tails. Both tables are here; :func:`normal_float_code` derives NF4 from normal q
 8 bits in blocks of 256, after subtracting their mean, which cuts their cost from 32 / 64 =
 0.5 to 8 / 64 + 32 / (64 * 256) ~= 0.127 bits per parameter (4.127 bits in all).
 
-**QLoRA** (paper eq. 5): ``Y = X · dequant(W_NF4) + s · X A^T B^T``: the 4-bit base is frozen
-and dequantised on the fly into the compute dtype (bfloat16 in the paper); only the LoRA
-matrices, kept in higher precision, train. Gradients still flow *through* the frozen base.
+The QLoRA method that trains LoRA on top of this frozen 4-bit base is in
+:mod:`peft_zoo.qlora`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import AdapterModule
-from ._checks import (
-    check_last_dim,
-    check_module,
-    check_positive_int,
-    is_conv1d,
-    linear_features,
-)
-from .inject import InjectionError, _adapter_owned, _as_name_list, _parent_of, _replace_linears
-from .lora import check_lora_hyperparameters, init_lora_pair, set_lora_hyperparameters
-from .targets import output_head_names
+from .core.checks import check_float_dtype, check_last_dim, check_positive_int, linear_features
 
 __all__ = [
     "INT4_CODE",
     "NF4_CODE",
     "NF4Linear",
     "NF4Tensor",
-    "QLoRALinear",
-    "inject_qlora",
-    "merge_qlora",
+    "check_blocksize",
+    "check_weight",
     "model_nbytes",
     "normal_float_code",
     "pack_4bit",
@@ -129,14 +116,14 @@ def normal_float_code(bits: int = 4, offset: float = 1 - (1 / 32 + 1 / 30) / 2) 
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_blocksize(blocksize: object, name: str = "blocksize") -> int:
+def check_blocksize(blocksize: object, name: str = "blocksize") -> int:
     blocksize = check_positive_int(blocksize, name)
     if blocksize % 2:
         raise ValueError(f"{name} must be even so that two 4-bit codes fill each byte, got {blocksize}")
     return blocksize
 
 
-def _check_weight(w: object, what: str) -> torch.Tensor:
+def check_weight(w: object, what: str) -> torch.Tensor:
     """A non-empty floating-point tensor, or a clear error (NaN and inf are caught by ``_blockwise``)."""
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
@@ -307,8 +294,8 @@ class NF4Tensor:
 def _quantize(
     w: torch.Tensor, blocksize: int, double_quant: bool, quant_type: str, what: str = "w"
 ) -> NF4Tensor:
-    blocksize = _check_blocksize(blocksize)
-    _check_weight(w, what)
+    blocksize = check_blocksize(blocksize)
+    check_weight(w, what)
     codes, absmax = _blockwise(w, _CODES[quant_type], blocksize, what)
     out = NF4Tensor(pack_4bit(codes), absmax, w.shape, w.dtype, blocksize, quant_type)
     if double_quant:
@@ -337,14 +324,6 @@ def quantize_int4(w: torch.Tensor, blocksize: int = 64, *, double_quant: bool = 
 # ----------------------------------------------------------------------------- layers
 
 
-def _check_dtype(dtype: object, name: str) -> torch.dtype | None:
-    if dtype is None:
-        return None
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point torch.dtype or None, got {dtype!r}")
-    return dtype
-
-
 class NF4Linear(nn.Module):
     """A frozen linear layer whose weight lives in NF4: ``y = x W'^T + b`` with ``W' = dequant(W_NF4)``.
 
@@ -370,7 +349,7 @@ class NF4Linear(nn.Module):
         quant_type: str = "nf4",
     ) -> None:
         d_in, d_out, fan_in_fan_out = linear_features(base, "NF4Linear base")
-        compute = _check_dtype(compute_dtype, "compute_dtype")
+        compute = check_float_dtype(compute_dtype, "compute_dtype")
         weight = base.weight.T if fan_in_fan_out else base.weight  # (out, in)
         q = _quantize(weight, blocksize, bool(double_quant), _check_quant_type(quant_type), "the base weight")
         super().__init__()
@@ -425,210 +404,6 @@ class NF4Linear(nn.Module):
             f"quant_type={self.quant_type}, blocksize={self.blocksize}, double_quant={self.double_quant}, "
             f"bits_per_parameter={self.weight_nf4.bits_per_parameter:.3f}"
         )
-
-
-class QLoRALinear(AdapterModule):
-    """QLoRA: a frozen NF4 base layer plus a trainable LoRA update in higher precision.
-
-        y = dequant(W_NF4) x + b + scale * B (A dropout(x))       (QLoRA paper, eq. 5)
-
-    Args:
-        base: the ``nn.Linear`` (or ``Conv1D``) to adapt. Its weight is quantised into
-            ``self.base``, an :class:`NF4Linear` holding buffers; ``base`` itself is not
-            kept, so its float weight can be freed. Its bias is kept, frozen.
-        rank, alpha, dropout, rslora: as in :class:`~peft_zoo.LoRALinear` (``scale = alpha / r``
-            or ``alpha / sqrt(r)``; alpha defaults to rank).
-        blocksize: elements per NF4 block (even; default 64).
-        double_quant: also quantise the block constants (default True, as in the paper).
-        compute_dtype: dtype the base is dequantised into and multiplied in; default: the
-            input's dtype (bfloat16 in the paper's setup).
-        adapter_dtype: dtype of ``lora_A`` and ``lora_B`` (default float32).
-
-    Shapes: ``lora_A (rank, in)``, ``lora_B (out, rank)``; ``(..., in) -> (..., out)``.
-    The module never merges in place: see :meth:`merge` and :meth:`to_linear`.
-    """
-
-    adapter_param_names = ("lora_A", "lora_B")
-
-    def __init__(
-        self,
-        base: nn.Module,
-        rank: int,
-        alpha: float | None = None,
-        *,
-        dropout: float = 0.0,
-        rslora: bool = False,
-        blocksize: int = 64,
-        double_quant: bool = True,
-        compute_dtype: torch.dtype | None = None,
-        adapter_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        # Validate every argument before touching ``base`` (NF4Linear only reads it, then
-        # freezes its bias).
-        linear_features(base, "QLoRALinear base")
-        rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
-        _check_blocksize(blocksize)
-        _check_dtype(compute_dtype, "compute_dtype")
-        if _check_dtype(adapter_dtype, "adapter_dtype") is None:
-            raise TypeError("adapter_dtype must be a floating-point torch.dtype, got None")
-        _check_weight(base.weight, "the base weight")
-        super().__init__()
-
-        self.base = NF4Linear(
-            base, blocksize=blocksize, double_quant=double_quant, compute_dtype=compute_dtype
-        )
-        self.in_features, self.out_features = self.base.in_features, self.base.out_features
-        set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
-        factory = {"device": base.weight.device, "dtype": adapter_dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
-        self.merged = False  # always: the NF4 base cannot absorb the update (see merge)
-        self.reset_lora_parameters()
-
-    def reset_lora_parameters(self) -> None:
-        """A ~ Kaiming-uniform, B = 0, so the layer starts equal to its (quantised) base."""
-        init_lora_pair(self.lora_A, self.lora_B)
-
-    def delta_weight(self) -> torch.Tensor:
-        """The update ``scale * B A``, shape ``(out_features, in_features)``, in the adapter dtype."""
-        return (self.lora_B @ self.lora_A) * self.scale
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The weight this layer applies, ``dequant(W_NF4) + scale * B A``, ``(out, in)``, float32
-        at least. Computed on access; writing into it changes nothing."""
-        dtype = torch.promote_types(self.lora_A.dtype, torch.float32)
-        return self.base.dequantize_weight(dtype) + self.delta_weight().to(dtype)
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The base layer's bias (frozen), shape ``(out_features,)``."""
-        return self.base.bias
-
-    @property
-    def fan_in_fan_out(self) -> bool:
-        """Whether the quantised layer was a GPT-2 ``Conv1D`` (what PEFT's config records)."""
-        return self.base.fan_in_fan_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., in_features) -> (..., out_features)``, in ``x.dtype``."""
-        check_last_dim(x, self.in_features, "QLoRALinear")
-        y = self.base(x)  # (..., out) frozen NF4 path, dequantised on the fly
-        h = F.linear(self.lora_dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
-        return y + (F.linear(h, self.lora_B) * self.scale).to(y.dtype)  # (..., out)
-
-    @torch.no_grad()
-    def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
-        """A plain ``nn.Linear`` computing what this layer computes: weight ``dequant(W_NF4) +
-        scale * B A`` formed in float32, then cast to ``dtype`` (default: the base weight's
-        original dtype); bias copied. The returned layer owns new tensors."""
-        dtype = _check_dtype(dtype, "dtype") or self.base.weight_dtype
-        device = self.lora_A.device
-        w = self.weight.to(dtype)  # (out, in)
-        out = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None, device=device, dtype=dtype
-        )
-        out.weight.copy_(w)
-        if self.bias is not None:
-            out.bias.copy_(self.bias)
-        return out
-
-    def merge(self) -> None:
-        """Refuse: the base is stored as 4-bit codes, so ``W + scale * B A`` cannot be written
-        back without re-quantising it, and a LoRA update is usually far smaller than the gap
-        between neighbouring NF4 levels: re-quantising would round most of it away."""
-        raise RuntimeError(
-            "QLoRALinear cannot merge in place: its base weight is stored as 4-bit NF4 codes, and "
-            "re-quantising W + scale*BA would round most of the small LoRA update away. Use "
-            "layer.to_linear() (or merge_qlora(model)) to get a float nn.Linear with the update folded in."
-        )
-
-    def unmerge(self) -> None:
-        """Nothing to undo: a QLoRALinear is never merged."""
-
-    def adapter_config(self) -> dict[str, object]:
-        return {
-            "method": "qlora",
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "rslora": self.rslora,
-            "dropout": self.dropout_p,
-            "blocksize": self.base.blocksize,
-            "double_quant": self.base.double_quant,
-        }
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-            f"alpha={self.alpha:g}, scale={self.scale:g}, rslora={self.rslora}, dropout={self.dropout_p:g}"
-        )
-
-
-# ----------------------------------------------------------------------------- whole models
-
-
-def inject_qlora(
-    model: nn.Module,
-    linear_names: str | Iterable[str] | None = None,
-    rank: int = 8,
-    alpha: float | None = None,
-    **qlora_kwargs: object,
-) -> tuple[nn.Module, list[nn.Parameter]]:
-    """Replace linear layers of ``model`` by :class:`QLoRALinear`, all or nothing.
-
-    Args:
-        model: modified in place and returned.
-        linear_names: dotted module paths (as ``named_modules()`` prints them); ``None`` means
-            every ``nn.Linear`` / ``Conv1D`` except the output head (see
-            :func:`peft_zoo.targets.output_head_names`) and layers inside
-            ``nn.MultiheadAttention`` (QLoRA's "all linear layers" recipe).
-        rank, alpha, qlora_kwargs: passed to :class:`QLoRALinear` (``dropout``, ``rslora``,
-            ``blocksize``, ``double_quant``, ``compute_dtype``, ``adapter_dtype``).
-
-    Returns ``(model, params)``, ``params = [A_1, B_1, A_2, B_2, ...]`` in name order. Every
-    name is checked and every layer quantised before any is installed: on an error (an
-    unknown name, a non-linear module, a bad rank or block size, NaN weights) the model is
-    unchanged. On success every parameter that is not an adapter parameter is frozen (as
-    :func:`~peft_zoo.inject_lora` does), so ``params`` is the trainable set; adapters injected
-    earlier keep their flags.
-    """
-    check_module(model, "inject_qlora: model")
-    if linear_names is None:
-        heads = output_head_names(model)
-        owned = _adapter_owned(model)
-        names = [
-            name
-            for name, module in model.named_modules()
-            if name
-            and (isinstance(module, nn.Linear) or is_conv1d(module))
-            and id(module) not in owned
-            and not any(name == h or name.startswith(h + ".") for h in heads)
-            and not isinstance(_parent_of(model, name)[0], nn.MultiheadAttention)
-        ]
-        if not names:
-            raise InjectionError(
-                "inject_qlora: the model has no linear layer to quantise (besides its output head)"
-            )
-    else:
-        names = _as_name_list(linear_names, "linear_names")
-    params = _replace_linears(
-        model, names, lambda _n, lin: QLoRALinear(lin, rank, alpha, **qlora_kwargs), "inject_qlora"
-    )
-    return model, params
-
-
-def merge_qlora(model: nn.Module, dtype: torch.dtype | None = None) -> int:
-    """Replace every :class:`QLoRALinear` in ``model`` by its :meth:`~QLoRALinear.to_linear`
-    (a float ``nn.Linear`` with the update folded in); return how many were replaced.
-    The float weights cost 16 or 32 bits per parameter again: this is for export and serving."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, QLoRALinear)]
-    if any(not n for n, _ in found):
-        raise ValueError("merge_qlora: the model itself is a QLoRALinear; call model.to_linear() instead")
-    built = [(n, m.to_linear(dtype)) for n, m in found]  # all built before any is installed
-    for name, linear in built:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, linear)
-    return len(built)
 
 
 def model_nbytes(model: nn.Module) -> int:
