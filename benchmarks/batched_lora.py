@@ -236,7 +236,7 @@ def plot(results: dict, path: Path, device: str) -> None:
     print(f"plot saved to {path}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
@@ -245,7 +245,72 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="distinct 1 and 64 only, 5 repeats")
     parser.add_argument("--plot", type=Path, default=None, help="where to save the plot (PNG)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw medians here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_no_host_sync(batched: torch.nn.Module, device: torch.device) -> None:
+    """On a GPU, one batched forward under ``set_sync_debug_mode('error')``: it must never synchronise."""
+    if device.type != "cuda":
+        return
+    torch.cuda.set_sync_debug_mode("error")  # the batched path must never synchronise
+    with torch.inference_mode(), use_adapters(batched, torch.arange(64, device=device) % SLOTS):
+        batched(input_ids=torch.ones(64, 1, dtype=torch.long, device=device))
+    torch.cuda.set_sync_debug_mode("default")
+    print("GPU path ran under torch.cuda.set_sync_debug_mode('error'): no host synchronisation")
+
+
+def sweep(models: tuple, distinct_list: tuple[int, ...], repeats: int, device: torch.device) -> dict:
+    """Every regime x number of distinct adapters: one table row each; ``regime -> rows``."""
+    base, batched, peft_model, single = models
+    print(
+        f"{'regime':>12} {'adapters':>8} {'base ms':>8} {'batched/base':>12} {'PEFT/batched':>12} "
+        f"{'auto=':>6} " + " ".join(f"{s + '/base':>9}" for s in STRATEGY_SWEEP)
+    )
+    regimes = {}
+    for regime, (bsz, tokens) in REGIMES.items():
+        rows = []
+        for distinct in distinct_list:
+            if distinct > bsz:
+                print(f"{f'{bsz}x{tokens}':>12} {distinct:>8}   (needs a batch of at least {distinct})")
+                continue
+            ms, chosen = run_regime(regime, distinct, base, batched, peft_model, single, repeats, device)
+            rows.append({"distinct": distinct, "ms": ms, "auto": chosen})
+            print(
+                f"{f'{bsz}x{tokens}':>12} {distinct:>8} {ms['base']:>8.2f} {ms['batched'] / ms['base']:>12.2f} "
+                f"{ms['peft_mixed'] / ms['batched']:>12.2f} {chosen:>6} "
+                + " ".join(f"{ms[f'batched[{s}]'] / ms['base']:>9.2f}" for s in STRATEGY_SWEEP),
+                flush=True,
+            )
+        regimes[regime] = rows
+    return regimes
+
+
+def report_targets(regimes: dict) -> bool:
+    """Print the single-adapter ratio and whether the issue's targets are met; True if all are."""
+    print("\nsingle adapter, unmerged (peft_zoo LoRALinear) / base:")
+    for regime, rows in regimes.items():
+        one = next(r for r in rows if r["distinct"] == 1)
+        print(f"  {regime:>6}: {one['ms']['lora_linear_1'] / one['ms']['base']:.2f}")
+    print("\ntargets:")
+    ok = True
+    for regime, distinct, max_ratio, min_speedup in (("short", 64, 1.30, 3.0), ("long", 32, 1.10, 1.0)):
+        row = next((r for r in regimes[regime] if r["distinct"] == distinct), None)
+        if row is None:
+            continue
+        ratio = row["ms"]["batched"] / row["ms"]["base"]
+        speedup = row["ms"]["peft_mixed"] / row["ms"]["batched"]
+        good = ratio <= max_ratio and speedup >= min_speedup
+        ok &= good
+        bsz, tokens = REGIMES[regime]
+        print(
+            f"  {bsz}x{tokens}, {distinct} adapters: batched/base {ratio:.2f} (target <= {max_ratio}), "
+            f"PEFT/batched {speedup:.2f} (target >= {min_speedup}) -> {'met' if good else 'MISSED'}"
+        )
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     repeats = 5 if args.quick else args.repeats
@@ -262,55 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     base, batched, names = build(args.layers, device)
     peft_model = build_peft(base, batched, names, SLOTS)
     single = single_adapter_model(base, batched, names)
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("error")  # the batched path must never synchronise
-        with torch.inference_mode(), use_adapters(batched, torch.arange(64, device=device) % SLOTS):
-            batched(input_ids=torch.ones(64, 1, dtype=torch.long, device=device))
-        torch.cuda.set_sync_debug_mode("default")
-        print("GPU path ran under torch.cuda.set_sync_debug_mode('error'): no host synchronisation")
+    check_no_host_sync(batched, device)
 
-    results: dict = {"layers": args.layers, "device": str(device), "regimes": {}}
-    header = (
-        f"{'regime':>12} {'adapters':>8} {'base ms':>8} {'batched/base':>12} {'PEFT/batched':>12} "
-        f"{'auto=':>6} " + " ".join(f"{s + '/base':>9}" for s in STRATEGY_SWEEP)
-    )
-    print(header)
-    for regime, (bsz, tokens) in REGIMES.items():
-        rows = []
-        for distinct in distinct_list:
-            if distinct > bsz:
-                print(f"{f'{bsz}x{tokens}':>12} {distinct:>8}   (needs a batch of at least {distinct})")
-                continue
-            ms, chosen = run_regime(regime, distinct, base, batched, peft_model, single, repeats, device)
-            rows.append({"distinct": distinct, "ms": ms, "auto": chosen})
-            print(
-                f"{f'{bsz}x{tokens}':>12} {distinct:>8} {ms['base']:>8.2f} {ms['batched'] / ms['base']:>12.2f} "
-                f"{ms['peft_mixed'] / ms['batched']:>12.2f} {chosen:>6} "
-                + " ".join(f"{ms[f'batched[{s}]'] / ms['base']:>9.2f}" for s in STRATEGY_SWEEP),
-                flush=True,
-            )
-        results["regimes"][regime] = rows
-
-    print("\nsingle adapter, unmerged (peft_zoo LoRALinear) / base:")
-    for regime, rows in results["regimes"].items():
-        one = next(r for r in rows if r["distinct"] == 1)
-        print(f"  {regime:>6}: {one['ms']['lora_linear_1'] / one['ms']['base']:.2f}")
-
-    print("\ntargets:")
-    ok = True
-    for regime, distinct, max_ratio, min_speedup in (("short", 64, 1.30, 3.0), ("long", 32, 1.10, 1.0)):
-        row = next((r for r in results["regimes"][regime] if r["distinct"] == distinct), None)
-        if row is None:
-            continue
-        ratio = row["ms"]["batched"] / row["ms"]["base"]
-        speedup = row["ms"]["peft_mixed"] / row["ms"]["batched"]
-        good = ratio <= max_ratio and speedup >= min_speedup
-        ok &= good
-        bsz, tokens = REGIMES[regime]
-        print(
-            f"  {bsz}x{tokens}, {distinct} adapters: batched/base {ratio:.2f} (target <= {max_ratio}), "
-            f"PEFT/batched {speedup:.2f} (target >= {min_speedup}) -> {'met' if good else 'MISSED'}"
-        )
+    results: dict = {"layers": args.layers, "device": str(device)}
+    results["regimes"] = sweep((base, batched, peft_model, single), distinct_list, repeats, device)
+    ok = report_targets(results["regimes"])
 
     cache = bench_cache(batched, repeats, device)
     results["cache"] = cache

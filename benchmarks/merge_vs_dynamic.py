@@ -1,4 +1,4 @@
-"""Merge vs dynamic LoRA serving: the analytic cost model of :mod:`peft_zoo.cost_serving`,
+"""Merge vs dynamic LoRA serving: the analytic cost model of :mod:`peft_zoo.cost.flops`,
 with a CPU timing check that its direction holds.
 
 Analytic part (no model is built): for both Geneformer geometries, GPT-2 small and LLaMA-7B

@@ -216,6 +216,78 @@ def forward_timing(repeats: int = 25) -> list[dict[str, float]]:
     return rows
 
 
+def show_bits() -> dict[str, float]:
+    bits = bits_per_parameter()
+    print("\n1. bits per parameter (4096 x 4096 weight, block 64; double quant: 8-bit, blocks of 256)")
+    print(f"   NF4            {bits['nf4']:.4f}   (paper {bits['paper_nf4']:.3f})")
+    print(f"   NF4 + DQ       {bits['nf4_double_quant']:.4f}   (paper {bits['paper_nf4_double_quant']:.4f})")
+    return bits
+
+
+def show_errors() -> list[dict[str, float]]:
+    errors = reconstruction_error()
+    print("\n2. reconstruction RMSE on N(0, sigma) weights (mean of 3 seeds)")
+    print(
+        f"   {'numel':>9} {'sigma':>6} {'NF4':>10} {'NF4+DQ':>10} {'int4':>10} {'int4/NF4':>9} {'DQ/NF4':>8}"
+    )
+    for r in errors:
+        print(
+            f"   {r['numel']:>9} {r['sigma']:>6} {r['rmse_nf4']:>10.3e} {r['rmse_nf4_dq']:>10.3e} "
+            f"{r['rmse_int4']:>10.3e} {r['int4_over_nf4']:>9.3f} {r['dq_over_nf4']:>8.4f}"
+        )
+    return errors
+
+
+def show_merge() -> list[dict[str, float]]:
+    merge = requantised_merge()
+    print("\n3. merging a rank-8 update into the NF4 weight by re-quantising (1024 x 1024)")
+    for r in merge:
+        print(
+            f"   ||dW||/||W|| = {r['update_rel_size']:<5}  relative error of the update after re-quantising: "
+            f"{r['update_error_after_requant']:.2f}"
+        )
+    return merge
+
+
+def show_memory(layers: int) -> dict:
+    mem = memory(layers)
+    print(f"\n4. memory: {mem['model']}")
+    print(f"   {mem['parameters']:,} parameters, {mem['quantised_linear_parameters']:,} in quantised linears")
+    print(f"   float32 {mem['float32_mib']:8.1f} MiB")
+    print(f"   bfloat16 {mem['bfloat16_mib']:7.1f} MiB")
+    for label, name in (("nf4", "NF4"), ("nf4_dq", "NF4+DQ")):
+        print(
+            f"   {name:<8} {mem[f'{label}_mib']:8.1f} MiB  (incl. {mem[f'{label}_lora_mib']:.1f} MiB rank-8 LoRA; "
+            f"linear weights at {mem[f'{label}_linear_weight_bits']:.3f} bits; "
+            f"quantised in {mem[f'{label}_seconds']:.1f} s)"
+        )
+    return mem
+
+
+def show_fine_tune() -> dict:
+    ft = fine_tune()
+    print(
+        f"\n5. fine-tune, tiny transformer, {ft['steps']} steps of 64 (loss, accuracy on the 1024 examples)"
+    )
+    for label in ("qlora", "lora"):
+        print(
+            f"   {label:<6} loss {ft[f'{label}_loss_before']:.3f} -> {ft[f'{label}_loss_after']:.3f}, "
+            f"accuracy {ft[f'{label}_acc_before']:.2f} -> {ft[f'{label}_acc_after']:.2f}"
+        )
+    return ft
+
+
+def show_timing() -> list[dict]:
+    timing = forward_timing()
+    print("\n6. forward time / nn.Linear (median of 25, interleaved, float32, rank 8)")
+    for r in timing:
+        print(
+            f"   {r['tokens']:>4} x {r['d']}: LoRALinear {r['lora_over_linear']:.2f}, NF4Linear "
+            f"{r['nf4_linear_over_linear']:.2f}, QLoRALinear {r['qlora_over_linear']:.2f}"
+        )
+    return timing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -227,76 +299,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    bits = bits_per_parameter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU ({platform.machine()})")
-    print("\n1. bits per parameter (4096 x 4096 weight, block 64; double quant: 8-bit, blocks of 256)")
-    print(f"   NF4            {bits['nf4']:.4f}   (paper {bits['paper_nf4']:.3f})")
-    print(f"   NF4 + DQ       {bits['nf4_double_quant']:.4f}   (paper {bits['paper_nf4_double_quant']:.4f})")
-
-    errors = reconstruction_error()
-    print("\n2. reconstruction RMSE on N(0, sigma) weights (mean of 3 seeds)")
-    print(
-        f"   {'numel':>9} {'sigma':>6} {'NF4':>10} {'NF4+DQ':>10} {'int4':>10} {'int4/NF4':>9} {'DQ/NF4':>8}"
-    )
-    for r in errors:
-        print(
-            f"   {r['numel']:>9} {r['sigma']:>6} {r['rmse_nf4']:>10.3e} {r['rmse_nf4_dq']:>10.3e} "
-            f"{r['rmse_int4']:>10.3e} {r['int4_over_nf4']:>9.3f} {r['dq_over_nf4']:>8.4f}"
-        )
-
-    merge = requantised_merge()
-    print("\n3. merging a rank-8 update into the NF4 weight by re-quantising (1024 x 1024)")
-    for r in merge:
-        print(
-            f"   ||dW||/||W|| = {r['update_rel_size']:<5}  relative error of the update after re-quantising: "
-            f"{r['update_error_after_requant']:.2f}"
-        )
-
-    mem = memory(args.layers)
-    print(f"\n4. memory: {mem['model']}")
-    print(f"   {mem['parameters']:,} parameters, {mem['quantised_linear_parameters']:,} in quantised linears")
-    print(f"   float32 {mem['float32_mib']:8.1f} MiB")
-    print(f"   bfloat16 {mem['bfloat16_mib']:7.1f} MiB")
-    for label, name in (("nf4", "NF4"), ("nf4_dq", "NF4+DQ")):
-        print(
-            f"   {name:<8} {mem[f'{label}_mib']:8.1f} MiB  (incl. {mem[f'{label}_lora_mib']:.1f} MiB rank-8 LoRA; "
-            f"linear weights at {mem[f'{label}_linear_weight_bits']:.3f} bits; "
-            f"quantised in {mem[f'{label}_seconds']:.1f} s)"
-        )
-
-    ft = fine_tune()
-    print(
-        f"\n5. fine-tune, tiny transformer, {ft['steps']} steps of 64 (loss, accuracy on the 1024 examples)"
-    )
-    for label in ("qlora", "lora"):
-        print(
-            f"   {label:<6} loss {ft[f'{label}_loss_before']:.3f} -> {ft[f'{label}_loss_after']:.3f}, "
-            f"accuracy {ft[f'{label}_acc_before']:.2f} -> {ft[f'{label}_acc_after']:.2f}"
-        )
-
-    timing = forward_timing()
-    print("\n6. forward time / nn.Linear (median of 25, interleaved, float32, rank 8)")
-    for r in timing:
-        print(
-            f"   {r['tokens']:>4} x {r['d']}: LoRALinear {r['lora_over_linear']:.2f}, NF4Linear "
-            f"{r['nf4_linear_over_linear']:.2f}, QLoRALinear {r['qlora_over_linear']:.2f}"
-        )
+    report = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bits_per_parameter": show_bits(),
+        "reconstruction_rmse": show_errors(),
+        "requantised_merge": show_merge(),
+        "memory": show_memory(args.layers),
+        "fine_tune": show_fine_tune(),
+        "forward_time_ratios": show_timing(),
+    }
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s")
 
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "bits_per_parameter": bits,
-            "reconstruction_rmse": errors,
-            "requantised_merge": merge,
-            "memory": mem,
-            "fine_tune": ft,
-            "forward_time_ratios": timing,
-            "total_seconds": total,
-        }
+        report["total_seconds"] = total
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -38,38 +38,23 @@ def make_dataset(n: int, seed: int) -> TensorDataset:
     return TensorDataset(ids, labels)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
-    parser.add_argument("--out", type=Path, default=None, help="adapter directory (default: a temporary one)")
-    args = parser.parse_args()
+def say(msg: str) -> None:
+    """Print on rank 0 only."""
+    if dist.get_rank() == 0:
+        print(msg, flush=True)
 
-    # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; env:// reads them.
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(1)
 
-    def say(msg: str) -> None:
-        if rank == 0:
-            print(msg, flush=True)
-
-    say(f"world size {world}, backend {dist.get_backend()}")
-
-    # 1. Same seed on every rank -> the same base weights and the same LoRA initialisation.
+def build_model() -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """1. Same seed on every rank -> the same base weights and the same LoRA initialisation."""
     torch.manual_seed(0)
     model, lora_params = pz.inject_lora(TinyTransformer(CONFIG), TARGETS, rank=8, alpha=16)
     pz.mark_only_adapters_trainable(model)
-    if rank == 0:
-        pz.print_trainable_parameters(model)
-    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    return model, lora_params
 
-    # 2. Wrap after freezing: DDP builds its gradient buckets from the parameters that
-    #    require grad at construction time, so the frozen base is never communicated.
-    ddp = DistributedDataParallel(model)  # CPU: no device_ids; find_unused_parameters=False
 
-    # A communication hook that counts what DDP all-reduces, then averages as usual. (DDP checks
-    # these annotations at runtime, so this file does not use `from __future__ import annotations`.)
+def count_traffic(ddp: DistributedDataParallel, lora_params: list[torch.nn.Parameter]) -> dict:
+    """A communication hook that counts what DDP all-reduces, then averages as usual. (DDP checks
+    these annotations at runtime, so this file does not use `from __future__ import annotations`.)"""
     adapter_ids = {id(p) for p in lora_params}
     traffic = {"bytes": 0, "tensors": 0, "all_adapter": True}
 
@@ -80,19 +65,28 @@ def main() -> None:
         return default_hooks.allreduce_hook(None, bucket)
 
     ddp.register_comm_hook(traffic, counting_allreduce)
+    return traffic
 
-    # 3. Different data on every rank: all ranks draw the same shuffled permutation, and rank r
-    #    takes its positions r, r + world, r + 2 * world, ...
+
+def shard_data(batch_size: int) -> tuple[DistributedSampler, DataLoader]:
+    """3. Different data on every rank: all ranks draw the same shuffled permutation, and rank r
+    takes its positions r, r + world, r + 2 * world, ..."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     data = make_dataset(1024, seed=1)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=0)
-    loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler)
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
     shards = [None] * world
     dist.all_gather_object(shards, list(sampler))
     overlap = set(shards[0]).intersection(*shards[1:])
     say(f"samples per rank: {[len(s) for s in shards]}, sample overlap between ranks: {len(overlap)}")
+    return sampler, loader
 
+
+def train(
+    ddp: DistributedDataParallel, sampler: DistributedSampler, loader: DataLoader, epochs: int, traffic: dict
+) -> None:
     opt = torch.optim.AdamW(pz.trainable_parameters(ddp), lr=3e-3)
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         sampler.set_epoch(epoch)  # a new shuffle each epoch, still disjoint across ranks
         total = torch.zeros(2)  # (sum of losses, number of samples) on this rank
         for ids, labels in loader:
@@ -105,6 +99,8 @@ def main() -> None:
         dist.all_reduce(total)  # the mean loss over every rank's samples
         say(f"epoch {epoch + 1:2d}  mean loss {total[0] / total[1]:.4f}")
 
+
+def report_traffic(model: torch.nn.Module, lora_params: list[torch.nn.Parameter], traffic: dict) -> None:
     per_step_bytes, per_step_tensors = traffic["per_step"]
     adapter_bytes = sum(p.numel() * p.element_size() for p in lora_params)
     frozen_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
@@ -114,7 +110,10 @@ def main() -> None:
         f"{frozen_bytes:,} bytes of frozen base weights are never sent)"
     )
 
-    # 4. Replicas: every rank holds bitwise the same adapter. Gather rank 1's into rank 0.
+
+def check_replicas(model: torch.nn.Module, lora_params: list[torch.nn.Parameter], base_before: dict) -> None:
+    """4. Replicas: every rank holds bitwise the same adapter. Gather rank 1's into rank 0."""
+    world = dist.get_world_size()
     flat = torch.cat([p.detach().flatten() for p in lora_params])
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
@@ -126,10 +125,13 @@ def main() -> None:
     dist.all_gather_object(flags, unchanged)
     say(f"base weights unchanged: {all(flags)}")
 
-    # 5. Save from rank 0 only (the replicas are equal); the others wait, then may read it.
-    #    Save ddp.module (or the model itself): its names have no "module." prefix.
-    keep = args.out is not None
-    out = [str(args.out) if keep else (tempfile.mkdtemp(prefix="ddp_lora_") if rank == 0 else None)]
+
+def save_and_reload(ddp: DistributedDataParallel, out_dir: Path | None) -> None:
+    """5. Save from rank 0 only (the replicas are equal); the others wait, then may read it.
+    Save ddp.module (or the model itself): its names have no "module." prefix."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    keep = out_dir is not None
+    out = [str(out_dir) if keep else (tempfile.mkdtemp(prefix="ddp_lora_") if rank == 0 else None)]
     dist.broadcast_object_list(out)
     if rank == 0:
         path = pz.save_adapter(ddp.module, out[0])
@@ -146,6 +148,33 @@ def main() -> None:
     dist.barrier()
     if rank == 0 and not keep:
         shutil.rmtree(out[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--out", type=Path, default=None, help="adapter directory (default: a temporary one)")
+    args = parser.parse_args()
+
+    # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; env:// reads them.
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    say(f"world size {dist.get_world_size()}, backend {dist.get_backend()}")
+
+    model, lora_params = build_model()
+    if dist.get_rank() == 0:
+        pz.print_trainable_parameters(model)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    # 2. Wrap after freezing: DDP builds its gradient buckets from the parameters that
+    #    require grad at construction time, so the frozen base is never communicated.
+    ddp = DistributedDataParallel(model)  # CPU: no device_ids; find_unused_parameters=False
+    traffic = count_traffic(ddp, lora_params)
+    sampler, loader = shard_data(args.batch_size)
+    train(ddp, sampler, loader, args.epochs, traffic)
+    report_traffic(model, lora_params, traffic)
+    check_replicas(model, lora_params, base_before)
+    save_and_reload(ddp, args.out)
     dist.destroy_process_group()
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import transformers
 
 import peft_zoo as pz
-from peft_zoo.interop.peft_format import load_peft, save_peft
+from peft_zoo.interop import load_peft, save_peft
 
 VOCAB, SEQ = 64, 12
 CONFIG = transformers.BertConfig(

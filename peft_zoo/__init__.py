@@ -37,16 +37,15 @@ from .interop.checkpoint import (
     read_adapter,
     save_adapter,
 )
-from .interop.peft_format import (
+from .interop.peft_config import (
     PeftFormatError,
     config_from_peft,
     ia3_config_from_peft,
-    load_peft,
     lora_config_from_peft,
     peft_dict_from_config,
-    read_peft,
-    save_peft,
 )
+from .interop.peft_read import load_peft, read_peft
+from .interop.peft_write import save_peft
 from .lora import LoRALinear, lora_scale
 from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .nf4 import NF4_CODE, NF4Linear, NF4Tensor, quantize_int4, quantize_nf4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _make_activation(activation: str | nn.Module) -> nn.Module:
+def _make_activation(activation: object) -> nn.Module:
     if isinstance(activation, nn.Module):
         return activation
     if isinstance(activation, str) and activation.lower() in _ACTIVATIONS:
@@ -64,10 +65,9 @@ class BottleneckAdapter(AdapterModule):
         check_float_dtype(dtype, "BottleneckAdapter dtype")
         act = _make_activation(activation)
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.down_proj = nn.Linear(d_model, bottleneck_dim, **factory)  # (r, d)
+        self.down_proj = nn.Linear(d_model, bottleneck_dim, device=device, dtype=dtype)  # (r, d)
         self.act = act
-        self.up_proj = nn.Linear(bottleneck_dim, d_model, **factory)  # (d, r)
+        self.up_proj = nn.Linear(bottleneck_dim, d_model, device=device, dtype=dtype)  # (d, r)
         self.residual = residual
         nn.init.zeros_(self.up_proj.weight)
         nn.init.zeros_(self.up_proj.bias)
@@ -209,10 +209,13 @@ class AdapterStack(AdapterModule):
                 f"{self.num_adapters} adapters (ids 0..{self.num_adapters - 1})"
             )
         check_last_dim(x, self.d_model, "AdapterStack")
-        return x + self.adapters[adapter_id].forward_delta(x)
+        return x + self._adapter(adapter_id).forward_delta(x)
+
+    def _adapter(self, k: int) -> BottleneckAdapter:
+        return cast(BottleneckAdapter, self.adapters[k])  # __init__ builds every entry as one
 
     def adapter_config(self) -> dict[str, object]:
-        first = self.adapters[0].adapter_config()
+        first = self._adapter(0).adapter_config()
         return {**first, "method": "adapter_stack", "num_adapters": self.num_adapters}
 
     def extra_repr(self) -> str:

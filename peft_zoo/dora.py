@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import refuse_merge_into_shared
-from .core.checks import check_last_dim, linear_features
+from .core.base import refuse_merge_into_shared, refuse_training_merged
+from .core.checks import bias_of, check_last_dim, linear_features, weight_of
 from .lora import LoRALinear
 
 __all__ = ["DoRALinear"]
@@ -55,10 +55,12 @@ class DoRALinear(LoRALinear):
     """
 
     adapter_param_names = ("lora_A", "lora_B", "magnitude")
+    magnitude: nn.Parameter  # (out,) m, initialised to ||W0||
+    merged_norm: torch.Tensor | None  # (out,) ||V|| at merge time (a buffer), None while unmerged
 
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         rank: int,
         alpha: float | None = None,
         *,
@@ -68,14 +70,15 @@ class DoRALinear(LoRALinear):
     ) -> None:
         # Validate under this class's name, and check the rows before touching ``base``.
         _, _, transposed = linear_features(base, "DoRALinear base", fan_in_fan_out)
-        if base.weight.is_meta:
+        weight = weight_of(base)
+        if weight.is_meta:
             raise ValueError(
                 "DoRALinear: the base weight is on the meta device (shapes only, no values), so its "
                 "row norms ||W0||, the initial magnitude, cannot be computed; load the real weights "
                 "first (e.g. module.to_empty(device=...) and load_state_dict)"
             )
         with torch.no_grad():
-            w0 = base.weight.T if transposed else base.weight  # (out, in)
+            w0 = weight.T if transposed else weight  # (out, in)
             zero = (~(w0 != 0).any(dim=1)).nonzero().flatten().tolist()
         if zero:
             raise ValueError(
@@ -109,15 +112,15 @@ class DoRALinear(LoRALinear):
         if self.merged:
             raise RuntimeError("DoRALinear is merged: base.weight holds W', not W0; use merged_norm")
         with torch.no_grad():  # Sec. 4.3: ||V|| is a constant for backpropagation
-            v = self._layout(self.base.weight).to(dtype) + self._delta(dtype)  # V = W0 + s B A, (out, in)
+            v = self._layout(weight_of(self.base)).to(dtype) + self._delta(dtype)  # V = W0 + s B A, (out, in)
             return torch.linalg.norm(v, dim=1)  # (out,) one norm per output feature
 
     def weight_norm(self) -> torch.Tensor:
         """``||W0 + s B A||``: the L2 norm of each row of the adapted weight, shape ``(out,)``,
         detached (no gradient flows through it). While merged: the norm stored at merge time."""
-        dtype = self.base.weight.dtype
+        dtype = weight_of(self.base).dtype
         if self.merged:
-            return self.merged_norm.to(dtype, copy=True)  # type: ignore[union-attr]
+            return self._merged_norm().to(dtype, copy=True)
         return self._norm(torch.promote_types(dtype, torch.float32)).to(dtype)
 
     @property
@@ -125,8 +128,8 @@ class DoRALinear(LoRALinear):
         """The weight this layer applies, ``W' = m ⊙ V / ||V||`` with ``V = W0 + s B A``, in the
         base weight's layout. Differentiable in ``m``, ``A`` and ``B`` (``||V||`` detached)."""
         if self.merged:
-            return self.base.weight
-        w0 = self._layout(self.base.weight)  # (out, in)
+            return weight_of(self.base)
+        w0 = self._layout(weight_of(self.base))  # (out, in)
         v = w0 + self._delta(w0.dtype)  # (out, in) V = W0 + s B A
         ratio = self.magnitude / self._norm(w0.dtype)  # (out,) m / ||V||
         return self._layout(ratio[:, None] * v)
@@ -136,7 +139,7 @@ class DoRALinear(LoRALinear):
         (Not only ``s B A``: the magnitude rescales the whole row.)"""
         if self.merged:
             raise RuntimeError("DoRALinear is merged: unmerge() first to separate W0 and the update")
-        return self._layout(self.weight) - self._layout(self.base.weight)
+        return self._layout(self.weight) - self._layout(weight_of(self.base))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``: ``m ⊙ (W0 + s B A) x / ||W0 + s B A|| + b``
@@ -146,10 +149,10 @@ class DoRALinear(LoRALinear):
             self._refuse_training_merged()
             return self.base(x)
         result = self.base(x)  # (..., out)  W0 x + b
-        w0 = self._layout(self.base.weight)  # (out, in)
+        w0 = self._layout(weight_of(self.base))  # (out, in)
         if isinstance(self.lora_dropout, nn.Identity) or not self.training:
             x_lora = x
-            bias = self.base.bias
+            bias = bias_of(self.base)
             base_result = result if bias is None else result - bias  # (..., out)  W0 x
         else:  # PEFT: the dropped-out input feeds both correction terms
             x_lora = self.lora_dropout(x)
@@ -169,7 +172,7 @@ class DoRALinear(LoRALinear):
         if self.merged:
             return
         refuse_merge_into_shared(self)
-        w = self.base.weight
+        w = weight_of(self.base)
         compute = torch.promote_types(w.dtype, torch.float32)  # form V and W' in float32 at least
         v = self._layout(w).to(compute) + self._delta(compute)  # (out, in)  V = W0 + s B A
         norm = torch.linalg.norm(v, dim=1)  # (out,)  ||V||
@@ -189,20 +192,21 @@ class DoRALinear(LoRALinear):
         """Recover ``W0 = W' ||V|| / m - s B A`` from the merged weight. No-op when not merged."""
         if not self.merged:
             return
-        w = self.base.weight
+        w = weight_of(self.base)
         compute = torch.promote_types(w.dtype, torch.float32)
-        ratio = self.magnitude.to(compute) / self.merged_norm.to(compute)  # type: ignore[union-attr]
+        ratio = self.magnitude.to(compute) / self._merged_norm().to(compute)
         v = self._layout(w).to(compute) / ratio[:, None]  # (out, in)  V = W' / (m / ||V||)
         w.copy_(self._layout(v - self._delta(compute)).to(w.dtype))  # W0 = V - s B A
         self.merged_norm = None
         self.merged = False
 
+    def _merged_norm(self) -> torch.Tensor:
+        if self.merged_norm is None:  # only if ``merged`` was set by hand
+            raise RuntimeError("DoRALinear: merged is set, but no norm ||V|| was stored by merge()")
+        return self.merged_norm
+
     def _refuse_training_merged(self) -> None:
-        if self.training and torch.is_grad_enabled() and self.magnitude.requires_grad:
-            raise RuntimeError(
-                "DoRALinear is merged, so its magnitude and LoRA weights would get no gradient: call "
-                "unmerge() before training, or run inference under model.eval() / torch.no_grad()"
-            )
+        refuse_training_merged(self, (self.magnitude,), "magnitude and LoRA weights")
         super()._refuse_training_merged()
 
     # ------------------------------------------------------------------ description

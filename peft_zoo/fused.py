@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .core.checks import check_bool, check_last_dim, linear_features
+from .core.checks import check_bool, check_last_dim, linear_features, weight_of
 from .lora import LoRALinear, LowRankAdapter, check_lora_hyperparameters, set_lora_hyperparameters
 
 __all__ = ["FusedLoRALinear"]
@@ -42,6 +42,7 @@ class FusedLoRALinear(LowRankAdapter):
     """
 
     adapter_param_names = ("lora_A", "lora_B")
+    enabled: torch.Tensor  # (k,) indices of the enabled slices (a buffer)
 
     def __init__(
         self,
@@ -71,12 +72,14 @@ class FusedLoRALinear(LowRankAdapter):
         self.part_size = d_out // len(parts)
         set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
         k = sum(parts)
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(k, rank, d_in, **factory))  # (k, r, in)
-        self.lora_B = nn.Parameter(torch.zeros(k, self.part_size, rank, **factory))  # (k, out/p, r)
+        w = weight_of(base)
+        self.lora_A = nn.Parameter(torch.empty(k, rank, d_in, device=w.device, dtype=w.dtype))  # (k, r, in)
+        self.lora_B = nn.Parameter(
+            torch.zeros(k, self.part_size, rank, device=w.device, dtype=w.dtype)
+        )  # (k, out/p, r)
         self.register_buffer(
             "enabled",
-            torch.tensor([i for i, on in enumerate(parts) if on], device=factory["device"]),
+            torch.tensor([i for i, on in enumerate(parts) if on], device=w.device),
             persistent=False,
         )
         self.merged = False

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared
-from .core.checks import check_bool, check_last_dim, linear_features
+from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
+from .core.checks import bias_of, check_bool, check_last_dim, linear_features, weight_of
 
 
 class IA3Linear(AdapterModule):
@@ -30,7 +30,7 @@ class IA3Linear(AdapterModule):
     adapter_param_names = ("scale",)
 
     def __init__(
-        self, base: nn.Linear, *, feedforward: bool = False, fan_in_fan_out: bool | None = None
+        self, base: nn.Module, *, feedforward: bool = False, fan_in_fan_out: bool | None = None
     ) -> None:
         check_bool(feedforward, "IA3Linear feedforward")
         if fan_in_fan_out is not None:
@@ -43,7 +43,8 @@ class IA3Linear(AdapterModule):
         self.fan_in_fan_out = fan_in_fan_out  # base weight stored (in, out), as GPT-2's Conv1D
         self.feedforward = feedforward
         n = self.in_features if self.feedforward else self.out_features
-        self.scale = nn.Parameter(torch.ones(n, device=base.weight.device, dtype=base.weight.dtype))
+        w = weight_of(base)
+        self.scale = nn.Parameter(torch.ones(n, device=w.device, dtype=w.dtype))
         self.merged = False
         self.base.requires_grad_(False)  # last: a constructor that fails leaves the caller's flags
 
@@ -51,11 +52,7 @@ class IA3Linear(AdapterModule):
         """``(..., in_features) -> (..., out_features)``."""
         check_last_dim(x, self.in_features, "IA3Linear")
         if self.merged:
-            if self.training and torch.is_grad_enabled() and self.scale.requires_grad:
-                raise RuntimeError(
-                    "IA3Linear is merged, so its scale would get no gradient: call unmerge() "
-                    "before training, or run inference under model.eval() / torch.no_grad()"
-                )
+            refuse_training_merged(self, (self.scale,), "scale")
             return self.base(x)
         if self.feedforward:
             return self.base(x * self.scale)  # scale the input features
@@ -65,7 +62,7 @@ class IA3Linear(AdapterModule):
     def weight(self) -> torch.Tensor:
         """The weight this layer applies, ``diag(l) W0`` (``W0 diag(l)`` in the feed-forward form),
         shape ``(out_features, in_features)``. Computed on access (see ``LoRALinear.weight``)."""
-        w = self.base.weight
+        w = weight_of(self.base)
         if self.merged:
             return w
         return w * self._along(self.scale, self.feedforward)
@@ -73,7 +70,7 @@ class IA3Linear(AdapterModule):
     @property
     def bias(self) -> torch.Tensor | None:
         """The bias this layer applies: ``l ⊙ b`` in the output form, ``b`` in the feed-forward form."""
-        b = self.base.bias
+        b = bias_of(self.base)
         if b is None or self.merged or self.feedforward:
             return b
         return b * self.scale
@@ -106,9 +103,10 @@ class IA3Linear(AdapterModule):
         return v[:, None] if axis == 0 else v[None, :]
 
     def _rescale(self, factor: torch.Tensor) -> None:
-        self.base.weight.mul_(self._along(factor, self.feedforward))
-        if not self.feedforward and self.base.bias is not None:
-            self.base.bias.mul_(factor)
+        weight_of(self.base).mul_(self._along(factor, self.feedforward))
+        bias = bias_of(self.base)
+        if not self.feedforward and bias is not None:
+            bias.mul_(factor)
 
     def adapter_config(self) -> dict[str, object]:
         return {"method": "ia3", "feedforward": self.feedforward}

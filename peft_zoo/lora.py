@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared
+from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
 from .core.checks import (
+    bias_of,
     check_bool,
     check_last_dim,
     check_positive_float,
     check_positive_int,
     check_probability,
     linear_features,
+    weight_of,
 )
 
 
@@ -43,8 +45,27 @@ def check_lora_hyperparameters(rank: object, alpha: object, dropout: object) -> 
     return rank, alpha, check_probability(dropout, "dropout")
 
 
+class LoRALayer(AdapterModule):
+    """What every LoRA-style layer holds (:class:`LoRALinear`, :class:`DoRALinear`,
+    :class:`FusedLoRALinear`, :class:`QLoRALinear`): its sizes, the hyperparameters
+    :func:`set_lora_hyperparameters` sets, the trainable pair ``lora_A`` / ``lora_B`` and
+    whether the update is merged into the base."""
+
+    in_features: int
+    out_features: int
+    rank: int
+    alpha: float
+    rslora: bool
+    scale: float  # alpha / rank, or alpha / sqrt(rank) with rsLoRA
+    dropout_p: float
+    lora_dropout: nn.Module  # dropout on the LoRA path only (nn.Identity when dropout_p == 0)
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+    merged: bool
+
+
 def set_lora_hyperparameters(
-    module: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool
+    module: LoRALayer, rank: int, alpha: float, dropout: float, rslora: bool
 ) -> None:
     """Give ``module`` the attributes every LoRA-style layer has: ``rank``, ``alpha``,
     ``rslora``, ``scale``, ``dropout_p`` and ``lora_dropout`` (dropout on the LoRA path only).
@@ -61,7 +82,7 @@ def init_lora_pair(lora_A: torch.Tensor, lora_B: torch.Tensor) -> None:
     nn.init.zeros_(lora_B)
 
 
-class LowRankAdapter(AdapterModule):
+class LowRankAdapter(LoRALayer):
     """What every low-rank update over a frozen ``base`` shares: the effective ``weight``,
     merge and unmerge as plain weight arithmetic, in the base weight's own layout.
 
@@ -71,7 +92,6 @@ class LowRankAdapter(AdapterModule):
 
     base: nn.Module
     fan_in_fan_out: bool
-    merged: bool
 
     def _delta(self, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
@@ -94,17 +114,17 @@ class LowRankAdapter(AdapterModule):
         checks) then sees the adapted layer rather than failing or silently using ``W0``.
         Writing into it changes nothing: train ``lora_A`` / ``lora_B``, or edit ``base.weight``.
         """
-        w = self.base.weight
+        w = weight_of(self.base)
         return w if self.merged else w + self._layout(self.delta_weight())
 
     @property
     def bias(self) -> torch.Tensor | None:
         """The base layer's bias (LoRA leaves it unchanged), shape ``(out_features,)``."""
-        return self.base.bias
+        return bias_of(self.base)
 
     def _add_to_base(self, sign: float) -> None:
         # Half-precision products lose bits; form the update and the sum in float32 at least.
-        w = self.base.weight
+        w = weight_of(self.base)
         compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._layout(self._delta(torch.promote_types(self.lora_A.dtype, torch.float32)))
         w.copy_((w.to(compute) + sign * delta).to(w.dtype))
@@ -125,15 +145,7 @@ class LowRankAdapter(AdapterModule):
             self.merged = False
 
     def _refuse_training_merged(self) -> None:
-        if (
-            self.training
-            and torch.is_grad_enabled()
-            and (self.lora_A.requires_grad or self.lora_B.requires_grad)
-        ):
-            raise RuntimeError(
-                f"{type(self).__name__} is merged, so its LoRA weights would get no gradient: call "
-                "unmerge() before training, or run inference under model.eval() / torch.no_grad()"
-            )
+        refuse_training_merged(self, (self.lora_A, self.lora_B), "LoRA weights")
 
 
 class LoRALinear(LowRankAdapter):
@@ -153,11 +165,11 @@ class LoRALinear(LowRankAdapter):
     the base weight's dtype and device.
     """
 
-    adapter_param_names = ("lora_A", "lora_B")
+    adapter_param_names: tuple[str, ...] | None = ("lora_A", "lora_B")
 
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         rank: int,
         alpha: float | None = None,
         *,
@@ -177,9 +189,9 @@ class LoRALinear(LowRankAdapter):
         self.fan_in_fan_out = fan_in_fan_out
         set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
 
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
+        w = weight_of(base)
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, device=w.device, dtype=w.dtype))  # (r, in)
+        self.lora_B = nn.Parameter(torch.empty(d_out, rank, device=w.device, dtype=w.dtype))  # (out, r)
         self.merged = False
         self.reset_lora_parameters()
         # Frozen last: a constructor that fails (e.g. A and B too large to allocate) leaves the

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -50,13 +50,21 @@ def _check_rate(value: object, name: str, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _check_optimizer_cls(value: object) -> Callable[..., torch.optim.Optimizer]:
+    """``value`` if it is a ``torch.optim.Optimizer`` subclass (built as ``cls(params, lr=...,
+    **kwargs)``), else raise a TypeError."""
+    if not (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)):
+        raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {value!r}")
+    return value
+
+
 def _decayed_names(module: nn.Module, prefix: str = "") -> Iterator[str]:
     """Names of the parameters *not* inside an ``nn.LayerNorm`` (transformers'
     ``get_parameter_names(model, [nn.LayerNorm])``, the rule PEFT uses)."""
     for name, child in module.named_children():
         if not isinstance(child, nn.LayerNorm):
             yield from _decayed_names(child, f"{prefix}{name}.")
-    for name in module._parameters:
+    for name, _ in module.named_parameters(recurse=False, remove_duplicate=False):
         yield prefix + name
 
 
@@ -147,11 +155,10 @@ def create_loraplus_optimizer(
     own, as in PEFT. (PEFT also keeps embeddings in 32-bit for bitsandbytes' 8-bit
     optimizers; peft_zoo does not depend on bitsandbytes.)
     """
-    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
+    build = _check_optimizer_cls(optimizer_cls)
     weight_decay = kwargs.pop("loraplus_weight_decay", 0.0)
     lr_embedding = kwargs.pop("loraplus_lr_embedding", 1e-6)
     groups = loraplus_param_groups(
         model, lr, loraplus_lr_ratio, weight_decay=weight_decay, lr_embedding=lr_embedding
     )
-    return optimizer_cls(groups, lr=lr, **kwargs)
+    return build(groups, lr=lr, **kwargs)

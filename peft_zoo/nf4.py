@@ -34,15 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.checks import check_float_dtype, check_last_dim, check_positive_int, linear_features
+from .core.checks import (
+    bias_of,
+    check_blocksize,
+    check_float_dtype,
+    check_last_dim,
+    check_positive_int,
+    check_weight,
+    linear_features,
+    weight_of,
+)
 
 __all__ = [
     "INT4_CODE",
     "NF4_CODE",
     "NF4Linear",
     "NF4Tensor",
-    "check_blocksize",
-    "check_weight",
     "model_nbytes",
     "normal_float_code",
     "pack_4bit",
@@ -53,26 +60,12 @@ __all__ = [
 
 # The NF4 data type as published: QLoRA paper, Appendix E, and bitsandbytes' NF4 table
 # (identical values; index 7 is the exact zero, index 0 is -1 and index 15 is +1).
-NF4_CODE = torch.tensor(
-    [
-        -1.0,
-        -0.6961928009986877,
-        -0.5250730514526367,
-        -0.39491748809814453,
-        -0.28444138169288635,
-        -0.18477343022823334,
-        -0.09105003625154495,
-        0.0,
-        0.07958029955625534,
-        0.16093020141124725,
-        0.24611230194568634,
-        0.33791524171829224,
-        0.44070982933044434,
-        0.5626170039176941,
-        0.7229568362236023,
-        1.0,
-    ]
-)  # (16,)
+NF4_CODE = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+])  # (16,)  # fmt: skip
 
 # The baseline: symmetric 4-bit integers k in [-7, 7] scaled to [-1, 1] (15 levels, so that 0
 # is exact; bitsandbytes' "int4" table is the same). Nearest entry == round(w / c * 7) / 7.
@@ -113,25 +106,7 @@ def normal_float_code(bits: int = 4, offset: float = 1 - (1 / 32 + 1 / 30) / 2) 
     return (q / q.abs().max()).float()  # normalise into [-1, 1]
 
 
-# ----------------------------------------------------------------------------- checks
-
-
-def check_blocksize(blocksize: object, name: str = "blocksize") -> int:
-    blocksize = check_positive_int(blocksize, name)
-    if blocksize % 2:
-        raise ValueError(f"{name} must be even so that two 4-bit codes fill each byte, got {blocksize}")
-    return blocksize
-
-
-def check_weight(w: object, what: str) -> torch.Tensor:
-    """A non-empty floating-point tensor, or a clear error (NaN and inf are caught by ``_blockwise``)."""
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if not w.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor to quantise, got dtype {w.dtype}")
-    if w.numel() == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(w.shape)}): nothing to quantise")
-    return w
+# ----------------------------------------------------------------------------- code tables by name
 
 
 def _check_quant_type(quant_type: object) -> str:
@@ -262,8 +237,8 @@ class NF4Tensor:
 
     def tensors(self) -> list[torch.Tensor]:
         """The tensors actually stored."""
-        extra = [self.absmax_scale, self.absmax_mean] if self.double_quant else []
-        return [self.packed, self.absmax, *extra]
+        extra = (self.absmax_scale, self.absmax_mean) if self.double_quant else ()
+        return [self.packed, self.absmax, *(t for t in extra if t is not None)]
 
     @property
     def nbytes(self) -> int:
@@ -336,8 +311,13 @@ class NF4Linear(nn.Module):
     ``Linear4bit`` does; the output comes back in the input's dtype.
     """
 
-    weight_packed: torch.Tensor
+    weight_packed: torch.Tensor  # buffers: see the class docstring
     weight_absmax: torch.Tensor
+    weight_absmax_scale: torch.Tensor | None  # None without double quant
+    weight_absmax_mean: torch.Tensor | None
+    weight_dtype: torch.dtype  # dtype the weight had before quantisation
+    compute_dtype: torch.dtype | None
+    bias: torch.Tensor | None  # the base layer's own bias, frozen
 
     def __init__(
         self,
@@ -350,19 +330,19 @@ class NF4Linear(nn.Module):
     ) -> None:
         d_in, d_out, fan_in_fan_out = linear_features(base, "NF4Linear base")
         compute = check_float_dtype(compute_dtype, "compute_dtype")
-        weight = base.weight.T if fan_in_fan_out else base.weight  # (out, in)
+        weight = weight_of(base).T if fan_in_fan_out else weight_of(base)  # (out, in)
         q = _quantize(weight, blocksize, bool(double_quant), _check_quant_type(quant_type), "the base weight")
         super().__init__()
         self.in_features, self.out_features = d_in, d_out
         self.blocksize, self.quant_type, self.double_quant = q.blocksize, q.quant_type, q.double_quant
-        self.weight_dtype = weight.dtype  # dtype the weight had before quantisation
+        self.weight_dtype = weight.dtype
         self.fan_in_fan_out = fan_in_fan_out  # the source was a Conv1D (in, out); stored here as (out, in)
         self.compute_dtype = compute
         self.register_buffer("weight_packed", q.packed)
         self.register_buffer("weight_absmax", q.absmax)
         self.register_buffer("weight_absmax_scale", q.absmax_scale)  # None without double quant
         self.register_buffer("weight_absmax_mean", q.absmax_mean)
-        bias = base.bias
+        bias = bias_of(base)
         if bias is not None:
             bias.requires_grad_(False)
         self.bias = bias

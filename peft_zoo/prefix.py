@@ -18,6 +18,24 @@ from .core.base import AdapterModule
 from .core.checks import check_float_dtype, check_nonnegative_float, check_positive_int
 
 
+def _check_hidden(x: object, d_model: int) -> torch.Tensor:
+    """``x`` if it is a floating-point ``(B, L, d_model)`` tensor, else raise."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"LearnablePrefix expects a floating-point tensor (B, L, {d_model}), got {got}")
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"LearnablePrefix expects input of shape (B, L, {d_model}), got {tuple(x.shape)}")
+    return x
+
+
+def _check_mask(mask: object) -> torch.Tensor:
+    """``mask`` if it is a ``(B, L)`` tensor, else raise."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"extend_mask expects a padding mask of shape (B, L), got {got}")
+    return mask
+
+
 class LearnablePrefix(AdapterModule):
     """Prepend a trainable ``(prefix_len, d_model)`` prefix to every sequence in the batch.
 
@@ -48,24 +66,14 @@ class LearnablePrefix(AdapterModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, L, d_model) -> (B, prefix_len + L, d_model)``."""
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(
-                f"LearnablePrefix expects a floating-point tensor (B, L, {self.d_model}), got {got}"
-            )
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"LearnablePrefix expects input of shape (B, L, {self.d_model}), got {tuple(x.shape)}"
-            )
+        x = _check_hidden(x, self.d_model)
         p = self.prefix.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, P, d)
         return torch.cat([p, x], dim=1)  # (B, P + L, d)
 
     def extend_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Extend a padding mask ``(B, L)`` (1 = keep) to ``(B, prefix_len + L)``: prefix
         positions are always kept."""
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"extend_mask expects a padding mask of shape (B, L), got {got}")
+        mask = _check_mask(mask)
         ones = torch.ones(mask.shape[0], self.prefix_len, dtype=mask.dtype, device=mask.device)
         return torch.cat([ones, mask], dim=1)
 

@@ -14,15 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdapterModule
-from .core.checks import check_float_dtype, check_last_dim, linear_features
-from .lora import check_lora_hyperparameters, init_lora_pair, set_lora_hyperparameters
-from .nf4 import NF4Linear, check_blocksize, check_weight
+from .core.checks import check_blocksize, check_float_dtype, check_last_dim, check_weight, linear_features
+from .lora import LoRALayer, check_lora_hyperparameters, init_lora_pair, set_lora_hyperparameters
+from .nf4 import NF4Linear
 
 __all__ = ["QLoRALinear", "merge_qlora"]
 
 
-class QLoRALinear(AdapterModule):
+class QLoRALinear(LoRALayer):
     """QLoRA: a frozen NF4 base layer plus a trainable LoRA update in higher precision.
 
         y = dequant(W_NF4) x + b + scale * B (A dropout(x))       (QLoRA paper, eq. 5)
@@ -66,7 +65,7 @@ class QLoRALinear(AdapterModule):
         check_float_dtype(compute_dtype, "compute_dtype")
         if check_float_dtype(adapter_dtype, "adapter_dtype") is None:
             raise TypeError("adapter_dtype must be a floating-point torch.dtype, got None")
-        check_weight(base.weight, "the base weight")
+        device = check_weight(base.weight, "the base weight").device
         super().__init__()
 
         self.base = NF4Linear(
@@ -74,9 +73,9 @@ class QLoRALinear(AdapterModule):
         )
         self.in_features, self.out_features = self.base.in_features, self.base.out_features
         set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
-        factory = {"device": base.weight.device, "dtype": adapter_dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
+        d_in, d_out = self.in_features, self.out_features
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, device=device, dtype=adapter_dtype))  # (r, in)
+        self.lora_B = nn.Parameter(torch.empty(d_out, rank, device=device, dtype=adapter_dtype))  # (out, r)
         self.merged = False  # always: the NF4 base cannot absorb the update (see merge)
         self.reset_lora_parameters()
 

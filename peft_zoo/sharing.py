@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import TypeAlias, cast
 
 import torch
 from torch import nn
 
 from .core.base import SHARED_WEIGHT_FLAG, AdapterModule
-from .core.checks import is_conv1d
+from .core.checks import bias_of, check_name_list, is_conv1d, weight_of
 
 __all__ = [
     "MAIN_MATRICES",
+    "block_submodule",
     "main_linear",
     "share_main_matrices",
     "shared_parameters",
@@ -51,31 +53,43 @@ def main_linear(module: nn.Module, what: str = "module") -> nn.Module:
 
     Raises ``TypeError`` for anything else, ``ValueError`` for a merged adapter (its base
     weight holds ``W0 + ΔW``, not the matrix to share)."""
+    layer: object = module
     if isinstance(module, AdapterModule) and hasattr(module, "base"):
         if getattr(module, "merged", False):
             raise ValueError(f"{what} is a merged {type(module).__name__}: unmerge() it before sharing")
-        module = module.base
-    if not (isinstance(module, nn.Linear) or is_conv1d(module)):
+        layer = module.base
+    if isinstance(layer, nn.Linear) or is_conv1d(layer):
+        return layer
+    raise TypeError(f"{what} must be an nn.Linear (or an adapter around one), got {type(layer).__name__}")
+
+
+Blocks: TypeAlias = Sequence[nn.Module] | nn.ModuleList | nn.Sequential  # what share_main_matrices takes
+
+
+def _check_blocks(blocks: Blocks) -> list[nn.Module]:
+    if isinstance(blocks, nn.Module) and not isinstance(blocks, nn.ModuleList | nn.Sequential):
         raise TypeError(
-            f"{what} must be an nn.Linear (or an adapter around one), got {type(module).__name__}"
+            f"blocks must be a sequence of blocks (an nn.ModuleList), got {type(blocks).__name__}"
         )
-    return module
+    items: list[object] = list(blocks)
+    if len(items) < 2:
+        raise ValueError(f"sharing needs at least 2 blocks, got {len(items)}")
+    modules = [b for b in items if isinstance(b, nn.Module)]
+    if len(modules) < len(items):
+        bad = [type(b).__name__ for b in items if not isinstance(b, nn.Module)]
+        raise TypeError(f"every block must be an nn.Module, got {bad}")
+    return modules
 
 
-def _names(names: str | Iterable[str]) -> list[str]:
-    names = [names] if isinstance(names, str) else list(names)
-    if not names:
+def _check_names(names: object) -> list[str]:
+    found = check_name_list(names, "names")
+    if not found:
         raise ValueError("names is empty: name at least one linear layer to share")
-    bad = [n for n in names if not isinstance(n, str)]
-    if bad:
-        raise TypeError(f"names must be dotted module paths (str), got {bad!r}")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"names lists these more than once: {dupes}")
-    return names
+    return found
 
 
-def _lookup(block: nn.Module, name: str, index: int) -> nn.Module:
+def block_submodule(block: nn.Module, name: str, index: int) -> nn.Module:
+    """``block.get_submodule(name)``, or a ValueError naming block ``index`` and close names."""
     try:
         return block.get_submodule(name)
     except AttributeError:
@@ -89,8 +103,34 @@ def _describe(t: torch.Tensor | None) -> str:
     return "None" if t is None else f"{tuple(t.shape)} {t.dtype} on {t.device}"
 
 
+def _same_layout(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Both None, or both tensors of the same shape, dtype and device."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
+def _pairs(blocks: list[nn.Module], names: list[str]) -> list[tuple[nn.Module, nn.Module]]:
+    """``(block 0's linear, block i's linear)`` for every name and block, every pair checked
+    (layer types, identical weight and bias layouts) before anything is touched."""
+    pairs: list[tuple[nn.Module, nn.Module]] = []
+    for name in names:
+        source = main_linear(block_submodule(blocks[0], name, 0), f"block 0 {name!r}")
+        for i, block in enumerate(blocks[1:], start=1):
+            target = main_linear(block_submodule(block, name, i), f"block {i} {name!r}")
+            for attr, get in (("weight", weight_of), ("bias", bias_of)):
+                a, b = get(source), get(target)
+                if not _same_layout(a, b):
+                    raise ValueError(
+                        f"{name}.{attr} differs between block 0 ({_describe(a)}) and block {i} "
+                        f"({_describe(b)}): only identical layers can share one tensor"
+                    )
+            pairs.append((source, target))
+    return pairs
+
+
 def share_main_matrices(
-    blocks: Sequence[nn.Module], names: str | Iterable[str] = MAIN_MATRICES
+    blocks: Blocks, names: str | Iterable[str] = MAIN_MATRICES
 ) -> dict[str, nn.Parameter]:
     """Make every block use block 0's ``weight`` and ``bias`` for each named linear layer.
 
@@ -106,35 +146,9 @@ def share_main_matrices(
     (names, layer types, identical shapes, dtypes and devices, bias present in all or none);
     on any error nothing changes. Aliasing is idempotent: sharing twice changes nothing.
     """
-    if isinstance(blocks, nn.Module) and not isinstance(blocks, nn.ModuleList | nn.Sequential):
-        raise TypeError(
-            f"blocks must be a sequence of blocks (an nn.ModuleList), got {type(blocks).__name__}"
-        )
-    blocks = list(blocks)
-    if len(blocks) < 2:
-        raise ValueError(f"sharing needs at least 2 blocks, got {len(blocks)}")
-    bad = [type(b).__name__ for b in blocks if not isinstance(b, nn.Module)]
-    if bad:
-        raise TypeError(f"every block must be an nn.Module, got {bad}")
-    names = _names(names)
-
-    # 1) Validate every (block, name) pair before touching anything: all or nothing.
-    pairs: list[tuple[nn.Module, nn.Module]] = []  # (block 0's linear, block i's linear)
-    for name in names:
-        source = main_linear(_lookup(blocks[0], name, 0), f"block 0 {name!r}")
-        for i, block in enumerate(blocks[1:], start=1):
-            target = main_linear(_lookup(block, name, i), f"block {i} {name!r}")
-            for attr in ("weight", "bias"):
-                a, b = getattr(source, attr, None), getattr(target, attr, None)
-                same = (a is None) == (b is None) and (
-                    a is None or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device)
-                )
-                if not same:
-                    raise ValueError(
-                        f"{name}.{attr} differs between block 0 ({_describe(a)}) and block {i} "
-                        f"({_describe(b)}): only identical layers can share one tensor"
-                    )
-            pairs.append((source, target))
+    blocks = _check_blocks(blocks)
+    names = _check_names(names)
+    pairs = _pairs(blocks, names)  # 1) validate every (block, name) pair first: all or nothing
 
     # 2) Alias: the same Parameter object, not a copy, so updates and gradients are shared.
     for source, target in pairs:
@@ -144,12 +158,13 @@ def share_main_matrices(
         # Mark both ends: an adapter around either must never merge into the shared tensor.
         setattr(source, SHARED_WEIGHT_FLAG, True)
         setattr(target, SHARED_WEIGHT_FLAG, True)
-    shared: dict[str, nn.Parameter] = {}
+    shared: dict[str, nn.Parameter] = {}  # a linear layer holds its weight and bias as Parameters
     for name in names:
         source = main_linear(blocks[0].get_submodule(name))
-        shared[f"{name}.weight"] = source.weight
-        if source.bias is not None:
-            shared[f"{name}.bias"] = source.bias
+        shared[f"{name}.weight"] = cast(nn.Parameter, weight_of(source))
+        bias = bias_of(source)
+        if bias is not None:
+            shared[f"{name}.bias"] = cast(nn.Parameter, bias)
     return shared
 
 

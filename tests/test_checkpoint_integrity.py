@@ -251,7 +251,7 @@ def _dead_pid() -> int:
 
 @pytest.mark.skipif(os.name == "nt", reason="pid liveness is not probed on Windows")
 def test_only_provably_stale_temporary_files_are_removed(tmp_path):
-    here = atomic_io._host_tag()
+    here = atomic_io.temp_path(tmp_path / "x").name.split(atomic_io.TMP_MARK)[1][:8]  # this host's tag
     dead = _orphan(tmp_path, here, _dead_pid(), name="a")
     live_other = _orphan(tmp_path, here, os.getppid(), name="b")  # a live writer's file
     mine = _orphan(tmp_path, here, os.getpid(), name="c")  # another thread of this process

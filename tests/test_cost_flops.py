@@ -67,11 +67,39 @@ def measured_flops(fn) -> int:
 # ----------------------------------------------------------------------------- analytic values
 
 
-@pytest.mark.parametrize("first", ["peft_zoo.cost_serving", "peft_zoo.cost"])
-def test_either_module_imports_first(first):
-    code = f"import {first}; from peft_zoo.cost import serving_flops; from peft_zoo.cost_serving import serving_flops as f; assert f is serving_flops"
+# Imported first, one after the other, each in a fresh copy of the package: every name that
+# peft_zoo.cost exports is the very object its module defines (no lazy re-export, no cycle).
+IMPORT_ORDER_CHECK = """
+import importlib, sys
+for first in sys.argv[1:]:
+    for name in [m for m in sys.modules if m == "peft_zoo" or m.startswith("peft_zoo.")]:
+        del sys.modules[name]
+    importlib.import_module(first)
+    import peft_zoo.cost as cost
+    from peft_zoo.cost import counts, flops, geometry, memory, tables
+    assert not hasattr(cost, "__getattr__"), "peft_zoo.cost re-exports lazily"
+    assert cost.serving_flops is flops.serving_flops
+    assert cost.training_memory is memory.training_memory
+    assert cost.LLAMA_7B is geometry.LLAMA_7B and cost.serving_table is tables.serving_table
+    homes = (geometry, counts, memory, flops, tables)
+    for n in cost.__all__:
+        assert any(n in m.__all__ and getattr(m, n) is getattr(cost, n) for m in homes), n
+"""
+
+
+def test_cost_is_one_package_importable_in_any_order():
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    modules = sorted(p.stem for p in (root / "peft_zoo" / "cost").glob("*.py") if p.stem != "__init__")
+    assert {"counts", "flops", "geometry", "memory", "tables"} <= set(modules)
+    order = [f"peft_zoo.cost.{m}" for m in modules]
+    argv = ["peft_zoo.cost", *order, *reversed(order)]
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_ORDER_CHECK, *argv],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 

@@ -83,9 +83,49 @@ def lora_names(model: nn.Module) -> list[str]:
 # ----------------------------------------------------------------------------- one rank
 
 
+def _record_buckets(ddp, model: nn.Module) -> dict[str, list]:
+    """A communication hook sees every bucket DDP all-reduces: record it (parameter names,
+    bytes), then do the default averaging all-reduce (divide by the world size, sum across
+    ranks). Returns the record, filled in as training runs."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    seen: dict[str, list] = {"params": [], "bytes": []}
+
+    def recording_allreduce(state, bucket):
+        state["params"].append(sorted(name_of[id(p)] for p in bucket.parameters()))
+        state["bytes"].append(bucket.buffer().numel() * bucket.buffer().element_size())
+        return default_hooks.allreduce_hook(None, bucket)
+
+    ddp.register_comm_hook(seen, recording_allreduce)
+    return seen
+
+
+def _train(
+    rank: int, model: nn.Module, reference: nn.Module, ddp, opt: torch.optim.Optimizer
+) -> dict[str, list]:
+    """STEPS steps under DDP; before each, the same step on ``reference``, a plain copy (the
+    local, un-averaged gradient). Returns the losses and both gradients of every step."""
+    losses, local_grads, ddp_grads, grad_names = [], [], [], []
+    for step in range(STEPS):
+        ids, labels = batch(rank, step)
+        reference.load_state_dict(model.state_dict())
+        reference.zero_grad(set_to_none=True)
+        F.cross_entropy(reference(ids), labels).backward()
+        local_grads.append({n: p.grad.clone() for n, p in reference.named_parameters() if p.grad is not None})
+
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(ddp(ids), labels)
+        loss.backward()
+        ddp_grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grad_names.append([n for n, p in model.named_parameters() if p.grad is not None])
+        opt.step()
+        losses.append(loss.item())
+    return {"local_grads": local_grads, "ddp_grads": ddp_grads, "grad_names": grad_names, "losses": losses}
+
+
 def _ddp_worker(rank: int, store_path: str, out_dir: str) -> None:
     """Runs in a spawned process: train STEPS steps under DDP and save what happened."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
@@ -100,50 +140,17 @@ def _ddp_worker(rank: int, store_path: str, out_dir: str) -> None:
         requires_grad = [n for n, p in model.named_parameters() if p.requires_grad]
         reference = copy.deepcopy(model)  # a plain copy: the local, un-averaged gradient
         ddp = DistributedDataParallel(model)
-        name_of = {id(p): n for n, p in model.named_parameters()}
-
-        # A communication hook sees every bucket DDP all-reduces: record it, then do the
-        # default averaging all-reduce (divide by the world size, sum across ranks).
-        seen: dict[str, list] = {"params": [], "bytes": []}
-
-        def recording_allreduce(state, bucket):
-            state["params"].append(sorted(name_of[id(p)] for p in bucket.parameters()))
-            state["bytes"].append(bucket.buffer().numel() * bucket.buffer().element_size())
-            return default_hooks.allreduce_hook(None, bucket)
-
-        ddp.register_comm_hook(seen, recording_allreduce)
-        opt = make_optimizer(pz.trainable_parameters(ddp))
-
-        losses, local_grads, ddp_grads, grad_names = [], [], [], []
-        for step in range(STEPS):
-            ids, labels = batch(rank, step)
-            reference.load_state_dict(model.state_dict())
-            reference.zero_grad(set_to_none=True)
-            F.cross_entropy(reference(ids), labels).backward()
-            local_grads.append(
-                {n: p.grad.clone() for n, p in reference.named_parameters() if p.grad is not None}
-            )
-
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(ddp(ids), labels)
-            loss.backward()
-            ddp_grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            grad_names.append([n for n, p in model.named_parameters() if p.grad is not None])
-            opt.step()
-            losses.append(loss.item())
-
+        seen = _record_buckets(ddp, model)
+        trained = _train(rank, model, reference, ddp, make_optimizer(pz.trainable_parameters(ddp)))
         torch.save(
             {
                 "requires_grad": requires_grad,
                 "lora_names": lora_names(model),
                 "bucket_params": seen["params"],
                 "bucket_bytes": seen["bytes"],
-                "grad_names": grad_names,
                 "initial": initial,
                 "final": {n: p.detach().clone() for n, p in model.named_parameters()},
-                "local_grads": local_grads,
-                "ddp_grads": ddp_grads,
-                "losses": losses,
+                **trained,
             },
             Path(out_dir) / f"rank{rank}.pt",
         )

@@ -169,7 +169,7 @@ def test_training_with_peft_s_optimizer_and_ours_ends_equal(use_dora: bool) -> N
     peft = pytest.importorskip("peft")
     from peft.optimizers import create_loraplus_optimizer as peft_create
 
-    from peft_zoo.interop.peft_format import peft_dict_from_config
+    from peft_zoo.interop.peft_config import peft_dict_from_config
 
     base = bert()
     config = pz.LoraConfig(

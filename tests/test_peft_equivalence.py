@@ -40,7 +40,7 @@ transformers = pytest.importorskip("transformers")
 
 import peft_zoo as pz  # noqa: E402
 from peft_zoo.dora import DoRALinear  # noqa: E402
-from peft_zoo.interop.peft_format import PEFT_PREFIX, peft_dict_from_config  # noqa: E402
+from peft_zoo.interop import PEFT_PREFIX, peft_dict_from_config  # noqa: E402
 from peft_zoo.testing import assert_close, seeds  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()

@@ -37,7 +37,18 @@ ALLOWED: dict[str, set[str]] = {
     "interop": {"core", "methods", "injection"},
     "serving": {"core", "methods", "injection", "interop"},
     "root": {"core", "methods", "models", "injection", "cost", "interop", "serving", "testing"},
-    "cli": {"core", "methods", "models", "injection", "cost", "interop", "serving", "testing", "exercises", "root"},
+    "cli": {
+        "core",
+        "methods",
+        "models",
+        "injection",
+        "cost",
+        "interop",
+        "serving",
+        "testing",
+        "exercises",
+        "root",
+    },
     "exercises": {"core", "methods", "models", "injection", "cost", "interop", "serving", "testing", "root"},
 }
 TOP_LEVEL_NOT_METHODS = {"__init__": "root", "__main__": "cli", "testing": "testing"}
@@ -149,7 +160,9 @@ def python_sources() -> list[Path]:
     """Hand-written Python: the library (not the exercise sources' generated copies), the
     graders, the tests, benchmarks, examples and notebook tooling."""
     files = [*library_files()]
-    files += sorted((ROOT / "practice").glob("*/test_*.py")) + sorted((ROOT / "practice").glob("*/conftest.py"))
+    files += sorted((ROOT / "practice").glob("*/test_*.py")) + sorted(
+        (ROOT / "practice").glob("*/conftest.py")
+    )
     for folder in ("tests", "benchmarks", "examples", "notebooks"):
         files += sorted((ROOT / folder).glob("*.py"))
     return files
@@ -178,7 +191,9 @@ def imports_of_text(source: str, path: Path) -> list[tuple[str, tuple[str, ...]]
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1]
-            out.append((".".join(base + ([node.module] if node.module else [])), tuple(a.name for a in node.names)))
+            out.append(
+                (".".join(base + ([node.module] if node.module else [])), tuple(a.name for a in node.names))
+            )
     return out
 
 
@@ -205,10 +220,45 @@ def test_no_module_imports_another_modules_private_names() -> None:
             if not imp.module.startswith("peft_zoo"):
                 continue
             private = [n for n in imp.names if n.startswith("_") and n != "__version__"]
-            private += [p for p in imp.module.split(".") if p.startswith("_") and p not in ("__init__", "__main__")]
+            private += [
+                p for p in imp.module.split(".") if p.startswith("_") and p not in ("__init__", "__main__")
+            ]
             if private:
                 offences.append(f"{path.relative_to(ROOT)}:{imp.line} imports {private} from {imp.module}")
     assert not offences, "private names imported across modules:\n" + "\n".join(offences)
+
+
+def private_attribute_uses(path: Path, modules: set[str]) -> list[str]:
+    """``module._name`` where ``module`` is a package module bound by an import statement
+    (``import peft_zoo.sharing``, ``from peft_zoo.interop import checkpoint as ckpt``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound.update(
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("peft_zoo")
+            )
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("peft_zoo"):
+            bound.update(a.asname or a.name for a in node.names if f"{node.module}.{a.name}" in modules)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                found.append(f"{where}:{node.lineno} uses {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_reaches_a_private_name_through_a_module_object(tmp_path: Path) -> None:
+    modules = all_modules()
+    offences = [o for path in python_sources() for o in private_attribute_uses(path, modules)]
+    assert not offences, "private names used across modules:\n" + "\n".join(offences)
+    planted = tmp_path / "planted.py"
+    planted.write_text("import peft_zoo.sharing\n\npeft_zoo.sharing._helper = None\n")
+    assert private_attribute_uses(planted, modules), "the check must catch a planted offence"
 
 
 def test_no_import_cycles_deferred_ones_included() -> None:
@@ -286,7 +336,7 @@ def test_the_readme_layout_map_names_every_module() -> None:
             continue
         if rel.name not in text:
             missing.append(str(rel))
-    for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+    for folder in sorted(p.parent for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE):
         if f"{folder.name}/" not in text:
             missing.append(f"{folder.name}/")
     assert not missing, f"README.md's layout map does not mention: {missing}"

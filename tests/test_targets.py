@@ -1,8 +1,9 @@
 """Tests for peft_zoo.injection.targets: choosing modules by name with Hugging Face PEFT's rules.
 
-Examples on a small ``transformers`` BERT and on the library's tiny models, then a
-property test that draws realistic module paths and configs and compares
-:func:`target_matches` with PEFT's own ``check_target_module_exists``.
+Examples on a small ``transformers`` BERT and on the library's tiny models, the layer index and
+target_matches rules, and regexes matched with a time bound. test_targets_peft.py draws realistic
+module paths and configs and compares :func:`target_matches` with PEFT's own
+``check_target_module_exists``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from targets_helpers import bert_config, linear_names, make_bert
 from torch import nn
 
 from peft_zoo import InjectionError, find_targets, inject_lora, layer_index, target_matches
@@ -24,36 +25,19 @@ from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerConfig
 # ----------------------------------------------------------------------------- small BERT
 
 
-def _bert_config():
-    transformers = pytest.importorskip("transformers")
-    return transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=64,
-        max_position_embeddings=32,
-    )
-
-
 @pytest.fixture(scope="module")
 def bert():
-    transformers = pytest.importorskip("transformers")
-    return transformers.BertModel(_bert_config())
+    return make_bert()
 
 
 @pytest.fixture(scope="module")
 def bert_mlm():
     transformers = pytest.importorskip("transformers")
-    return transformers.BertForMaskedLM(_bert_config())
+    return transformers.BertForMaskedLM(bert_config())
 
 
 def _qv(layers=(0, 1), prefix="encoder.layer") -> list[str]:
     return [f"{prefix}.{i}.attention.self.{p}" for i in layers for p in ("query", "value")]
-
-
-def _linears(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
 # ----------------------------------------------------------------------------- examples on BERT
@@ -107,7 +91,7 @@ def test_all_linear_keeps_the_mlm_decoder_out(bert_mlm):
     chosen = find_targets(bert_mlm, "all-linear")
     assert output_head_names(bert_mlm) == {"cls.predictions.decoder"}
     assert "cls.predictions.decoder" not in chosen
-    assert chosen == [n for n in _linears(bert_mlm) if n != "cls.predictions.decoder"]
+    assert chosen == [n for n in linear_names(bert_mlm) if n != "cls.predictions.decoder"]
     assert "cls.predictions.transform.dense" in chosen and len(chosen) == 13
     assert find_targets(bert_mlm, "ALL-LINEAR") == chosen
 
@@ -127,7 +111,7 @@ def test_all_linear_with_exclude(bert):
     chosen = find_targets(bert, "all-linear", exclude_modules=["query", "key", "value"])
     assert not any(n.endswith(("query", "key", "value")) for n in chosen)
     assert "pooler.dense" in chosen  # BertModel has no output embeddings: nothing is a head
-    assert len(chosen) == len(_linears(bert)) - 6
+    assert len(chosen) == len(linear_names(bert)) - 6
 
 
 def test_all_linear_on_a_plain_model_skips_the_head_child():
@@ -229,154 +213,6 @@ def test_target_matches_examples():
     assert target_matches(key, r".*q_proj") and not target_matches(key, "q_proj")
     # A regex ignores layers_to_transform here, as in PEFT; only find_targets refuses it.
     assert target_matches(key, r".*q_proj", layers_to_transform=[0])
-
-
-# ----------------------------------------------------------------------------- equivalence with PEFT
-
-KEYS = [
-    "model.layers.3.self_attn.q_proj",
-    "model.layers.3.self_attn.v_proj",
-    "model.layers.12.mlp.down_proj",
-    "model.layers.1.mlp.experts.0.down_proj",
-    "model.layers.1.mlp.experts.7.up_proj",
-    "model.layers.2.sub.layers.0.q_proj",
-    "model.layers.3.self_attn",
-    "model.embed_tokens",
-    "encoder.layer.11.attention.self.query",
-    "encoder.layer.1.attention.self.value",
-    "encoder.layer.0.output.dense",
-    "bert.encoder.layer.1.attention.output.dense",
-    "transformer.h.0.attn.c_attn",
-    "transformer.h.10.mlp.c_fc",
-    "model.decoder.layers.2.fc1",
-    "vision.blocks.4.attn.qkv",
-    "layers.0.q_proj",
-    "q_proj",
-    "lm_head",
-    "cls.predictions.decoder",
-    "pooler.dense",
-]
-SUFFIXES = [
-    "q_proj",
-    "v_proj",
-    "down_proj",
-    "up_proj",
-    "self_attn",
-    "query",
-    "value",
-    "dense",
-    "output.dense",
-    "attention.output.dense",
-    "c_attn",
-    "c_fc",
-    "fc1",
-    "qkv",
-    "lm_head",
-    "proj",
-    "experts.0.down_proj",
-    "model.layers.3.self_attn.q_proj",
-    "layers.0.q_proj",
-]
-REGEXES = [
-    r".*\.(q_proj|v_proj)",
-    r".*layers\.1\..*",
-    r".*(query|value)",
-    r".*\.\d+\..*proj",
-    r"model\..*",
-    "lm_head",
-    "q_proj",
-    r".*dense",
-]
-PATTERNS = ["layers", "layer", "h", "blocks", "experts", "mlp", ""]
-
-target_specs = st.one_of(st.lists(st.sampled_from(SUFFIXES), max_size=4), st.sampled_from(REGEXES))
-exclude_specs = st.one_of(
-    st.none(), st.lists(st.sampled_from(SUFFIXES), max_size=3), st.sampled_from(REGEXES)
-)
-# layers_to_transform as PEFT types it (an int or a list). Deliberate divergence, not drawn: an
-# empty *tuple* means "no restriction" here, while PEFT then matches nothing.
-layer_specs = st.one_of(st.none(), st.integers(0, 12), st.lists(st.integers(0, 12), max_size=3))
-pattern_specs = st.one_of(
-    st.none(), st.sampled_from(PATTERNS), st.lists(st.sampled_from(PATTERNS), min_size=0, max_size=3)
-)
-
-
-def _peft_config(target_modules, exclude_modules, layers_to_transform, layers_pattern):
-    """A LoraConfig when PEFT accepts the combination; otherwise the same attributes in a
-    namespace (check_target_module_exists reads nothing else), so every combination is compared."""
-    peft = pytest.importorskip("peft")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return peft.LoraConfig(
-                target_modules=list(target_modules) if isinstance(target_modules, list) else target_modules,
-                exclude_modules=list(exclude_modules)
-                if isinstance(exclude_modules, list)
-                else exclude_modules,
-                layers_to_transform=layers_to_transform,
-                layers_pattern=layers_pattern,
-            )
-    except ValueError:  # e.g. a regex target with layers_to_transform, or a pattern without layers
-        return SimpleNamespace(
-            target_modules=target_modules,
-            exclude_modules=exclude_modules,
-            layers_to_transform=layers_to_transform,
-            layers_pattern=layers_pattern,
-            modules_to_save=None,
-            target_parameters=None,
-        )
-
-
-@given(
-    keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=5),
-    target_modules=target_specs,
-    exclude_modules=exclude_specs,
-    layers_to_transform=layer_specs,
-    layers_pattern=pattern_specs,
-)
-def test_target_matches_equals_peft(
-    keys, target_modules, exclude_modules, layers_to_transform, layers_pattern
-):
-    pytest.importorskip("peft")
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    cfg = _peft_config(target_modules, exclude_modules, layers_to_transform, layers_pattern)
-    for key in keys:
-        # PEFT returns True/False, a re.Match, None, or an _ExcludedModule (falsy) for excluded keys.
-        theirs = bool(check_target_module_exists(cfg, key))
-        ours = target_matches(
-            key,
-            target_modules,
-            exclude_modules=exclude_modules,
-            layers_to_transform=layers_to_transform,
-            layers_pattern=layers_pattern,
-        )
-        assert ours is theirs, (
-            f"key={key!r} target_modules={target_modules!r} exclude_modules={exclude_modules!r} "
-            f"layers_to_transform={layers_to_transform!r} layers_pattern={layers_pattern!r}: "
-            f"peft_zoo says {ours}, PEFT says {theirs} (config {type(cfg).__name__})"
-        )
-
-
-@given(
-    target_modules=st.lists(st.sampled_from(["query", "key", "value", "dense", "output.dense"]), max_size=3),
-    exclude_modules=st.one_of(
-        st.none(), st.lists(st.sampled_from(["query", "intermediate.dense"]), max_size=2)
-    ),
-    layers_to_transform=st.one_of(st.none(), st.integers(0, 2), st.lists(st.integers(0, 2), max_size=2)),
-)
-def test_find_targets_on_bert_equals_peft(bert, target_modules, exclude_modules, layers_to_transform):
-    pytest.importorskip("peft")
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    cfg = _peft_config(target_modules, exclude_modules, layers_to_transform, None)
-    theirs = [n for n in _linears(bert) if check_target_module_exists(cfg, n)]
-    kwargs = {"exclude_modules": exclude_modules, "layers_to_transform": layers_to_transform}
-    if not theirs:
-        with pytest.raises(InjectionError):
-            find_targets(bert, target_modules, **kwargs)
-    else:
-        assert find_targets(bert, target_modules, **kwargs) == theirs
 
 
 # ----------------------------------------------------------------------------- regexes with a time bound

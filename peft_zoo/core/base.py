@@ -7,8 +7,10 @@ else it holds (a wrapped base layer, a sublayer) belongs to the frozen model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Protocol, cast
 
+import torch
 from torch import nn
 
 
@@ -38,6 +40,16 @@ class AdapterModule(nn.Module):
         return {"method": type(self).__name__}
 
 
+class MergeableAdapter(Protocol):
+    """An adapter layer that can fold its update into its base weight (LoRA, DoRA, IA³)."""
+
+    merged: bool
+
+    def merge(self) -> None: ...
+
+    def unmerge(self) -> None: ...
+
+
 # Set to True on a linear layer whose weight several blocks use (peft_zoo.sharing does this).
 SHARED_WEIGHT_FLAG = "peft_zoo_shared_weight"
 
@@ -52,6 +64,17 @@ def refuse_merge_into_shared(adapter: nn.Module) -> None:
             f"cannot merge this {type(adapter).__name__}: its base weight is shared across blocks "
             "(peft_zoo.sharing), so the update of one layer would be written into every layer. "
             "Serve the model unmerged."
+        )
+
+
+def refuse_training_merged(adapter: nn.Module, params: Iterable[nn.Parameter], what: str) -> None:
+    """Raise ``RuntimeError`` when a merged ``adapter`` runs a training forward pass (training
+    mode, gradients enabled) while any of ``params`` wants a gradient: the merged base computes
+    the output, so ``what`` (its adapter weights) would silently never receive one."""
+    if adapter.training and torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        raise RuntimeError(
+            f"{type(adapter).__name__} is merged, so its {what} would get no gradient: call "
+            "unmerge() before training, or run inference under model.eval() / torch.no_grad()"
         )
 
 
@@ -71,15 +94,16 @@ def outermost_adapters(model: nn.Module) -> dict[str, AdapterModule]:
 def merge_adapters(model: nn.Module) -> int:
     """Call ``merge()`` on every mergeable adapter layer in ``model`` (LoRA, IA³); return how
     many layers were merged by this call. Already-merged layers are left as they are."""
-    done: list[nn.Module] = []
+    done: list[MergeableAdapter] = []
     try:
         for module in model.modules():
             if isinstance(module, AdapterModule) and hasattr(module, "merge") and not module.merged:
-                module.merge()
-                done.append(module)
+                layer = cast(MergeableAdapter, module)  # an adapter layer with merge() has all three
+                layer.merge()
+                done.append(layer)
     except Exception:
-        for module in reversed(done):  # all or nothing
-            module.unmerge()
+        for layer in reversed(done):  # all or nothing
+            layer.unmerge()
         raise
     return len(done)
 
@@ -89,6 +113,6 @@ def unmerge_adapters(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, AdapterModule) and getattr(module, "merged", False):
-            module.unmerge()
+            cast(MergeableAdapter, module).unmerge()  # a merged adapter layer can unmerge
             count += 1
     return count

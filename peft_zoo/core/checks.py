@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ def check_probability(value: object, name: str) -> float:
     """Return ``value`` as a float if it lies in ``[0, 1)``, else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
+    if value < 0.0 or not value < 1.0:  # "not <" so that NaN is refused too
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return float(value)
 
@@ -68,7 +70,7 @@ def check_int_in(value: object, name: str, low: int, high: int) -> int:
         raise TypeError(
             f"{name} must be an int in [{low}, {high}], got {short_repr(value)} of type {type(value).__name__}"
         )
-    if not low <= value <= high:
+    if not low <= int(value) <= high:
         raise ValueError(f"{name} must be an int in [{low}, {high}], got {short_repr(value)}")
     return int(value)
 
@@ -94,6 +96,29 @@ def check_names(value: object, name: str) -> list[str]:
     return list(value)
 
 
+def check_name_list(names: object, what: str, duplicate_error: type[ValueError] = ValueError) -> list[str]:
+    """``names`` as a list of module names for a call's argument: one ``str`` is one name (never
+    read one character at a time), otherwise any iterable of ``str`` (not ``bytes``, not a
+    mapping). A name listed twice raises ``duplicate_error`` (an injector passes its
+    ``InjectionError``); an empty list is returned as it is, for the caller to judge.
+    (:func:`check_names` is the stricter check of a config field: a list, no bare string.)"""
+    if isinstance(names, str):
+        return [names]
+    if names is None or isinstance(names, (bytes, Mapping)) or not isinstance(names, Iterable):
+        raise TypeError(
+            f"{what} must be a module name (str) or a list of module names, got {names!r} "
+            f"of type {type(names).__name__}"
+        )
+    found = list(names)
+    bad = [n for n in found if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"{what} must be module names (str), got {bad!r}")
+    dupes = sorted({n for n in found if found.count(n) > 1})
+    if dupes:
+        raise duplicate_error(f"{what} lists these names more than once: {dupes}")
+    return found
+
+
 def check_linear(module: object, what: str) -> nn.Linear:
     """Return ``module`` if it is an ``nn.Linear``, else raise a TypeError naming it."""
     if not isinstance(module, nn.Linear):
@@ -101,13 +126,14 @@ def check_linear(module: object, what: str) -> nn.Linear:
     return module
 
 
-def is_conv1d(module: object) -> bool:
+def is_conv1d(module: object) -> TypeGuard[nn.Module]:
     """Is ``module`` a Hugging Face ``Conv1D`` (GPT-2's projections): a linear layer that
     stores its weight as ``(in, out)`` and computes ``x @ W + b``? Checked by duck typing, so
     transformers is never imported."""
     weight = getattr(module, "weight", None)
     return (
-        type(module).__name__ == "Conv1D"
+        isinstance(module, nn.Module)
+        and type(module).__name__ == "Conv1D"
         and isinstance(weight, torch.Tensor)
         and weight.dim() == 2
         and getattr(module, "nf", None) == weight.shape[1]
@@ -125,9 +151,27 @@ def linear_features(base: object, what: str, fan_in_fan_out: bool | None = None)
     if is_conv1d(base):
         if fan_in_fan_out is False:
             raise ValueError(f"{what}: fan_in_fan_out=False, but a Conv1D stores its weight as (in, out)")
-        d_in, d_out = base.weight.shape  # type: ignore[union-attr]
+        d_in, d_out = weight_of(base).shape
         return int(d_in), int(d_out), True
     raise TypeError(f"{what} must be an nn.Linear or a transformers Conv1D, got {type(base).__name__}")
+
+
+def weight_of(layer: nn.Module) -> torch.Tensor:
+    """``layer.weight``, typed: the weight of a layer :func:`linear_features` accepted (an
+    ``nn.Linear`` or a ``Conv1D``). Raises a TypeError when it is not a tensor."""
+    weight = layer.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.weight must be a tensor, got {type(weight).__name__}")
+    return weight
+
+
+def bias_of(layer: nn.Module) -> torch.Tensor | None:
+    """``layer.bias``, typed: a tensor, or ``None`` for a layer built with ``bias=False``.
+    Raises a TypeError when it is anything else."""
+    bias: object = layer.bias  # nn.Module types it Tensor | Module, but an unset bias reads None
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.bias must be a tensor or None, got {type(bias).__name__}")
+    return bias
 
 
 def check_last_dim(x: torch.Tensor, expected: int, layer: str) -> None:
@@ -166,3 +210,23 @@ def check_float_dtype(dtype: object, name: str = "dtype") -> torch.dtype | None:
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"{name} must be a floating-point torch.dtype or None, got {dtype!r}")
     return dtype
+
+
+def check_blocksize(blocksize: object, name: str = "blocksize") -> int:
+    """A 4-bit quantisation block size: an even int > 0 (NF4 packs two codes per byte)."""
+    blocksize = check_positive_int(blocksize, name)
+    if blocksize % 2:
+        raise ValueError(f"{name} must be even so that two 4-bit codes fill each byte, got {blocksize}")
+    return blocksize
+
+
+def check_weight(w: object, what: str) -> torch.Tensor:
+    """A non-empty floating-point tensor to quantise, or a clear error (the quantiser itself
+    catches NaN and inf)."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor to quantise, got dtype {w.dtype}")
+    if w.numel() == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(w.shape)}): nothing to quantise")
+    return w

@@ -1,4 +1,4 @@
-"""What a LoRA adapter costs to train and to serve, from a model's geometry alone.
+"""What a LoRA adapter costs to serve, merged or dynamic, in FLOPs from a model's geometry alone.
 
 Serving a fine-tuned adapter has two strategies (Hu et al. 2021, §4.1: "we can explicitly
 compute and store W = W0 + BA and perform inference as usual"):
@@ -60,55 +60,31 @@ recomputed on every device: per-device LoRA FLOPs times ``tp`` exceed the single
 total by that much. A merge splits exactly: each device folds ``B_k A`` (or ``B A_k``)
 into its own shard of ``W0``. All numbers here are *per device*.
 
-**Training memory.** :func:`training_memory` counts bytes of weights, gradients, optimizer
-states and master weights (no activations, no buffers): Adam / AdamW keeps two moments per
-trainable parameter (``optimizer_dtype``, float32 by default); gradients exist for trainable
-parameters only, in the parameter dtype; mixed precision keeps a float32 master copy of each
-trainable parameter (ZeRO, Rajbhandari et al. 2020: ``2 + 2 + 12 = 16`` bytes per parameter
-for fp16 Adam). For LoRA the frozen base contributes its weights only. PyTorch's ``AdamW``
-also keeps a 4-byte ``step`` counter per parameter *tensor*, ignored here.
+See :mod:`.memory` for what training costs in bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict, cast
 
-import torch
+from ..core.checks import check_positive_int
+from .counts import RankPattern, Targets, check_rank_pattern, rank_for, selected_modules
+from .geometry import ModelGeometry, head_linear_shapes, model_linear_shapes
 
-from .core.checks import check_positive_int
-from .cost import (
-    GENEFORMER_GF_20L_95M_I4096,
-    GENEFORMER_GF_20L_95M_I4096_AS_QUOTED,
-    GPT2_SMALL,
-    LLAMA_7B,
-    ModelGeometry,
-    RankPattern,
-    Targets,
-    _check_rank_pattern,
-    _head_linear_shapes,
-    _rank_for,
-    _selected,
-    full_parameters,
-    lora_trainable_parameters,
-    model_linear_shapes,
-)
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
-    "SERVING_TARGETS",
     "ModuleFlops",
+    "ParallelStyle",
     "ServingFlops",
-    "ServingRow",
-    "TrainingMemory",
-    "adapter_bytes",
+    "ServingOptions",
     "break_even_tokens",
     "dynamic_overhead",
     "parallel_style",
     "serving_flops",
-    "serving_rows",
-    "serving_table",
-    "training_memory",
 ]
 
 ParallelStyle = Literal["column", "row", "replicated"]
@@ -270,7 +246,7 @@ def _check_tp(geometry: ModelGeometry, tp: int, shapes: dict[str, tuple[int, int
     if tp == 1:
         return
     problems = []
-    if geometry.num_heads % tp or geometry.num_kv_heads % tp:  # type: ignore[operator]
+    if geometry.num_heads % tp or cast(int, geometry.num_kv_heads) % tp:  # an int after __post_init__
         problems.append(f"heads ({geometry.num_heads} query, {geometry.num_kv_heads} key/value)")
     for path, (d_in, d_out) in shapes.items():
         style = parallel_style(geometry, path)
@@ -315,16 +291,16 @@ def serving_flops(
     tp = check_positive_int(tp, "tp")
     if seq_len is not None:
         seq_len = check_positive_int(seq_len, "seq_len")
-    chosen = _selected(geometry, targets, layers)
+    chosen = selected_modules(geometry, targets, layers)
     shapes = model_linear_shapes(geometry)
-    pattern = _check_rank_pattern(shapes, geometry.num_layers, rank_pattern)
-    heads = _head_linear_shapes(geometry)
+    pattern = check_rank_pattern(shapes, geometry.num_layers, rank_pattern)
+    heads = head_linear_shapes(geometry)
     counted = {p: s for p, s in shapes.items() if head or p not in heads}
     _check_tp(geometry, tp, counted)
 
     modules = tuple(
         _module_flops(
-            p, d_in, d_out, _rank_for(p, rank, pattern) if p in chosen else 0, parallel_style(geometry, p), tp
+            p, d_in, d_out, rank_for(p, rank, pattern) if p in chosen else 0, parallel_style(geometry, p), tp
         )
         for p, (d_in, d_out) in counted.items()
     )
@@ -347,213 +323,34 @@ def serving_flops(
     )
 
 
+class ServingOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`serving_flops` that :func:`break_even_tokens` and
+    :func:`dynamic_overhead` pass on."""
+
+    rank_pattern: RankPattern | None
+    layers: int | Iterable[int] | None
+    tp: int
+    seq_len: int | None
+    head: bool
+
+
 def break_even_tokens(
-    geometry: ModelGeometry, targets: Targets, rank: int, *, unmerge: bool = True, **kwargs: object
-) -> float:
-    """Tokens served per adapter switch beyond which merging costs fewer FLOPs than dynamic
-    serving: ``M / d`` (``M`` = merge, + unmerge when ``unmerge``; ``d`` = dynamic extra per
-    token). ``kwargs`` go to :func:`serving_flops`; attention and the head do not change it."""
-    return serving_flops(geometry, targets, rank, **kwargs).break_even_tokens(unmerge)  # type: ignore[arg-type]
-
-
-def dynamic_overhead(geometry: ModelGeometry, targets: Targets, rank: int, **kwargs: object) -> float:
-    """Dynamic / merged FLOPs per token; ``kwargs`` go to :func:`serving_flops` (``seq_len``
-    and ``head`` enlarge the base and so shrink the ratio)."""
-    return serving_flops(geometry, targets, rank, **kwargs).overhead  # type: ignore[arg-type]
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def _bytes_per(dtype: torch.dtype | str, what: str) -> int:
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"{what}: {dtype!r} is not a torch dtype name (e.g. 'float32', 'bfloat16')")
-        dtype = resolved
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"{what} must be a torch.dtype or its name, got {dtype!r}")
-    if not (dtype.is_floating_point or dtype == torch.int8):
-        raise ValueError(f"{what} must be a floating-point dtype, got {dtype}")
-    return dtype.itemsize
-
-
-def adapter_bytes(
     geometry: ModelGeometry,
     targets: Targets,
     rank: int,
     *,
-    dtype: torch.dtype | str = torch.float32,
-    rank_pattern: RankPattern | None = None,
-    layers: int | Iterable[int] | None = None,
-) -> int:
-    """Bytes of the LoRA tensors stored in ``dtype``: ``sum r_m (in_m + out_m) * itemsize``.
-    The Geneformer seed's rank-8 adapter on all 122 linears: 1.7M parameters, 6.8 MB float32."""
-    size = _bytes_per(dtype, "dtype")
-    return size * lora_trainable_parameters(geometry, targets, rank, rank_pattern=rank_pattern, layers=layers)
+    unmerge: bool = True,
+    **kwargs: Unpack[ServingOptions],
+) -> float:
+    """Tokens served per adapter switch beyond which merging costs fewer FLOPs than dynamic
+    serving: ``M / d`` (``M`` = merge, + unmerge when ``unmerge``; ``d`` = dynamic extra per
+    token). ``kwargs`` go to :func:`serving_flops`; attention and the head do not change it."""
+    return serving_flops(geometry, targets, rank, **kwargs).break_even_tokens(unmerge)
 
 
-@dataclass(frozen=True)
-class TrainingMemory:
-    """Bytes that training holds besides activations (see the module docstring)."""
-
-    trainable: int  # trainable parameters
-    frozen: int  # frozen parameters (the base model under LoRA; 0 for full fine-tuning)
-    weights: int  # every parameter, trainable and frozen, in the parameter dtype
-    grads: int  # one gradient per trainable parameter, in the parameter dtype
-    optimizer_states: int  # Adam's two moments per trainable parameter, in the optimizer dtype
-    master_weights: int  # float32 copy of the trainable parameters (mixed precision), else 0
-
-    @property
-    def total(self) -> int:
-        """All four parts, in bytes."""
-        return self.weights + self.grads + self.optimizer_states + self.master_weights
-
-
-def training_memory(
-    geometry: ModelGeometry,
-    targets: Targets | None = None,
-    rank: int | None = None,
-    *,
-    rank_pattern: RankPattern | None = None,
-    layers: int | Iterable[int] | None = None,
-    param_dtype: torch.dtype | str = torch.float32,
-    optimizer_dtype: torch.dtype | str = torch.float32,
-    master_weights: bool | None = None,
-) -> TrainingMemory:
-    """Weights, gradients, Adam states and master weights of full fine-tuning (``targets=None``)
-    or of LoRA (``targets`` and ``rank`` given).
-
-    Args:
-        param_dtype: dtype the parameters (and so their gradients) are stored in.
-        optimizer_dtype: dtype of Adam's ``exp_avg`` and ``exp_avg_sq`` (float32 in mixed
-            precision; PyTorch's ``AdamW`` on bfloat16 parameters keeps bfloat16 moments).
-        master_weights: keep a float32 copy of the trainable parameters; ``None`` = yes when
-            ``param_dtype`` is narrower than float32.
-
-    LLaMA-7B, bfloat16 with float32 master weights and moments: full fine-tuning
-    ``16 * 6.74e9`` bytes (108 GB); LoRA r = 16 on q/k/v/o: ``2 * 6.74e9 + 16 * 16.8e6`` (13.7 GB).
-    """
-    p_size = _bytes_per(param_dtype, "param_dtype")
-    o_size = _bytes_per(optimizer_dtype, "optimizer_dtype")
-    if master_weights is None:
-        master_weights = p_size < 4
-    if (targets is None) != (rank is None):
-        raise ValueError("give both targets and rank for LoRA, or neither for full fine-tuning")
-    base = full_parameters(geometry)
-    if targets is None:
-        if rank_pattern or layers is not None:
-            raise ValueError("rank_pattern and layers only apply to LoRA (give targets and rank)")
-        trainable, frozen = base, 0
-    else:
-        trainable = lora_trainable_parameters(
-            geometry, targets, rank, rank_pattern=rank_pattern, layers=layers
-        )  # type: ignore[arg-type]
-        frozen = base
-    return TrainingMemory(
-        trainable=trainable,
-        frozen=frozen,
-        weights=(trainable + frozen) * p_size,
-        grads=trainable * p_size,
-        optimizer_states=2 * trainable * o_size,  # exp_avg and exp_avg_sq
-        master_weights=4 * trainable if master_weights else 0,
-    )
-
-
-# ----------------------------------------------------------------------------- the table
-
-# Targets a practitioner would pick per model: GPT-2's attention (the LoRA paper's choice,
-# with the output projection), LLaMA's q/k/v/o (the study notes' 16.8M at r = 16), and
-# every linear of Geneformer's layers (the seed's batched-LoRA setup; "output.dense" also
-# selects attention.output.dense).
-SERVING_TARGETS: dict[str, tuple[str, ...]] = {
-    GPT2_SMALL.name: ("c_attn", "attn.c_proj"),
-    LLAMA_7B.name: ("q_proj", "k_proj", "v_proj", "o_proj"),
-    GENEFORMER_GF_20L_95M_I4096.name: ("query", "key", "value", "output.dense", "intermediate.dense"),
-    GENEFORMER_GF_20L_95M_I4096_AS_QUOTED.name: (
-        "query",
-        "key",
-        "value",
-        "output.dense",
-        "intermediate.dense",
-    ),
-}
-_DEFAULT_GEOMETRIES = (
-    GENEFORMER_GF_20L_95M_I4096,
-    GENEFORMER_GF_20L_95M_I4096_AS_QUOTED,
-    GPT2_SMALL,
-    LLAMA_7B,
-)
-
-
-@dataclass(frozen=True)
-class ServingRow:
-    """One line of :func:`serving_table`."""
-
-    model: str  # geometry name
-    targets: tuple[str, ...]  # LoRA target names
-    rank: int  # LoRA rank r
-    seq_len: int  # keys per query in the "with attention" column
-    tp: int  # tensor-parallel degree
-    trainable: int  # LoRA parameters
-    adapter_bytes_bf16: int  # the adapter stored in bfloat16
-    linears: ServingFlops  # layers' linears only (no attention, no head)
-    full: ServingFlops  # + attention at seq_len + the pre-training head
-
-    @property
-    def break_even(self) -> float:
-        """Tokens per switch (merge + unmerge) where merging starts to pay off."""
-        return self.linears.break_even_tokens(unmerge=True)
-
-
-def serving_rows(
-    geometries: Sequence[ModelGeometry] = _DEFAULT_GEOMETRIES,
-    ranks: Sequence[int] = (8, 16, 64),
-    *,
-    targets: dict[str, Sequence[str]] | None = None,
-    seq_len: int | None = None,
-    tp: int = 1,
-) -> list[ServingRow]:
-    """One :class:`ServingRow` per geometry and rank. ``targets`` maps a geometry name to its
-    targets (default :data:`SERVING_TARGETS`); ``seq_len`` defaults to each model's
-    ``max_position_embeddings``. The ``full`` column counts the output head, so with ``tp > 1``
-    each vocabulary must divide by ``tp`` (GPT-2's 50,257 does not: ``ValueError``)."""
-    chosen = dict(SERVING_TARGETS if targets is None else targets)
-    rows = []
-    for g in geometries:
-        if g.name not in chosen:
-            raise ValueError(f"no targets for {g.name!r}: pass targets={{{g.name!r}: [...]}}")
-        t = tuple(chosen[g.name])
-        s = g.max_position_embeddings if seq_len is None else seq_len
-        for r in ranks:
-            linears = serving_flops(g, t, r, tp=tp, head=False)
-            full = serving_flops(g, t, r, tp=tp, seq_len=s, head=True)
-            trainable = lora_trainable_parameters(g, t, r)
-            rows.append(ServingRow(g.name, t, r, s, tp, trainable, 2 * trainable, linears, full))
-    return rows
-
-
-def _markdown_lines(rows: Iterable[ServingRow]) -> Iterator[str]:
-    yield (
-        "| model | targets | r | LoRA params | adapter (bf16) | merged GFLOP/token, linears | dynamic extra "
-        "MFLOP/token | overhead, linears | overhead, + attention & head (seq) | merge + unmerge "
-        "GFLOP | break-even tokens |"
-    )
-    yield "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for row in rows:
-        lin, full = row.linears, row.full
-        yield (
-            f"| {row.model} | {', '.join(row.targets)} | {row.rank} | {row.trainable:,d} "
-            f"| {row.adapter_bytes_bf16 / 2**20:.2f} MiB | {lin.merged_per_token / 1e9:.3f} "
-            f"| {lin.dynamic_extra / 1e6:.2f} | {100 * (lin.overhead - 1):.2f}% "
-            f"| {100 * (full.overhead - 1):.2f}% ({row.seq_len}) | {lin.switch_flops() / 1e9:.1f} "
-            f"| {row.break_even:,.0f} |"
-        )
-
-
-def serving_table(rows: Iterable[ServingRow] | None = None) -> str:
-    """A markdown table of dynamic-vs-merged serving, per model and rank (default: both
-    Geneformer geometries, GPT-2 small and LLaMA-7B at ranks 8, 16, 64 with
-    :data:`SERVING_TARGETS`, one device). "overhead" is dynamic / merged - 1 per token;
-    break-even counts a merge and an unmerge per switch."""
-    return "\n".join(_markdown_lines(serving_rows() if rows is None else rows))
+def dynamic_overhead(
+    geometry: ModelGeometry, targets: Targets, rank: int, **kwargs: Unpack[ServingOptions]
+) -> float:
+    """Dynamic / merged FLOPs per token; ``kwargs`` go to :func:`serving_flops` (``seq_len``
+    and ``head`` enlarge the base and so shrink the ratio)."""
+    return serving_flops(geometry, targets, rank, **kwargs).overhead

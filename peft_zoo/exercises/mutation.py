@@ -72,17 +72,27 @@ def planted_bugs(root: Path) -> list[PlantedBug]:
         if not grader.is_file():
             continue
         for node in ast.parse(grader.read_text()).body:
-            target = node.target if isinstance(node, ast.AnnAssign) else None
-            if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target = node.targets[0]
-            if isinstance(target, ast.Name) and target.id == "PLANTED_BUGS" and node.value is not None:
-                for entry in ast.literal_eval(node.value):
-                    if len(entry) not in (3, 4):
-                        raise ValueError(
-                            f"{grader.name}: a PLANTED_BUGS entry must have 3 or 4 items: {entry}"
-                        )
-                    bugs.append(PlantedBug(ch.stem, *entry))
+            value = assigned_value(node, "PLANTED_BUGS")
+            if value is None:
+                continue
+            for entry in ast.literal_eval(value):
+                if len(entry) not in (3, 4):
+                    raise ValueError(f"{grader.name}: a PLANTED_BUGS entry must have 3 or 4 items: {entry}")
+                bugs.append(PlantedBug(ch.stem, *entry))
     return bugs
+
+
+def assigned_value(node: ast.stmt, name: str) -> ast.expr | None:
+    """The value a module-level ``name = ...`` or ``name: T = ...`` assigns, else None."""
+    target: ast.expr
+    value: ast.expr | None
+    if isinstance(node, ast.AnnAssign):
+        target, value = node.target, node.value
+    elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target, value = node.targets[0], node.value
+    else:
+        return None
+    return value if isinstance(target, ast.Name) and target.id == name else None
 
 
 def plant(bug: PlantedBug, answers: Path, out_dir: Path) -> Path:
@@ -105,6 +115,9 @@ def _grade(root: Path, stem: str, impl: Path, extra: Sequence[str]) -> tuple[int
 
     grader = root / "practice" / TRACK / f"test_{stem}.py"
     args = [str(grader), f"--impl={impl}", "-q", "-p", "no:cacheprovider", f"--rootdir={root}", *extra]
+    # pytest's unraisable-exception plugin runs gc.collect() five times as each session ends: with
+    # torch loaded that is about a third of a planted bug's time, and nothing here needs it.
+    args += ["-p", "no:unraisableexception"]
     if importlib.util.find_spec("peft_zoo.exercises.isolation") is not None:
         args.append("--no-isolate")  # one planted bug at a time: no need to fork per grader
     out = io.StringIO()
@@ -117,6 +130,21 @@ def _grade(root: Path, stem: str, impl: Path, extra: Sequence[str]) -> tuple[int
             del sys.modules[name]  # the next bug re-imports its own copy
         _forget_examples()
     return code, out.getvalue()
+
+
+def _freeze_imports() -> None:
+    """Import what every grader run uses, then move those long-lived objects out of the
+    garbage collector's sight (``gc.freeze``): each later collection scans only what a bug's
+    run allocates, not torch's and pytest's module state again."""
+    import gc
+
+    import hypothesis  # noqa: F401  (imported for its side effect: loaded before the freeze)
+    import pytest  # noqa: F401
+    import torch  # noqa: F401
+
+    import peft_zoo  # noqa: F401
+
+    gc.freeze()
 
 
 def _forget_examples() -> None:
@@ -229,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only is None or args.only in f"{b.stem} {b.description}"
         ]
         bugs = bugs[i - 1 :: n]
+        _freeze_imports()
         if args.diagnose:
             runs = {"killed and named": diagnose_all(args.root, bugs)}
         elif seeds is None:

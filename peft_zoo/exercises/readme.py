@@ -8,6 +8,7 @@ prose here and the challenge entries in ``manifest.py``, never the generated fil
 
 from __future__ import annotations
 
+from ..injection.config_docs import CONFIG_PAGE, render_config_reference
 from .manifest import BY_NUMBER, CHALLENGES, TRACK, Challenge
 
 LEVEL_NAMES = {1: "warm-up", 2: "core", 3: "interview-hard"}
@@ -270,5 +271,10 @@ def render_challenge_index() -> str:
 
 
 def generated_pages() -> dict[str, str]:
-    """``path relative to the repository root -> text`` of every page generated from the manifest."""
-    return {f"practice/{TRACK}/README.md": render_readme(), "docs/challenges.md": render_challenge_index()}
+    """``path relative to the repository root -> text`` of every generated page: the two written
+    from the manifest, and the config field reference written from the config fields' help."""
+    return {
+        f"practice/{TRACK}/README.md": render_readme(),
+        "docs/challenges.md": render_challenge_index(),
+        CONFIG_PAGE: render_config_reference(),
+    }

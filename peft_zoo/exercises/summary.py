@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 import traceback
+import types
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from .manifest import CHALLENGES, Challenge
-from .runner import NOT_IMPLEMENTED, RUNNER_ENV, pristine_stub
+from .runner.constants import NOT_IMPLEMENTED, RUNNER_ENV
+from .runner.paths import pristine_stub
 
 MESSAGE_KEY = "peft_zoo_message"
 _BY_STEM = {ch.stem: ch for ch in CHALLENGES}
@@ -53,10 +56,10 @@ def rank(text: str) -> int:
 
 
 def _learner_frame(tb: object, learner_file: str | None) -> str:
-    if learner_file is None or tb is None:
+    if learner_file is None or not isinstance(tb, types.TracebackType):
         return ""
     name = os.path.basename(learner_file)
-    frames = [f for f in traceback.extract_tb(tb) if os.path.basename(f.filename) == name]  # type: ignore[arg-type]
+    frames = [f for f in traceback.extract_tb(tb) if os.path.basename(f.filename) == name]
     if not frames:
         return ""
     return f" (at {name}:{frames[-1].lineno} in {frames[-1].name})"
@@ -158,7 +161,7 @@ class GradingSummary:
             self.broken.append(f"{report.nodeid}: could not be collected\n{_report_text(report)}")
 
     @pytest.hookimpl(specname="pytest_terminal_summary", wrapper=True, tryfirst=True)
-    def reorder_failures(self, terminalreporter: pytest.TerminalReporter):  # type: ignore[no-untyped-def]
+    def reorder_failures(self, terminalreporter: pytest.TerminalReporter) -> Generator[None, object, object]:
         """Reorder pytest's own failure list (most specific first), then let it print."""
         failed = terminalreporter.stats.get("failed")
         if failed:

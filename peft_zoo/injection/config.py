@@ -4,7 +4,7 @@
     model, params = adapt_model(model, config)
 
 The fields mirror ``peft.LoraConfig`` / ``peft.IA3Config`` under peft_zoo's names (``rank``
-for ``r``, ``alpha`` for ``lora_alpha``...), and :mod:`peft_zoo.interop.peft_format` translates both
+for ``r``, ``alpha`` for ``lora_alpha``...), and :mod:`peft_zoo.interop.peft_config` translates both
 ways (``lora_config_from_peft``, ``peft_dict_from_config``), so one config selects the same
 modules here and in PEFT (see :mod:`peft_zoo.injection.targets` for the rules). ``adapt_model`` validates everything
 first (unknown targets, patterns that name no layer, a rank pattern for a layer that does
@@ -19,8 +19,7 @@ Regexes must compile and are matched with a time bound (:mod:`peft_zoo.core.rege
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -41,7 +40,8 @@ from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..lora import LoRALinear
-from .surgery import InjectionError, adapter_owned, mark_only_adapters_trainable, replace_linears
+from .modules_to_save import ModulesToSave, modules_to_save_names
+from .surgery import InjectionError, mark_only_adapters_trainable, replace_linears
 from .targets import (
     MATCH_BUDGET,
     TargetSpec,
@@ -99,12 +99,32 @@ def check_pattern_map(value: object, what: str, check_value: Callable[[object, s
 
 @dataclass
 class _TargetingConfig:
-    target_modules: TargetSpec | None = None  # names (exact or dotted suffix), a regex, or "all-linear"
-    exclude_modules: TargetSpec | None = None  # same forms; never adapted
-    layers_to_transform: int | list[int] | None = None  # only these layer indices (list targets only)
-    layers_pattern: str | list[str] | None = None  # the path component before the layer index ("layer", "h")
-    modules_to_save: list[str] | None = None  # modules trained and saved in full (a classifier head)
-    fan_in_fan_out: bool | None = None  # base weights stored (in, out) as GPT-2's Conv1D; None: infer
+    target_modules: TargetSpec | None = field(
+        default=None,
+        metadata={"help": 'The modules to adapt: names (exact or dotted suffix), a regex, or "all-linear".'},
+    )
+    exclude_modules: TargetSpec | None = field(
+        default=None, metadata={"help": "Modules never adapted, in the same forms as target_modules."}
+    )
+    layers_to_transform: int | list[int] | None = field(
+        default=None,
+        metadata={"help": "Adapt only the layers with these indices (with a list of target_modules only)."},
+    )
+    layers_pattern: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "help": 'The path component before the layer index ("layer", "h"), for layers_to_transform.'
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained and saved in full (a classifier head)."}
+    )
+    fan_in_fan_out: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Base weights are stored (in, out), as in GPT-2's Conv1D; None: infer it per layer."
+        },
+    )
 
     def _check_targeting(self) -> None:
         """Type and value of every targeting field; raises naming the field."""
@@ -129,7 +149,7 @@ class _TargetingConfig:
         """The module names this config adapts in ``model``."""
         return find_targets(
             model,
-            self.target_modules,  # type: ignore[arg-type]
+            check_spec(self.target_modules, "target_modules"),  # a field may have been set to None since
             exclude_modules=self.exclude_modules,
             layers_to_transform=self.layers_to_transform,
             layers_pattern=self.layers_pattern,
@@ -156,17 +176,34 @@ class LoraConfig(_TargetingConfig):
     ``use_dora=True`` builds :class:`~peft_zoo.dora.DoRALinear` layers (DoRA) instead of LoRA.
     """
 
-    rank: int = 8  # r: inner dimension of B A
-    alpha: float | None = None  # scale numerator; None means alpha = rank (scale 1)
-    dropout: float = 0.0  # dropout on the LoRA path's input
-    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
-    bias: str = "none"  # which biases train: "none", "all", "lora_only" (biases of adapted layers)
-    rank_pattern: dict[str, int] = field(default_factory=dict)  # name regex -> rank
-    alpha_pattern: dict[str, float] = field(default_factory=dict)  # name regex -> alpha
-    # name regex -> enabled slices of a fused output, e.g. {"c_attn": [True, False, True]}: LoRA
-    # on q and v of GPT-2's fused projection only (FusedLoRALinear). Not a PEFT field.
-    target_parts: dict[str, list[bool]] = field(default_factory=dict)
-    use_dora: bool = False  # DoRA: a learned magnitude per output feature (DoRALinear), PEFT's use_dora
+    rank: int = field(default=8, metadata={"help": "r: the inner dimension of B A (PEFT's r)."})
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "The scale numerator (PEFT's lora_alpha); None means alpha = rank (scale 1)."},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path's input."})
+    rslora: bool = field(default=False, metadata={"help": "Scale by alpha / sqrt(r) instead of alpha / r."})
+    bias: str = field(
+        default="none",
+        metadata={"help": 'Which biases train: "none", "all", "lora_only" (the biases of adapted layers).'},
+    )
+    rank_pattern: dict[str, int] = field(
+        default_factory=dict, metadata={"help": "Name regex -> rank, for the modules it matches."}
+    )
+    alpha_pattern: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "Name regex -> alpha, for the modules it matches."}
+    )
+    target_parts: dict[str, list[bool]] = field(
+        default_factory=dict,
+        metadata={
+            "help": 'Name regex -> enabled slices of a fused output, e.g. {"c_attn": [True, False, True]}: '
+            "LoRA on q and v of GPT-2's fused projection only (FusedLoRALinear). Not a PEFT field."
+        },
+    )
+    use_dora: bool = field(
+        default=False,
+        metadata={"help": "DoRA: a learned magnitude per output feature (DoRALinear), PEFT's use_dora."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -190,14 +227,16 @@ class LoraConfig(_TargetingConfig):
         if self.alpha is not None:
             check_positive_float(self.alpha, "alpha")
         check_probability(self.dropout, "dropout")
-        if not isinstance(self.bias, str):
-            raise TypeError(f"bias must be one of {_BIAS_MODES}, got {short_repr(self.bias)}")
-        if self.bias not in _BIAS_MODES:
-            raise ValueError(f"bias must be one of {_BIAS_MODES}, got {self.bias!r}")
+        bias: object = self.bias  # whatever was assigned: checked here at run time
+        if not isinstance(bias, str):
+            raise TypeError(f"bias must be one of {_BIAS_MODES}, got {short_repr(bias)}")
+        if bias not in _BIAS_MODES:
+            raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
         check_pattern_map(self.rank_pattern, "rank_pattern", lambda v, n: check_int_in(v, n, 1, MAX_RANK))
         check_pattern_map(self.alpha_pattern, "alpha_pattern", check_positive_float)
         check_pattern_map(self.target_parts, "target_parts", lambda v, n: None)
-        for key, flags in self.target_parts.items():
+        parts: Mapping[str, object] = self.target_parts  # as assigned: checked here at run time
+        for key, flags in parts.items():
             if not isinstance(flags, list) or not all(isinstance(f, bool) for f in flags) or not any(flags):
                 raise ValueError(
                     f"target_parts[{key!r}] must be a list of booleans with one True, got {flags!r}"
@@ -219,7 +258,13 @@ class IA3Config(_TargetingConfig):
     same forms as ``target_modules``) scale their *input*, as the IA³ paper does for the
     feed-forward down projection; the others scale their output (keys, values)."""
 
-    feedforward_modules: TargetSpec | None = None
+    feedforward_modules: TargetSpec | None = field(
+        default=None,
+        metadata={
+            "help": "Targets (same forms as target_modules) that scale their input, as IA³ does for the "
+            "feed-forward down projection; the others scale their output."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -238,48 +283,6 @@ class IA3Config(_TargetingConfig):
         return name in ff or any(name.endswith(f".{f}") for f in ff)
 
 
-class ModulesToSave(AdapterModule):
-    """A module trained (and saved) in full: the original stays frozen beside a trainable
-    copy, which is what runs. Used for parts a PEFT recipe retrains whole, such as a new
-    classifier head. ``forward`` passes everything through to the copy."""
-
-    adapter_param_names = None
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.original_module = module
-        self.original_module.requires_grad_(False)
-        self.trained_module = copy.deepcopy(module)
-        self.trained_module.requires_grad_(True)
-
-    def adapter_named_parameters(self, prefix: str = "") -> Iterator[tuple[str, nn.Parameter]]:
-        dot = f"{prefix}." if prefix else ""
-        for name, param in self.trained_module.named_parameters():
-            yield f"{dot}trained_module.{name}", param
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.trained_module(*args, **kwargs)
-
-    def adapter_config(self) -> dict[str, object]:
-        return {"method": "modules_to_save"}
-
-
-def _modules_to_save_names(model: nn.Module, wanted: Sequence[str]) -> list[str]:
-    """PEFT's rule: a module whose full name *ends with* an entry (plain string suffix);
-    never one inside an adapter layer, never one inside another match."""
-    inside_adapter = adapter_owned(model)
-    chosen: list[str] = []
-    for name, module in model.named_modules():
-        if not name or id(module) in inside_adapter or any(name.startswith(c + ".") for c in chosen):
-            continue
-        if any(name.endswith(w) for w in wanted):
-            chosen.append(name)
-    missing = [w for w in wanted if not any(n.endswith(w) for n in chosen)]
-    if missing:
-        raise InjectionError(f"modules_to_save: no module name ends with {missing}")
-    return chosen
-
-
 def _check_patterns(config: LoraConfig, names: list[str]) -> None:
     for what, patterns in (
         ("rank_pattern", config.rank_pattern),
@@ -292,6 +295,58 @@ def _check_patterns(config: LoraConfig, names: list[str]) -> None:
                 f"{what} keys {unused} match none of the adapted modules (a layer that does not "
                 f"exist, or one that is not targeted); adapted: {names[:6]}{'...' if len(names) > 6 else ''}"
             )
+
+
+Builder = Callable[[str, nn.Linear], AdapterModule]  # (module name, its Linear) -> the adapter layer
+
+
+def _lora_builder(config: LoraConfig, names: list[str]) -> Builder:
+    """Check the patterns and resolve every layer's rank, alpha and fused parts (all regex
+    matching, time-bounded, before anything changes); return the layer builder."""
+    with time_budget(MATCH_BUDGET):
+        _check_patterns(config, names)
+        layer_args = {
+            n: (*config.rank_alpha(n), pattern_key(list(config.target_parts), n, "target_parts"))
+            for n in names
+        }
+
+    def build(name: str, base: nn.Linear) -> AdapterModule:
+        rank, alpha, parts_key = layer_args[name]
+        if parts_key is not None:
+            return FusedLoRALinear(
+                base,
+                rank,
+                alpha,
+                parts=config.target_parts[parts_key],
+                dropout=config.dropout,
+                rslora=config.rslora,
+                fan_in_fan_out=config.fan_in_fan_out,
+            )
+        return (DoRALinear if config.use_dora else LoRALinear)(
+            base,
+            rank,
+            alpha,
+            dropout=config.dropout,
+            rslora=config.rslora,
+            fan_in_fan_out=config.fan_in_fan_out,
+        )
+
+    return build
+
+
+def _ia3_builder(config: IA3Config, names: list[str]) -> Builder:
+    """Decide which targets take the feed-forward form (refusing feedforward_modules that match
+    none of them) before anything changes; return the layer builder."""
+    with time_budget(MATCH_BUDGET):
+        feedforward = {n: config.is_feedforward(n) for n in names}
+
+    def build(name: str, base: nn.Linear) -> AdapterModule:
+        return IA3Linear(base, feedforward=feedforward[name], fan_in_fan_out=config.fan_in_fan_out)
+
+    ff = config.feedforward_modules
+    if ff and not any(feedforward.values()):
+        raise InjectionError(f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}")
+    return build
 
 
 def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Module, list[nn.Parameter]]:
@@ -307,43 +362,14 @@ def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Mo
         raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
     config.validate()  # again: a field may have been set after construction
     names = config.find(model)
-    save_names = _modules_to_save_names(model, config.modules_to_save) if config.modules_to_save else []
+    save_names = modules_to_save_names(model, config.modules_to_save) if config.modules_to_save else []
     clash = sorted({n for n in names for s in save_names if n == s or n.startswith(s + ".")})
     if clash:
         raise InjectionError(f"modules {clash} are both adapted and in modules_to_save; choose one")
     if isinstance(config, LoraConfig):
-        with time_budget(MATCH_BUDGET):  # every pattern match happens here, before any change
-            _check_patterns(config, names)
-            layer_args = {
-                n: (*config.rank_alpha(n), pattern_key(list(config.target_parts), n, "target_parts"))
-                for n in names
-            }
-
-        def build(name: str, base: nn.Linear) -> AdapterModule:
-            rank, alpha, parts_key = layer_args[name]
-            kwargs = {
-                "dropout": config.dropout,
-                "rslora": config.rslora,
-                "fan_in_fan_out": config.fan_in_fan_out,
-            }
-            if parts_key is not None:
-                return FusedLoRALinear(base, rank, alpha, parts=config.target_parts[parts_key], **kwargs)
-            return (DoRALinear if config.use_dora else LoRALinear)(base, rank, alpha, **kwargs)
-
-        method = "adapt_model(LoraConfig)"
+        build, method = _lora_builder(config, names), "adapt_model(LoraConfig)"
     else:
-        with time_budget(MATCH_BUDGET):
-            feedforward = {n: config.is_feedforward(n) for n in names}
-
-        def build(name: str, base: nn.Linear) -> AdapterModule:
-            return IA3Linear(base, feedforward=feedforward[name], fan_in_fan_out=config.fan_in_fan_out)
-
-        method = "adapt_model(IA3Config)"
-        ff = config.feedforward_modules
-        if ff and not any(feedforward.values()):
-            raise InjectionError(
-                f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}"
-            )
+        build, method = _ia3_builder(config, names), "adapt_model(IA3Config)"
     replace_linears(model, names, build, method)
     for name in save_names:
         parent_name, _, attr = name.rpartition(".")

@@ -1,24 +1,31 @@
-"""Put adapters into an existing model, and control which parameters train.
+"""The injectors: put adapters into an existing model by module name.
 
-Injection replaces ``nn.Linear`` modules *in place*, addressed by the dotted paths that
-``model.named_modules()`` prints (``"encoder.0.attn.q"``). Every injector validates all
-names first and only then swaps modules, so a call that raises leaves the model exactly
-as it was (``requires_grad`` flags included). Each returns ``(model, params)`` where
-``params`` are exactly the new adapter parameters, ready for an optimizer.
+``inject_lora``, ``inject_lora_recursive``, ``inject_ia3``, ``inject_qlora`` and
+``build_lora_adapter_model`` replace ``nn.Linear`` modules *in place*, addressed by the dotted
+paths that ``model.named_modules()`` prints (``"encoder.0.attn.q"``). Each is a thin layer over
+:mod:`peft_zoo.injection.surgery`: it checks its own arguments, then
+:func:`~peft_zoo.injection.surgery.replace_linears` validates every name first and only then
+swaps modules, so a call that raises leaves the model exactly as it was (``requires_grad``
+flags included). Each returns ``(model, params)`` where ``params`` are exactly the new adapter
+parameters, ready for an optimizer.
 
 Freezing follows Hugging Face PEFT's ``inject_adapter_in_model``: after a successful call
 every parameter of ``model`` that is not an adapter parameter has ``requires_grad=False``,
 so on a model without earlier adapters ``params`` is exactly the trainable set. Adapter
 parameters that were already in the model (an earlier injection, a ``modules_to_save``
-copy) keep their flags. To train more, use ``modules_to_save`` / ``bias`` in a config, or
-:func:`mark_only_adapters_trainable` with ``bias=``, or set ``requires_grad`` yourself.
+copy) keep their flags. To train more, use ``modules_to_save`` / ``bias`` in a config
+(:mod:`peft_zoo.injection.config`), the trainability helpers of
+:mod:`peft_zoo.injection.surgery` (``mark_only_adapters_trainable(model, bias=...)``), or set
+``requires_grad`` yourself.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypedDict
 
+import torch
 from torch import nn
 
 from ..adapters import AdapterBlock, BottleneckAdapter
@@ -29,13 +36,37 @@ from ..qlora import QLoRALinear
 from .surgery import InjectionError, adapter_owned, as_name_list, parent_of, replace_linears
 from .targets import output_head_names
 
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the type checker reads it here
+    from typing_extensions import Unpack
+
 __all__ = [
+    "LoRAOptions",
+    "QLoRAOptions",
     "build_lora_adapter_model",
     "inject_ia3",
     "inject_lora",
     "inject_lora_recursive",
     "inject_qlora",
 ]
+
+
+class LoRAOptions(TypedDict, total=False):
+    """The keyword arguments the LoRA injectors pass on to :class:`~peft_zoo.LoRALinear`."""
+
+    dropout: float
+    rslora: bool
+    fan_in_fan_out: bool | None
+
+
+class QLoRAOptions(TypedDict, total=False):
+    """The keyword arguments :func:`inject_qlora` passes on to :class:`~peft_zoo.QLoRALinear`."""
+
+    dropout: float
+    rslora: bool
+    blocksize: int
+    double_quant: bool
+    compute_dtype: torch.dtype | None
+    adapter_dtype: torch.dtype
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -53,7 +84,7 @@ def inject_lora(
     linear_names: str | Iterable[str],
     rank: int,
     alpha: float | None = None,
-    **lora_kwargs: object,
+    **lora_kwargs: Unpack[LoRAOptions],
 ) -> tuple[nn.Module, list[nn.Parameter]]:
     """Replace each named ``nn.Linear`` with a :class:`LoRALinear` and freeze everything else.
 
@@ -89,7 +120,7 @@ def inject_lora_recursive(
     alpha: float | None = None,
     *,
     exclude: str | Iterable[str] = (),
-    **lora_kwargs: object,
+    **lora_kwargs: Unpack[LoRAOptions],
 ) -> tuple[nn.Module, list[nn.Parameter]]:
     """Wrap every ``nn.Linear`` below ``model`` in a :class:`LoRALinear`.
 
@@ -172,7 +203,7 @@ def build_lora_adapter_model(
     adapter_bottleneck: int | None = None,
     *,
     d_model: int | None = None,
-    **lora_kwargs: object,
+    **lora_kwargs: Unpack[LoRAOptions],
 ) -> tuple[nn.Module, list[nn.Parameter]]:
     """LoRA on the named linears of ``base``, optionally a serial adapter around all of it.
 
@@ -188,14 +219,15 @@ def build_lora_adapter_model(
     """
     check_module(base, "build_lora_adapter_model: base")
     names = as_name_list(lora_names, "lora_names")
+    adapter = None
     if adapter_bottleneck is not None:
         check_positive_int(adapter_bottleneck, "adapter_bottleneck")
         d_model = _infer_d_model(base) if d_model is None else check_positive_int(d_model, "d_model")
         if d_model is None:
             raise InjectionError("build_lora_adapter_model: pass d_model; it cannot be inferred")
-    if not names and adapter_bottleneck is None:
+        adapter = _build_adapter(base, d_model, adapter_bottleneck)
+    elif not names:
         raise InjectionError("build_lora_adapter_model: no LoRA targets and no adapter: nothing to train")
-    adapter = None if adapter_bottleneck is None else _build_adapter(base, d_model, adapter_bottleneck)
     params: list[nn.Parameter] = []
     if names:
         base, params = inject_lora(base, names, rank, alpha, **lora_kwargs)  # checks, then mutates
@@ -211,10 +243,14 @@ def build_lora_adapter_model(
 
 def _build_adapter(base: nn.Module, d_model: int, bottleneck: int) -> BottleneckAdapter:
     """The serial adapter of :func:`build_lora_adapter_model`, built before anything changes."""
-    ref = next(base.parameters(), None)
-    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    ref = next(base.parameters(), None)  # the adapter lives where the base model's weights do
     try:
-        return BottleneckAdapter(d_model, bottleneck, **factory)
+        return BottleneckAdapter(
+            d_model,
+            bottleneck,
+            device=None if ref is None else ref.device,
+            dtype=None if ref is None else ref.dtype,
+        )
     except (RuntimeError, MemoryError) as err:  # e.g. the allocator refuses the size
         raise MemoryError(
             f"build_lora_adapter_model: cannot allocate BottleneckAdapter(d_model={d_model}, "
@@ -227,7 +263,7 @@ def inject_qlora(
     linear_names: str | Iterable[str] | None = None,
     rank: int = 8,
     alpha: float | None = None,
-    **qlora_kwargs: object,
+    **qlora_kwargs: Unpack[QLoRAOptions],
 ) -> tuple[nn.Module, list[nn.Parameter]]:
     """Replace linear layers of ``model`` by :class:`QLoRALinear`, all or nothing.
 

@@ -1,29 +1,34 @@
-"""Module surgery: the find, validate, replace and freeze steps every injector shares.
+"""Module surgery: the find, validate, replace and freeze steps every injector shares, and the
+trainability helpers.
 
 An injector (``inject_lora``, ``inject_ia3``, ``adapt_model``, ``inject_qlora``,
 ``inject_batched_lora``) is a thin layer over these functions:
 
 1. :func:`as_name_list` turns the caller's names into a checked list;
 2. :func:`validate_targets` resolves every dotted path (as ``named_modules()`` prints it) to
-   an ``nn.Linear`` or GPT-2 ``Conv1D`` that no adapter owns yet, or raises one
-   :class:`InjectionError` listing every problem;
-3. :func:`replace_linears` builds every replacement before installing any (all or nothing)
-   and then freezes every parameter that is not an adapter parameter, as Hugging Face PEFT's
+   an ``nn.Linear`` or GPT-2 ``Conv1D`` that no adapter owns yet (:func:`adapter_owned`), or
+   raises one :class:`InjectionError` listing every problem;
+3. :func:`replace_linears` builds every replacement before installing any (all or nothing,
+   each at :func:`parent_of` the name) and then freezes every parameter that is not an
+   adapter parameter (:func:`freeze_non_adapters`), as Hugging Face PEFT's
    ``inject_adapter_in_model`` does.
 
-The trainability helpers (:func:`mark_only_adapters_trainable`, :func:`count_parameters`, …)
-live here too, since freezing is the last step of every injection.
+The trainability helpers act on any model that holds adapters, injected or built by hand:
+:func:`adapter_named_parameters`, :func:`mark_only_adapters_trainable` (with PEFT's ``bias``
+modes), :func:`trainable_parameters`, :func:`count_parameters` and
+:func:`print_trainable_parameters` (PEFT's line).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 from torch import nn
 
 from ..core.base import AdapterModule
-from ..core.checks import is_conv1d
+from ..core.checks import check_name_list, is_conv1d
 
 __all__ = [
     "InjectionError",
@@ -49,22 +54,10 @@ class InjectionError(ValueError):
 
 
 def as_name_list(names: str | Iterable[str], what: str) -> list[str]:
-    # A bare string would otherwise be iterated character by character.
-    if isinstance(names, str):
-        return [names]
-    if names is None or isinstance(names, (bytes, Mapping)) or not isinstance(names, Iterable):
-        raise TypeError(
-            f"{what} must be a module name (str) or a list of module names, got {names!r} "
-            f"of type {type(names).__name__}"
-        )
-    names = list(names)
-    bad = [n for n in names if not isinstance(n, str)]
-    if bad:
-        raise TypeError(f"{what} must be module names (str), got {bad!r}")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InjectionError(f"{what} lists these names more than once: {dupes}")
-    return names
+    """``names`` as a checked list: one name (a ``str``) or an iterable of distinct ``str``.
+    Anything else (``None``, bytes, a dict, a number) raises ``TypeError`` naming ``what``;
+    a name listed twice raises :class:`InjectionError`."""
+    return check_name_list(names, what, InjectionError)
 
 
 def adapter_owned(model: nn.Module) -> dict[int, str]:
@@ -127,7 +120,9 @@ def validate_targets(
                 "directly; it cannot be wrapped"
             )
         else:
-            targets.append(module)
+            # An nn.Linear, or a Conv1D: the same (weight, bias) layer stored transposed, which
+            # every adapter reads through core.checks.linear_features.
+            targets.append(cast(nn.Linear, module))
     if problems:
         raise InjectionError(f"{method}: " + "; ".join(problems) + ". The model was not changed.")
     return targets

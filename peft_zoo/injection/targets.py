@@ -28,11 +28,12 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from typing import Literal, overload
 
 from torch import nn
 
-from ..core.checks import check_int_in, check_module, check_names, short_repr
+from ..core.checks import check_int_in, check_module, check_names, is_conv1d, short_repr
 from ..core.regex import check_pattern, fullmatch, match, time_budget
 from .surgery import InjectionError, adapter_owned
 
@@ -40,11 +41,15 @@ ALL_LINEAR = "all-linear"
 # Names that usually hold a model's output layer; "all-linear" never adapts them.
 HEAD_NAMES = ("lm_head", "head", "classifier", "score", "cls", "output_layer")
 
-TargetSpec = str | Sequence[str]
+TargetSpec = str | Collection[str]  # a regex, or module names (a list, tuple or set)
 MAX_LAYER_INDEX = 1 << 20  # layers_to_transform entries above this are a mistake, not a model
 MATCH_BUDGET = 2.0  # seconds all regex matches of one find_targets / load_peft call may take
 
 
+@overload
+def check_spec(value: object, what: str, *, optional: Literal[False] = False) -> TargetSpec: ...
+@overload
+def check_spec(value: object, what: str, *, optional: bool) -> TargetSpec | None: ...
 def check_spec(value: object, what: str, *, optional: bool = False) -> TargetSpec | None:
     """Return ``value`` if it is a valid target spec for field ``what``: a regex (a ``str`` that
     compiles) or a list / tuple / set of non-empty module names; ``None`` when ``optional``.
@@ -59,10 +64,10 @@ def check_spec(value: object, what: str, *, optional: bool = False) -> TargetSpe
             f"of type {type(value).__name__}"
         )
     check_names(value, what)
-    return value  # type: ignore[return-value]
+    return value
 
 
-def check_layers(value: object, what: str = "layers_to_transform") -> int | list[int] | None:
+def check_layers(value: object, what: str = "layers_to_transform") -> int | Collection[int] | None:
     """``None``, a layer index or a list / tuple / set of them, each an ``int`` in
     ``[0, MAX_LAYER_INDEX]``; anything else raises naming ``what``."""
     if value is None:
@@ -70,7 +75,7 @@ def check_layers(value: object, what: str = "layers_to_transform") -> int | list
     if isinstance(value, (list, tuple, set, frozenset, range)):
         for index in value:
             check_int_in(index, f"{what} entry", 0, MAX_LAYER_INDEX)
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"{what} must be a layer index (int) or a list of them, got {short_repr(value)} "
@@ -83,20 +88,19 @@ def _layer_regex(pattern: str) -> str:
     return rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\."
 
 
-def check_layers_pattern(value: object, what: str = "layers_pattern") -> str | list[str] | None:
+def check_layers_pattern(value: object, what: str = "layers_pattern") -> str | Sequence[str] | None:
     """``None``, a regex or a list / tuple of them (the path component before the layer
     index, placed into PEFT's layer regex); anything else raises naming ``what``."""
     if value is None:
         return None
-    patterns = [value] if isinstance(value, str) else value
-    if not isinstance(patterns, (list, tuple)):
+    if not isinstance(value, (str, list, tuple)):
         raise TypeError(
             f"{what} must be a str or a list of str, got {short_repr(value)} of type {type(value).__name__}"
         )
-    for pattern in patterns:
+    for pattern in [value] if isinstance(value, str) else value:
         check_pattern(pattern, what)
         check_pattern(_layer_regex(pattern), what)
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _excluded(key: str, exclude_modules: TargetSpec | None) -> bool:
@@ -115,8 +119,8 @@ def layer_index(key: str, layers_pattern: str | Sequence[str] | None = None) -> 
     the *first* match counts, so an expert index deeper in the path is never taken for it.
     """
     if not layers_pattern:
-        found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
-        return int(found.group("idx")) if found else None
+        plain = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)  # a fixed pattern: stdlib re
+        return int(plain.group("idx")) if plain else None
     patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
     for pattern in patterns:
         found = match(_layer_regex(pattern), key, "layers_pattern")
@@ -181,8 +185,6 @@ def _target_hint(target: str, names: Sequence[str]) -> str:
 
 
 def _is_target_type(module: nn.Module, types: tuple[type[nn.Module], ...] | None) -> bool:
-    from ..core.checks import is_conv1d
-
     if types is None:
         return isinstance(module, nn.Linear) or is_conv1d(module)
     return isinstance(module, types)

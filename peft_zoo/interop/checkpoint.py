@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +189,35 @@ def _json(text: str, where: object) -> Any:
         raise CheckpointError(f"{where}: invalid JSON ({type(err).__name__}: {err})") from None
 
 
+def find_weights_file(directory: Path, legacy_names: Sequence[str]) -> Path | None:
+    """The tensors file of an adapter ``directory``: ``adapter_model.safetensors``, else the
+    first of ``legacy_names`` there (``adapter_model.bin``...); ``None`` when there is none."""
+    for name in (WEIGHTS_NAME, *legacy_names):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def read_safetensors(file: Path, error: type[Exception]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the header metadata of the safetensors ``file`` (shared by this module
+    and the PEFT reader). A missing, truncated or corrupt file raises ``error`` naming it."""
+    try:
+        data = file.read_bytes()
+        state = safetensors.torch.load(data)
+        meta = _safetensors_metadata(data)
+    except Exception as err:  # safetensors raises several types for bad bytes
+        raise error(
+            f"{file}: not a readable safetensors file; it may be truncated or corrupt ({err})"
+        ) from err
+    return state, meta
+
+
 def _resolve_file(path: Path) -> Path:
     if path.is_dir():
-        for name in (WEIGHTS_NAME, *_LEGACY_NAMES):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: no {WEIGHTS_NAME} (or legacy {_LEGACY_NAMES}) in this directory")
+        file = find_weights_file(path, _LEGACY_NAMES)
+        if file is None:
+            raise CheckpointError(f"{path}: no {WEIGHTS_NAME} (or legacy {_LEGACY_NAMES}) in this directory")
+        return file
     if not path.is_file():
         raise CheckpointError(f"{path}: no such adapter file or directory")
     return path
@@ -205,14 +228,7 @@ _OPT_IN = "pass allow_unverified=True to load it without that check"
 
 def _read_safetensors(file: Path, allow_unverified: bool) -> tuple[dict[str, torch.Tensor], str | None]:
     """The tensors and the config text of a safetensors file, its digest verified."""
-    try:
-        data = file.read_bytes()
-        meta = _safetensors_metadata(data)
-        state = safetensors.torch.load(data)
-    except Exception as err:  # safetensors raises several types for bad bytes
-        raise CheckpointError(
-            f"{file}: not a readable safetensors file; it may be truncated or corrupt ({err})"
-        ) from err
+    state, meta = read_safetensors(file, CheckpointError)
     config_text = meta.get(METADATA_KEY)
     digest = meta.get(DIGEST_KEY)
     if digest is not None:  # a digest that is present is always checked

@@ -6,14 +6,15 @@
 an explicit list: translated, ignored (bookkeeping, or used only to initialise fresh
 weights), or accepted only when off (a bias on B, layer replication, ...). Anything else is refused by
 name, so an unknown option never silently loads a different model. The tensors and the
-directory layout live in :mod:`peft_zoo.interop.peft_format`.
+directory layout are read by :mod:`peft_zoo.interop.peft_read` and written by
+:mod:`peft_zoo.interop.peft_write`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -25,19 +26,25 @@ from .peft_checks import TASK_TYPES, field_problems, read_json_object
 
 __all__ = [
     "PeftFormatError",
+    "common_fields",
     "config_from_peft",
     "ia3_config_from_peft",
+    "json_number",
     "lora_config_from_peft",
     "peft_dict_from_config",
     "read_config_file",
 ]
 
-# PEFT's task wrappers add these to modules_to_save (PeftModelForSequenceClassification...).
-_TASK_SAVES = {
-    "SEQ_CLS": ("classifier", "score"),
-    "TOKEN_CLS": ("classifier", "score"),
-    "QUESTION_ANS": ("qa_outputs",),
-}
+
+class PeftConfigObject(Protocol):
+    """A ``peft.LoraConfig`` / ``peft.IA3Config`` object: what ``to_dict()`` gives is what
+    ``save_pretrained`` writes to ``adapter_config.json``."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+# A PEFT config as the translators accept it: the contents of an adapter_config.json, or the object.
+PeftConfigData = Mapping[str, Any] | PeftConfigObject
 
 
 class PeftFormatError(CheckpointError):
@@ -120,7 +127,7 @@ def _is_off(value: object) -> bool:
     return value is None or value is False or (isinstance(value, (list, tuple, dict, str)) and not value)
 
 
-def _check_peft_dict(data: Mapping[str, Any]) -> list[str]:
+def _check_peft_dict(data: object) -> list[str]:
     """Every reason peft_zoo cannot reproduce this PEFT config exactly (empty list: fine)."""
     if not isinstance(data, Mapping):
         return [f"the config must be a JSON object, got {type(data).__name__}"]
@@ -136,7 +143,7 @@ def _check_peft_dict(data: Mapping[str, Any]) -> list[str]:
     if unknown:
         problems.append(
             f"unknown config fields {unknown}: peft_zoo does not know what they do, so it refuses "
-            "rather than load a different function (the fields it knows are listed in peft_zoo/interop/peft_format.py)"
+            "rather than load a different function (the fields it knows are listed in peft_zoo/interop/peft_config.py)"
         )
     for name, why in off.items():
         if name in data and not _is_off(data[name]):
@@ -168,14 +175,20 @@ def _spec(value: object, what: str) -> TargetSpec | None:
     raise PeftFormatError(f"{what} must be a list of module names or a regex string, got {value!r}")
 
 
-def _checked(data: Any, peft_type: str) -> dict[str, Any]:
-    """``data`` (a mapping, or a PEFT config object) as a dict, or raise listing every problem."""
+def _plain(data: object) -> object:
+    """A PEFT config object (``peft.LoraConfig`` / ``IA3Config``) as its dict; anything else as is."""
     if hasattr(data, "to_dict") and not isinstance(data, Mapping):
-        data = data.to_dict()  # a peft.LoraConfig / IA3Config object
+        return data.to_dict()
+    return data
+
+
+def _checked(data: object, peft_type: str) -> dict[str, Any]:
+    """``data`` (a mapping, or a PEFT config object) as a dict, or raise listing every problem."""
+    data = _plain(data)
     problems = _check_peft_dict(data)
-    if not problems and data["peft_type"] != peft_type:
+    if not problems and isinstance(data, Mapping) and data["peft_type"] != peft_type:
         problems = [f"peft_type={data['peft_type']!r}, expected {peft_type!r} (use config_from_peft)"]
-    if problems:
+    if problems or not isinstance(data, Mapping):
         raise PeftFormatError("invalid or unsupported PEFT config:\n  - " + "\n  - ".join(problems))
     return dict(data)
 
@@ -186,7 +199,7 @@ def _saves(value: object) -> list[str] | None:
     return list(check_names(value, "modules_to_save")) if value else None
 
 
-def lora_config_from_peft(data: Mapping[str, Any]) -> LoraConfig:
+def lora_config_from_peft(data: PeftConfigData) -> LoraConfig:
     """A :class:`~peft_zoo.LoraConfig` selecting the same modules with the same ranks and scales
     as the PEFT LoRA config ``data`` (the contents of an ``adapter_config.json``, or
     a ``peft.LoraConfig`` itself).
@@ -219,7 +232,7 @@ def lora_config_from_peft(data: Mapping[str, Any]) -> LoraConfig:
         raise PeftFormatError(f"invalid PEFT LoRA config: {err}") from err
 
 
-def ia3_config_from_peft(data: Mapping[str, Any]) -> IA3Config:
+def ia3_config_from_peft(data: PeftConfigData) -> IA3Config:
     """An :class:`~peft_zoo.IA3Config` equivalent to the PEFT IA³ config ``data``.
 
     Note PEFT's rule for a *list* of ``feedforward_modules``: a plain string suffix
@@ -239,12 +252,11 @@ def ia3_config_from_peft(data: Mapping[str, Any]) -> IA3Config:
         raise PeftFormatError(f"invalid PEFT IA3 config: {err}") from err
 
 
-def config_from_peft(data: Mapping[str, Any]) -> LoraConfig | IA3Config:
+def config_from_peft(data: PeftConfigData) -> LoraConfig | IA3Config:
     """:func:`lora_config_from_peft` or :func:`ia3_config_from_peft`, by ``data["peft_type"]``."""
-    if hasattr(data, "to_dict") and not isinstance(data, Mapping):
-        data = data.to_dict()
-    if isinstance(data, Mapping) and data.get("peft_type") == "IA3":
-        return ia3_config_from_peft(data)
+    plain = _plain(data)
+    if isinstance(plain, Mapping) and plain.get("peft_type") == "IA3":
+        return ia3_config_from_peft(plain)
     return lora_config_from_peft(data)
 
 
@@ -252,12 +264,16 @@ def _json_spec(spec: TargetSpec | None) -> str | list[str] | None:
     return spec if spec is None or isinstance(spec, str) else list(spec)
 
 
-def _number(x: float) -> int | float:
+def json_number(x: float) -> int | float:
     """``8.0 -> 8`` (PEFT types ``lora_alpha`` as int); other values unchanged."""
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _common_fields(peft_type: str, task_type: str | None, base_model_name_or_path: str | None) -> dict:
+def common_fields(
+    peft_type: str, task_type: str | None, base_model_name_or_path: str | None
+) -> dict[str, Any]:
+    """The fields every ``adapter_config.json`` starts with; raises :class:`PeftFormatError`
+    for a ``task_type`` PEFT does not know."""
     if task_type is not None and task_type not in TASK_TYPES:
         raise PeftFormatError(f"task_type={task_type!r}; PEFT knows {TASK_TYPES} (or None)")
     return {
@@ -267,6 +283,51 @@ def _common_fields(peft_type: str, task_type: str | None, base_model_name_or_pat
         "revision": None,
         "inference_mode": False,
     }
+
+
+def _lora_fields(config: LoraConfig) -> dict[str, Any]:
+    """The LoRA-specific fields of the PEFT config equivalent to ``config``."""
+    if getattr(config, "target_parts", None):
+        raise PeftFormatError(
+            f"target_parts={config.target_parts!r}: LoRA on part of a fused projection has no PEFT "
+            "equivalent (PEFT adapts a layer's whole output)"
+        )
+    alpha_pattern: dict[str, float] = dict(config.alpha_pattern)
+    if config.alpha is None:
+        for key, rank in config.rank_pattern.items():
+            alpha_pattern.setdefault(key, float(rank))
+    return {
+        "r": config.rank,
+        "lora_alpha": json_number(config.rank if config.alpha is None else config.alpha),
+        "lora_dropout": config.dropout,
+        "use_rslora": config.rslora,
+        "bias": config.bias,
+        "rank_pattern": dict(config.rank_pattern),
+        "alpha_pattern": {k: json_number(v) for k, v in alpha_pattern.items()},
+        "layers_to_transform": config.layers_to_transform,
+        "layers_pattern": config.layers_pattern,
+        "init_lora_weights": True,
+        "use_dora": config.use_dora,
+        "lora_bias": False,
+    }
+
+
+def _ia3_fields(config: IA3Config) -> dict[str, Any]:
+    """The IA3-specific fields of the PEFT config equivalent to ``config``."""
+    if config.layers_to_transform is not None:
+        raise PeftFormatError(
+            "PEFT's IA3Config has no layers_to_transform: write the layer numbers into a regex "
+            "target_modules instead"
+        )
+    ff = config.feedforward_modules
+    if isinstance(ff, (list, tuple)) and not isinstance(config.target_modules, str):
+        extra = sorted(set(ff) - set(config.target_modules or ()))
+        if extra:
+            raise PeftFormatError(
+                f"PEFT needs feedforward_modules to be a subset of target_modules; not targeted: {extra}"
+            )
+    # None would mean "PEFT's defaults for this model type" to PEFT; peft_zoo's None means none.
+    return {"feedforward_modules": _json_spec(ff) if ff else [], "init_ia3_weights": True}
 
 
 def peft_dict_from_config(
@@ -284,51 +345,17 @@ def peft_dict_from_config(
     follow a pattern's rank. ``model`` (unadapted), when given, decides ``fan_in_fan_out``
     (True when the targets are GPT-2 ``Conv1D`` layers), which spares PEFT's warning.
     """
-    if isinstance(config, (LoraConfig, IA3Config)):
-        config.validate()  # a field set after construction must not reach a file unchecked
     if isinstance(config, LoraConfig):
-        if getattr(config, "target_parts", None):
-            raise PeftFormatError(
-                f"target_parts={config.target_parts!r}: LoRA on part of a fused projection has no PEFT "
-                "equivalent (PEFT adapts a layer's whole output)"
-            )
-        out = _common_fields("LORA", task_type, base_model_name_or_path)
-        alpha_pattern: dict[str, float] = dict(config.alpha_pattern)
-        if config.alpha is None:
-            for key, rank in config.rank_pattern.items():
-                alpha_pattern.setdefault(key, float(rank))
-        out.update(
-            r=config.rank,
-            lora_alpha=_number(config.rank if config.alpha is None else config.alpha),
-            lora_dropout=config.dropout,
-            use_rslora=config.rslora,
-            bias=config.bias,
-            rank_pattern=dict(config.rank_pattern),
-            alpha_pattern={k: _number(v) for k, v in alpha_pattern.items()},
-            layers_to_transform=config.layers_to_transform,
-            layers_pattern=config.layers_pattern,
-            init_lora_weights=True,
-            use_dora=config.use_dora,
-            lora_bias=False,
-        )
+        config.validate()  # a field set after construction must not reach a file unchecked
+        fields = _lora_fields(config)
+        out = common_fields("LORA", task_type, base_model_name_or_path)
     elif isinstance(config, IA3Config):
-        if config.layers_to_transform is not None:
-            raise PeftFormatError(
-                "PEFT's IA3Config has no layers_to_transform: write the layer numbers into a regex "
-                "target_modules instead"
-            )
-        ff = config.feedforward_modules
-        if isinstance(ff, (list, tuple)) and not isinstance(config.target_modules, str):
-            extra = sorted(set(ff) - set(config.target_modules or ()))
-            if extra:
-                raise PeftFormatError(
-                    f"PEFT needs feedforward_modules to be a subset of target_modules; not targeted: {extra}"
-                )
-        out = _common_fields("IA3", task_type, base_model_name_or_path)
-        # None would mean "PEFT's defaults for this model type" to PEFT; peft_zoo's None means none.
-        out.update(feedforward_modules=_json_spec(ff) if ff else [], init_ia3_weights=True)
+        config.validate()
+        fields = _ia3_fields(config)
+        out = common_fields("IA3", task_type, base_model_name_or_path)
     else:
         raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
+    out.update(fields)
     fan_in_fan_out = config.fan_in_fan_out
     if fan_in_fan_out is None and model is not None:
         fan_in_fan_out = any(is_conv1d(model.get_submodule(n)) for n in config.find(model))

@@ -140,8 +140,9 @@ def _check_config(c: BidirectionalTransformerConfig) -> None:
         raise ValueError(
             f"n_embd={c.n_embd} must split into n_head={c.n_head} heads of even size (RoPE rotates pairs)"
         )
-    if isinstance(c.n_classes, bool) or not isinstance(c.n_classes, int) or c.n_classes < 0:
-        raise ValueError(f"n_classes must be an int >= 0, got {c.n_classes!r}")
+    n_classes: object = c.n_classes  # whatever the config holds: checked here at run time
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
+        raise ValueError(f"n_classes must be an int >= 0, got {n_classes!r}")
     check_probability(c.dropout, "dropout")
     check_positive_float(c.rope_base, "rope_base")
     if c.use_lora_attn or c.use_lora_mlp:
@@ -169,6 +170,9 @@ class BidirectionalTransformer(nn.Module):
     ``B = 0`` makes a fresh LoRA model compute exactly what the same model without LoRA does.
     """
 
+    rope_cos: torch.Tensor  # (max_len, head_dim / 2) buffer, registered in __init__
+    rope_sin: torch.Tensor
+
     def __init__(self, config: BidirectionalTransformerConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or BidirectionalTransformerConfig()
@@ -187,7 +191,7 @@ class BidirectionalTransformer(nn.Module):
         self._init_weights()
         self._add_lora()  # after the init, so the base weights do not depend on the LoRA settings
         if c.share_main_matrices and c.n_layer > 1:
-            share_main_matrices(self.blocks, MAIN_MATRICES)
+            share_main_matrices(list(self.blocks), MAIN_MATRICES)
         for p in self.main_parameters():
             p.requires_grad_(c.train_main_matrices)
 
@@ -199,8 +203,9 @@ class BidirectionalTransformer(nn.Module):
                 nn.init.normal_(
                     module.weight, 0.0, std / math.sqrt(2 * self.config.n_layer) if scaled else std
                 )
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                bias = getattr(module, "bias", None)  # nn.Embedding has none
+                if bias is not None:
+                    nn.init.zeros_(bias)
 
     def _add_lora(self) -> None:
         c = self.config
@@ -223,10 +228,10 @@ class BidirectionalTransformer(nn.Module):
         seen: dict[int, nn.Parameter] = {}
         for block in self.blocks:
             for name in MAIN_MATRICES:
-                linear = block.get_submodule(name)
-                linear = linear.base if isinstance(linear, LoRALinear) else linear
+                layer = block.get_submodule(name)
+                linear = layer.base if isinstance(layer, LoRALinear) else layer
                 for p in (linear.weight, linear.bias):
-                    if p is not None:
+                    if isinstance(p, nn.Parameter):  # a registered weight or bias is a Parameter or None
                         seen.setdefault(id(p), p)
         return list(seen.values())
 
@@ -236,7 +241,7 @@ class BidirectionalTransformer(nn.Module):
         for p in self.main_parameters():
             p.requires_grad_(False)
 
-    def _check_inputs(self, idx: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    def _check_inputs(self, idx: object, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point():
             raise ValueError(f"idx must be an integer tensor (B, T), got {getattr(idx, 'shape', type(idx))}")
         if idx.shape[1] > self.config.max_len:

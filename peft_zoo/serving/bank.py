@@ -12,40 +12,24 @@ training + ``save_adapter`` produce), zero-padded to the bank's rank::
 
 Every operation checks everything first and changes nothing on error. ``load_async``
 copies upcoming adapters into free slots on a worker thread while the current batch runs
-(on a GPU, on a side stream); ``ids`` waits only for the loads it needs.
+(on a GPU, on a side stream); ``ids`` waits only for the loads it needs. Reading an adapter
+and checking it against the batched layers, before any slot is touched, is :mod:`.slots`.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..core.checks import check_bool, check_positive_float
-from ..lora import lora_scale
 from .batched import BatchedLoRALinear, batched_lora_layers
+from .slots import AdapterSource, BankError, SlotPlan, plan_slot
 
 __all__ = ["AdapterBank", "BankError"]
-
-AdapterSource = str | os.PathLike[str] | Mapping[str, torch.Tensor]
-
-
-class BankError(ValueError):
-    """A bank operation that cannot be done (full bank, unknown name, mismatched adapter).
-    The bank and the model are unchanged."""
-
-
-@dataclass
-class _Plan:
-    """One validated adapter, ready to copy: ``layer name -> (A (r', in), B (out, r'), scale)``."""
-
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 
 
 class AdapterBank:
@@ -120,113 +104,6 @@ class AdapterBank:
 
     # ------------------------------------------------------------------ loading
 
-    @staticmethod
-    def _check_options(
-        name: object, alpha: object, rslora: object, strict: object, unverified: object
-    ) -> None:
-        """Refuse bad arguments of :meth:`load` (wrong types are refused, never coerced)."""
-        if not isinstance(name, str) or not name:
-            raise BankError(f"adapter names must be non-empty strings, got {name!r}")
-        try:
-            if alpha is not None:
-                check_positive_float(alpha, "alpha")
-            check_bool(rslora, "rslora")
-            check_bool(strict, "strict")
-            check_bool(unverified, "allow_unverified")
-        except (TypeError, ValueError) as err:
-            raise BankError(f"cannot load {name!r}: {err}") from None
-
-    @staticmethod
-    def _layer_scale(cfg: Mapping, rank: int, alpha: float | None, rslora: bool) -> float:
-        """One layer's scale: the file's alpha / rsLoRA where it records them, else the arguments."""
-        layer_alpha = check_positive_float(
-            cfg.get("alpha", alpha if alpha is not None else max(rank, 1)), "alpha"
-        )
-        layer_rslora = check_bool(cfg.get("rslora", rslora), "rslora")
-        return lora_scale(rank, layer_alpha, layer_rslora) if rank else float("nan")
-
-    def _plan(
-        self,
-        name: str,
-        adapter: AdapterSource,
-        alpha: float | None,
-        rslora: bool,
-        strict: bool,
-        allow_unverified: bool = False,
-    ) -> _Plan:
-        """Read and check ``adapter`` against every batched layer; touch nothing."""
-        self._check_options(name, alpha, rslora, strict, allow_unverified)
-        per_layer_cfg: dict[str, dict] = {}
-        if isinstance(adapter, (str, os.PathLike)):
-            from ..interop.checkpoint import CheckpointError, read_adapter
-
-            try:
-                state, config = read_adapter(adapter, allow_unverified=allow_unverified)
-            except CheckpointError as err:
-                raise BankError(f"cannot load {name!r}: {err}") from None
-            per_layer_cfg = config.get("layers") or {}
-            methods = {str(rec.get("method")) for rec in per_layer_cfg.values()}
-            if methods - {"lora"}:
-                raise BankError(
-                    f"cannot load {name!r} from {adapter}: it holds {sorted(methods)} adapters, not LoRA"
-                )
-        elif isinstance(adapter, Mapping):
-            state = dict(adapter)
-        else:
-            raise BankError(
-                f"adapter must be a path written by save_adapter or an adapter state dict, got {type(adapter).__name__}"
-            )
-        grouped: dict[str, dict[str, torch.Tensor]] = {}
-        problems: list[str] = []
-        for key, tensor in state.items():
-            layer, _, part = key.rpartition(".") if isinstance(key, str) else ("", "", "")
-            if part not in ("lora_A", "lora_B") or not isinstance(tensor, torch.Tensor):
-                problems.append(
-                    f"{key!r} is not a LoRA tensor (expected '<layer>.lora_A' / '<layer>.lora_B')"
-                )
-                continue
-            grouped.setdefault(layer, {})[part] = tensor
-        unknown = sorted(set(grouped) - set(self.layers))
-        for layer in unknown:
-            close = difflib.get_close_matches(layer, list(self.layers), n=2, cutoff=0.6)
-            problems.append(
-                f"{layer!r} is not a batched layer of this model" + (f" (close: {close})" if close else "")
-            )
-        missing = sorted(set(self.layers) - set(grouped))
-        if strict and missing:
-            problems.append(
-                f"no tensors for batched layers {missing} (pass strict=False to leave them at zero)"
-            )
-        if not grouped:
-            problems.append("the adapter has no LoRA tensors")
-        plan: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
-        for layer_name in sorted(set(grouped) & set(self.layers)):
-            parts = grouped[layer_name]
-            if set(parts) != {"lora_A", "lora_B"}:
-                problems.append(f"{layer_name}: needs both lora_A and lora_B, got {sorted(parts)}")
-                continue
-            a, b = parts["lora_A"], parts["lora_B"]
-            cfg = per_layer_cfg.get(layer_name, {})
-            rank = a.shape[0] if a.dim() == 2 else 0
-            layer = self.layers[layer_name]
-            try:
-                scale = self._layer_scale(cfg, rank, alpha, rslora)
-                layer.check_slot(0, a, b, scale)
-            except (TypeError, ValueError) as err:
-                problems.append(f"{layer_name}: {err}")
-                continue
-            if not (a.is_floating_point() and b.is_floating_point()):
-                problems.append(
-                    f"{layer_name}: adapter tensors must be floating point, got {a.dtype}/{b.dtype}"
-                )
-                continue
-            plan[layer_name] = (a, b, scale)
-        if problems:
-            raise BankError(
-                f"cannot load {name!r}; the bank was not changed:\n  - " + "\n  - ".join(problems)
-            )
-        return _Plan(plan)
-
     def _reserve(self, name: str) -> int:
         with self._lock:
             if name in self._slots:
@@ -242,7 +119,7 @@ class AdapterBank:
             return slot
 
     @torch.no_grad()
-    def _write(self, slot: int, plan: _Plan | None) -> None:
+    def _write(self, slot: int, plan: SlotPlan | None) -> None:
         """Copy ``plan`` into ``slot`` of every layer (layers it does not cover get zeros)."""
         with self._lock:
             if self._param_versions() != self._known_versions:
@@ -288,10 +165,10 @@ class AdapterBank:
         larger than the bank's, a shape mismatch, non-finite weights, a corrupt file, or a
         bad argument (``alpha`` not a finite number > 0, a non-bool flag); nothing changes.
         """
-        plan = self._plan(name, adapter, alpha, rslora, strict, allow_unverified)
+        plan = plan_slot(self.layers, name, adapter, alpha, rslora, strict, allow_unverified)
         return self._fill(self._reserve(name), plan)
 
-    def _fill(self, slot: int, plan: _Plan) -> int:
+    def _fill(self, slot: int, plan: SlotPlan) -> int:
         """Write ``plan`` into the reserved ``slot``; free the slot again if that fails."""
         try:
             self._write(slot, plan)
@@ -315,11 +192,11 @@ class AdapterBank:
         batches; validation and slot reservation happen now, so errors raise here.
         :meth:`ids` waits for the loads of the names it is asked about. Returns a Future
         of the slot. Do not train the bank's weights while loads are in flight."""
-        plan = self._plan(name, adapter, alpha, rslora, strict, allow_unverified)
+        plan = plan_slot(self.layers, name, adapter, alpha, rslora, strict, allow_unverified)
         slot = self._reserve(name)
         device = next(iter(self.layers.values())).lora_A.device
         if device.type == "cuda":  # pinned host copies make the device copies truly asynchronous
-            plan = _Plan({k: (a.pin_memory(), b.pin_memory(), s) for k, (a, b, s) in plan.tensors.items()})
+            plan = SlotPlan({k: (a.pin_memory(), b.pin_memory(), s) for k, (a, b, s) in plan.tensors.items()})
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peft_zoo-bank")
 

@@ -19,16 +19,16 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .bank import AdapterBank
+from .bank import AdapterBank
+from .batched import use_adapters
 
 __all__ = ["CacheStats", "EmbeddingCache", "input_keys"]
 
 Batch = torch.Tensor | Mapping[str, torch.Tensor]
+EntryKey = tuple[Hashable, str | None, Hashable]  # (input key, adapter name, adapter version)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class CacheStats:
         return self.bytes / self.entries if self.entries else 0.0
 
 
-def _batch_size(inputs: Batch) -> int:
+def _batch_size(inputs: object) -> int:
+    """Rows of ``inputs`` (a tensor, or a dict of tensors that agree on it); checks the batch."""
     if isinstance(inputs, torch.Tensor):
         if inputs.dim() == 0:
             raise ValueError("inputs must have a batch dimension, got a 0-d tensor")
@@ -128,14 +129,11 @@ class EmbeddingCache:
                 f"EmbeddingCache: version must be a callable adapter_name -> hashable or None, "
                 f"got {type(version).__name__}"
             )
-        for value, what in ((max_entries, "max_entries"), (max_bytes, "max_bytes")):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{what} must be a positive int or None, got {value!r}")
+        self.max_entries = _check_capacity(max_entries, "max_entries")
+        self.max_bytes = _check_capacity(max_bytes, "max_bytes")
         self.compute = compute
         self.version = version or (lambda _name: 0)
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[Hashable, str | None, Hashable], torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[EntryKey, torch.Tensor] = OrderedDict()
         self._current: dict[str | None, Hashable] = {}  # the version each adapter's entries have
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
@@ -151,9 +149,6 @@ class EmbeddingCache:
     ) -> EmbeddingCache:
         """A cache over ``bank``'s model: misses run ``forward(inputs)`` inside
         ``use_adapters(bank.model, bank.ids(names))``; versions come from ``bank.version``."""
-        from .bank import AdapterBank
-        from .batched import use_adapters
-
         if not isinstance(bank, AdapterBank):
             raise TypeError(
                 f"EmbeddingCache.for_bank: bank must be an AdapterBank, got {type(bank).__name__}"
@@ -200,7 +195,7 @@ class EmbeddingCache:
         self._current[adapter] = version
         return version
 
-    def _store(self, key: tuple[Hashable, str | None, Hashable], value: torch.Tensor) -> None:
+    def _store(self, key: EntryKey, value: torch.Tensor) -> None:
         size = _nbytes(value)
         if self.max_bytes is not None and size > self.max_bytes:
             return  # larger than the whole cache: return it, do not keep it
@@ -226,28 +221,11 @@ class EmbeddingCache:
     ) -> torch.Tensor:
         """Outputs ``(B, ...)`` for ``B`` samples and their adapter names; only misses are
         computed, in one ``compute`` call, and identical pairs only once."""
-        batch = _batch_size(inputs)
-        if isinstance(adapters, (str, bytes)) or not isinstance(adapters, Sequence) or len(adapters) != batch:
-            raise ValueError(f"need one adapter name (or None) per sample: {batch} samples, got {adapters!r}")
-        if keys is not None and (isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence)):
-            raise TypeError(f"keys must be a sequence of one hashable per sample, got {type(keys).__name__}")
-        keys = input_keys(inputs) if keys is None else list(keys)
-        if len(keys) != batch:
-            raise ValueError(f"need one key per sample: {batch} samples, {len(keys)} keys")
-        bad_names = [a for a in adapters if a is not None and not isinstance(a, str)]
-        if bad_names:
-            raise TypeError(f"adapter names must be str or None, got {bad_names[:3]!r}")
-        for key in keys:
-            try:
-                hash(key)
-            except TypeError:
-                raise TypeError(
-                    f"keys must be hashable, got {key!r:.60} of type {type(key).__name__}"
-                ) from None
-        versions = {a: self._refresh_version(a) for a in dict.fromkeys(adapters)}
-        full = [(k, a, versions[a]) for k, a in zip(keys, adapters, strict=True)]
+        names, sample_keys = _call_arguments(inputs, adapters, keys)
+        versions = {a: self._refresh_version(a) for a in dict.fromkeys(names)}
+        full = [(k, a, versions[a]) for k, a in zip(sample_keys, names, strict=True)]
         rows: list[torch.Tensor | None] = []
-        todo: dict[tuple[Hashable, str | None, Hashable], int] = {}  # miss key -> first sample
+        todo: dict[EntryKey, int] = {}  # miss key -> first sample
         for i, key in enumerate(full):
             hit = self._entries.get(key)
             if hit is not None:
@@ -257,18 +235,53 @@ class EmbeddingCache:
                 self._misses += 1
                 todo.setdefault(key, i)
             rows.append(hit)
-        if todo:
-            first = torch.tensor(list(todo.values()), dtype=torch.long)
-            out = self.compute(_select(inputs, first), [adapters[i] for i in first.tolist()])
-            if not isinstance(out, torch.Tensor) or out.shape[0] != len(todo):
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"compute returned {got} for {len(todo)} samples")
-            fresh = {}
-            for j, key in enumerate(todo):
-                fresh[key] = out[j].detach().clone()  # own storage: do not pin the whole batch
-                self._store(key, fresh[key])
-            rows = [fresh[full[i]] if r is None else r for i, r in enumerate(rows)]
-        return torch.stack(rows)  # type: ignore[arg-type]
+        fresh = self._compute_misses(inputs, names, todo) if todo else {}
+        return torch.stack([fresh[full[i]] if r is None else r for i, r in enumerate(rows)])
+
+    def _compute_misses(
+        self, inputs: Batch, names: list[str | None], todo: dict[EntryKey, int]
+    ) -> dict[EntryKey, torch.Tensor]:
+        """One ``compute`` call for the samples ``todo`` names (miss key -> first sample); the
+        outputs are stored and returned by key."""
+        first = torch.tensor(list(todo.values()), dtype=torch.long)
+        out: object = self.compute(_select(inputs, first), [names[i] for i in first.tolist()])
+        if not isinstance(out, torch.Tensor) or out.shape[0] != len(todo):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"compute returned {got} for {len(todo)} samples")
+        fresh = {}
+        for j, key in enumerate(todo):
+            fresh[key] = out[j].detach().clone()  # own storage: do not pin the whole batch
+            self._store(key, fresh[key])
+        return fresh
+
+
+def _call_arguments(inputs: Batch, adapters: object, keys: object) -> tuple[list[str | None], list[Hashable]]:
+    """One adapter name (or ``None``) and one hashable key per sample of ``inputs``; ``keys``
+    ``None``: each sample's :func:`input_keys` digest."""
+    batch = _batch_size(inputs)
+    if isinstance(adapters, (str, bytes)) or not isinstance(adapters, Sequence) or len(adapters) != batch:
+        raise ValueError(f"need one adapter name (or None) per sample: {batch} samples, got {adapters!r}")
+    if keys is not None and (isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence)):
+        raise TypeError(f"keys must be a sequence of one hashable per sample, got {type(keys).__name__}")
+    sample_keys: list[Hashable] = list(input_keys(inputs) if keys is None else keys)
+    if len(sample_keys) != batch:
+        raise ValueError(f"need one key per sample: {batch} samples, {len(sample_keys)} keys")
+    bad_names = [a for a in adapters if a is not None and not isinstance(a, str)]
+    if bad_names:
+        raise TypeError(f"adapter names must be str or None, got {bad_names[:3]!r}")
+    for key in sample_keys:
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"keys must be hashable, got {key!r:.60} of type {type(key).__name__}") from None
+    return list(adapters), sample_keys
+
+
+def _check_capacity(value: object, what: str) -> int | None:
+    """``max_entries`` / ``max_bytes``: a positive int (not a bool), or ``None`` for no limit."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{what} must be a positive int or None, got {value!r}")
+    return value
 
 
 def _nbytes(t: torch.Tensor) -> int:

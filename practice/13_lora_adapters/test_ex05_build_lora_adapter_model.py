@@ -14,20 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peft_zoo import AdapterBlock, BottleneckAdapter, LoRALinear
-from peft_zoo.exercises.grading import assert_matches, learner_code, require
-from peft_zoo.exercises.injection_checks import (
-    SQUARE_KINDS,
-    build_model,
-    call,
+from peft_zoo.exercises.graders.injection_calls import call, library_function_closed, unpack
+from peft_zoo.exercises.graders.injection_checks import (
     check_param_list,
     check_same_tree,
     check_wrapped,
     compare_outputs_and_grads,
-    example_input,
-    injection_cases,
-    library_function_closed,
-    unpack,
 )
+from peft_zoo.exercises.graders.injection_zoo import SQUARE_KINDS, build_model, example_input, injection_cases
+from peft_zoo.exercises.grading import assert_matches, learner_code, require
 from peft_zoo.testing import explain
 
 CHALLENGE = "ex05_build_lora_adapter_model"

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
-from peft_zoo import BottleneckAdapter
+from peft_zoo.exercises.graders.adapter_blocks import block_pair, sublayer_and_adapter
 from peft_zoo.exercises.grading import assert_gradients_match, assert_matches, learner_code, require
 from peft_zoo.testing import dims, dtypes, explain, leading_shapes, ranks, seeds
 
@@ -66,34 +63,6 @@ PLANTED_BUGS: list[tuple[str, ...]] = [
 ]
 
 
-def _sublayer(d: int) -> nn.Module:
-    """A small feed-forward sublayer (..., d) -> (..., d)."""
-    return nn.Sequential(nn.Linear(d, 2 * d), nn.Tanh(), nn.Linear(2 * d, d))
-
-
-def _parts(d, r, seed, *, adapter_residual=True, trained=True):
-    """A sublayer and a ``peft_zoo.BottleneckAdapter``; ``trained`` gives up_proj random
-    values (as after some training) so the adapter's delta is not zero."""
-    torch.manual_seed(seed)
-    sub = _sublayer(d)
-    adapter = BottleneckAdapter(d, r, residual=adapter_residual)
-    if trained:
-        with torch.no_grad():
-            adapter.up_proj.weight.normal_(0.0, 0.5)
-            adapter.up_proj.bias.normal_(0.0, 0.5)
-    return sub, adapter
-
-
-def _pair(impl, ref, d, r, seed, *, dtype=torch.float32, **kw):
-    """The learner's block and the reference block around identical copies of one sublayer
-    and one adapter."""
-    (impl_cls,) = require(impl, "ParallelAdapterBlock")
-    sub, adapter = _parts(d, r, seed, **kw)
-    mine = impl_cls(copy.deepcopy(sub), copy.deepcopy(adapter)).to(dtype)
-    theirs = ref.ParallelAdapterBlock(copy.deepcopy(sub), copy.deepcopy(adapter)).to(dtype)
-    return mine, theirs
-
-
 def _bugs(theirs, x):
     """What the classic mistakes would output for input ``x``."""
     f, delta = theirs.sublayer, theirs.adapter.forward_delta
@@ -118,7 +87,7 @@ def _bugs(theirs, x):
 @learner_code()
 def test_keeps_the_sublayer_and_the_adapter(impl, d, r, seed) -> None:
     (impl_cls,) = require(impl, "ParallelAdapterBlock")
-    sub, adapter = _parts(d, r, seed)
+    sub, adapter = sublayer_and_adapter(d, r, seed)
     block = impl_cls(sub, adapter)
     drawn = {"d_model": d, "bottleneck_dim": r, "seed": seed}
     for name, given_module in (("sublayer", sub), ("adapter", adapter)):
@@ -144,7 +113,7 @@ def test_keeps_the_sublayer_and_the_adapter(impl, d, r, seed) -> None:
 @learner_code()
 def test_initialisation_equals_the_sublayer(impl, d, r, lead, seed) -> None:
     (impl_cls,) = require(impl, "ParallelAdapterBlock")
-    sub, adapter = _parts(d, r, seed, trained=False)  # up_proj zero: delta(x) = 0
+    sub, adapter = sublayer_and_adapter(d, r, seed, trained=False)  # up_proj zero: delta(x) = 0
     block = impl_cls(sub, adapter)
     drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "seed": seed}
     x = torch.randn(*lead, d)
@@ -177,7 +146,9 @@ def test_initialisation_equals_the_sublayer(impl, d, r, lead, seed) -> None:
 )
 @learner_code()
 def test_forward_matches_reference(impl, ref, d, r, lead, adapter_residual, dtype, seed) -> None:
-    mine, theirs = _pair(impl, ref, d, r, seed, dtype=dtype, adapter_residual=adapter_residual)
+    mine, theirs = block_pair(
+        impl, ref, "ParallelAdapterBlock", d, r, seed, dtype=dtype, adapter_residual=adapter_residual
+    )
     drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "adapter.residual": adapter_residual}
     drawn |= {"dtype": dtype, "seed": seed}
     x = torch.randn(*lead, d, dtype=dtype)
@@ -195,7 +166,7 @@ def test_forward_matches_reference(impl, ref, d, r, lead, adapter_residual, dtyp
 @given(d=dims(), r=ranks(), lead=leading_shapes(max_dims=2), seed=seeds())
 @learner_code()
 def test_gradients_match_reference(impl, ref, d, r, lead, seed) -> None:
-    mine, theirs = _pair(impl, ref, d, r, seed, dtype=torch.float64)
+    mine, theirs = block_pair(impl, ref, "ParallelAdapterBlock", d, r, seed, dtype=torch.float64)
     drawn = {"d_model": d, "bottleneck_dim": r, "lead": lead, "seed": seed}
     x = torch.randn(*lead, d, dtype=torch.float64)
     g = torch.randn(*lead, d, dtype=torch.float64)

@@ -154,6 +154,24 @@ def _call(layer, x, drawn):
         ) from None
 
 
+def _check_starts_at_ones(scale, drawn) -> None:
+    """IA³'s scale starts at ones, so the layer starts equal to its base."""
+    if not torch.all(scale.detach() == 1):
+        zero = bool(torch.all(scale.detach() == 0))
+        raise AssertionError(
+            explain(
+                "scale must start at ones",
+                drawn=drawn,
+                expected="all ones",
+                got="all zeros" if zero else f"values {scale.detach().reshape(-1)[:6].float().tolist()}",
+                hint="the IA³ scale initialised to zero multiplies every output by 0: the layer starts "
+                "by forgetting its base. Ones make it start equal to the base"
+                if zero
+                else "ones make the layer start equal to its base",
+            )
+        )
+
+
 @settings(max_examples=20, deadline=None, report_multiple_bugs=False)
 @given(spec=ia3_specs(), dtype=dtypes(include_bfloat16=True), lead=leading_shapes(max_dims=2))
 @learner_code()
@@ -188,20 +206,7 @@ def test_scale_starts_at_ones_follows_dtype_and_base_is_frozen(impl, spec, dtype
         got=str(scale.dtype),
         hint="torch.ones(n, dtype=base.weight.dtype, device=base.weight.device)",
     )
-    if not torch.all(scale.detach() == 1):
-        zero = bool(torch.all(scale.detach() == 0))
-        raise AssertionError(
-            explain(
-                "scale must start at ones",
-                drawn=drawn,
-                expected="all ones",
-                got="all zeros" if zero else f"values {scale.detach().reshape(-1)[:6].float().tolist()}",
-                hint="the IA³ scale initialised to zero multiplies every output by 0: the layer starts "
-                "by forgetting its base. Ones make it start equal to the base"
-                if zero
-                else "ones make the layer start equal to its base",
-            )
-        )
+    _check_starts_at_ones(scale, drawn)
     trainable_base = [n for n, p in base.named_parameters() if p.requires_grad]
     assert not trainable_base, explain(
         "the base layer is still trainable",

@@ -12,23 +12,27 @@ import pytest
 from hypothesis import given, settings
 
 from peft_zoo import IA3Linear
-from peft_zoo.exercises.grading import learner_code, require
-from peft_zoo.exercises.injection_checks import (
+from peft_zoo.exercises.graders.injection_calls import (
     NESTED_HINT,
-    bad_name_cases,
-    build_model,
     call,
-    check_param_list,
     check_refused,
+    library_injectors_closed,
+    unpack,
+)
+from peft_zoo.exercises.graders.injection_checks import (
+    check_param_list,
     check_requires_grad,
     check_same_tree,
     check_wrapped,
     compare_outputs_and_grads,
+)
+from peft_zoo.exercises.graders.injection_zoo import (
+    bad_name_cases,
+    build_model,
     example_input,
     injection_cases,
-    library_injectors_closed,
-    unpack,
 )
+from peft_zoo.exercises.grading import learner_code, require
 
 CHALLENGE = "ex09_inject_ia3"
 pytestmark = pytest.mark.timeout(120)

@@ -16,23 +16,17 @@ from torch import nn
 
 import peft_zoo
 from peft_zoo import LoRALinear
-from peft_zoo.exercises.grading import learner_code, require
-from peft_zoo.exercises.injection_checks import (
-    KINDS,
-    LINEARS,
-    build_model,
-    call,
+from peft_zoo.exercises.graders.injection_calls import call, check_refused, library_injectors_closed, unpack
+from peft_zoo.exercises.graders.injection_checks import (
     check_lora_settings,
     check_param_list,
-    check_refused,
     check_requires_grad,
     check_same_tree,
     check_wrapped,
     compare_outputs_and_grads,
-    example_input,
-    library_injectors_closed,
-    unpack,
 )
+from peft_zoo.exercises.graders.injection_zoo import KINDS, LINEARS, build_model, example_input
+from peft_zoo.exercises.grading import learner_code, require
 from peft_zoo.testing import alphas, dims, seeds
 
 CHALLENGE = "ex10_inject_lora_recursive"

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from peft_zoo import inject_lora
+from peft_zoo.exercises.graders.refusals import expect_refusal
 from peft_zoo.exercises.grading import assert_matches, learner_code, require
 from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerConfig
 from peft_zoo.testing import assert_model_unchanged, explain, fingerprint, seeds
@@ -267,41 +268,21 @@ def test_bad_dicts_raise_and_leave_the_model_unchanged(impl, setup) -> None:
     drawn = _drawn(setup)
     before = fingerprint(fresh)
     for problem, bad, accepted, named in _bad_dicts(trained, setup):
-        names = " or ".join(e.__name__ for e in accepted)
-        try:
-            load_adapter_state_dict(fresh, bad)
-        except NotImplementedError:
-            raise  # an unfinished stub: reported as "not implemented yet"
-        except accepted as err:
-            assert named in str(err), explain(
-                f"the error for a bad dict should name the offending key ({problem})",
-                drawn=drawn,
-                expected=f"a message mentioning {named!r}",
-                got=f"{type(err).__name__}: {err}",
-            )
-        except Exception as err:
-            raise AssertionError(
-                explain(
-                    f"a bad adapter dict ({problem}) raised the wrong error",
-                    drawn=drawn,
-                    expected=names,
-                    got=f"{type(err).__name__}: {err}",
-                    hint="check keys and shapes yourself before copying and raise KeyError / ValueError "
-                    "with a clear message; a RuntimeError from copy_ comes after earlier entries were "
-                    "already copied",
-                )
-            ) from None
-        else:
-            raise AssertionError(
-                explain(
-                    f"a bad adapter dict was accepted: {problem}",
-                    drawn=drawn,
-                    expected=f"{names} before anything is copied",
-                    got="no error",
-                    hint="compare the dict's keys with the model's adapter keys in both directions "
-                    "(missing AND unexpected), and every shape, before the first copy_",
-                )
-            )
+        expect_refusal(
+            lambda bad=bad: load_adapter_state_dict(fresh, bad),
+            drawn=drawn,
+            errors=accepted,
+            mention=named,
+            when_unnamed=f"the error for a bad dict should name the offending key ({problem})",
+            when_wrong=f"a bad adapter dict ({problem}) raised the wrong error",
+            wrong_hint="check keys and shapes yourself before copying and raise KeyError / ValueError "
+            "with a clear message; a RuntimeError from copy_ comes after earlier entries were "
+            "already copied",
+            when_accepted=f"a bad adapter dict was accepted: {problem}",
+            accepted_hint="compare the dict's keys with the model's adapter keys in both directions "
+            "(missing AND unexpected), and every shape, before the first copy_",
+            accepted_expected=f"{' or '.join(e.__name__ for e in accepted)} before anything is copied",
+        )
         try:
             assert_model_unchanged(fresh, before, what=f"after refusing a bad dict ({problem})")
         except AssertionError as err:

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from torch import nn
 
 import peft_zoo
+from peft_zoo.exercises.graders.ex15_sanity_checks import DeltaWeightLoRA, MinimalLoRA
 from peft_zoo.exercises.grading import learner_code, load_module, require
 from peft_zoo.testing import explain, seeds
 
@@ -106,34 +107,6 @@ PLANTED_BUGS: list[tuple[str, ...]] = [
 # ----------------------------------------------------------------------------- correct layers
 
 
-class _MinimalLoRA(nn.Module):
-    """A correct LoRA layer written as plainly as possible: only the contract, nothing else."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
-        super().__init__()
-        self.base = base
-        self.base.requires_grad_(False)
-        factory = {"dtype": base.weight.dtype, "device": base.weight.device}
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scale = (rank if alpha is None else alpha) / rank
-
-    def lora_path(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_path(x)
-
-
-class _DeltaWeightLoRA(_MinimalLoRA):
-    """Also correct: one matmul with W0 + scale · B A (no `merged`, no `delta_weight`, no `rank`)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.base.weight + self.scale * (self.lora_B @ self.lora_A)
-        return F.linear(x, weight, self.base.bias)
-
-
 @functools.cache
 def _correct_classes() -> dict[str, type]:
     ex01 = (
@@ -142,28 +115,28 @@ def _correct_classes() -> dict[str, type]:
     return {
         "peft_zoo.LoRALinear": peft_zoo.LoRALinear,
         "the challenge 01 reference answer": load_module(ex01, "ex15_ref01").LoRALinear,
-        "a minimal LoRA layer (only base, lora_A, lora_B, scale, forward)": _MinimalLoRA,
-        "a LoRA layer computing F.linear(x, W0 + scale * B @ A, bias)": _DeltaWeightLoRA,
+        "a minimal LoRA layer (only base, lora_A, lora_B, scale, forward)": MinimalLoRA,
+        "a LoRA layer computing F.linear(x, W0 + scale * B @ A, bias)": DeltaWeightLoRA,
     }
 
 
 # ----------------------------------------------------------------------------- broken layers
 
 
-class _BaseTrainable(_MinimalLoRA):
+class _BaseTrainable(MinimalLoRA):
     def __init__(self, base, rank, alpha=None):
         super().__init__(base, rank, alpha)
         self.base.requires_grad_(True)  # BUG: forgot to freeze (or unfroze) the base
 
 
-class _BiasTrainable(_MinimalLoRA):
+class _BiasTrainable(MinimalLoRA):
     def __init__(self, base, rank, alpha=None):
         super().__init__(base, rank, alpha)
         if self.base.bias is not None:
             self.base.bias.requires_grad_(True)  # BUG: froze base.weight only
 
 
-class _FullRank(_MinimalLoRA):
+class _FullRank(MinimalLoRA):
     def __init__(self, base, rank, alpha=None):
         super().__init__(base, rank, alpha)
         n = base.in_features  # BUG: the rank is ignored, the "low-rank" factors are full size
@@ -172,14 +145,14 @@ class _FullRank(_MinimalLoRA):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
 
-class _RandomB(_MinimalLoRA):
+class _RandomB(MinimalLoRA):
     def __init__(self, base, rank, alpha=None):
         super().__init__(base, rank, alpha)
         with torch.no_grad():
             self.lora_B.normal_()  # BUG: B random at init, so B A != 0
 
 
-class _FreshBase(_MinimalLoRA):
+class _FreshBase(MinimalLoRA):
     def __init__(self, base, rank, alpha=None):
         # BUG: builds a new Linear of the same shape instead of wrapping the given one
         super().__init__(
@@ -187,23 +160,23 @@ class _FreshBase(_MinimalLoRA):
         )
 
 
-class _NoBias(_MinimalLoRA):
+class _NoBias(MinimalLoRA):
     def forward(self, x):
         return F.linear(x, self.base.weight) + self.lora_path(x)  # BUG: the base bias is dropped
 
 
-class _ScaledBase(_MinimalLoRA):
+class _ScaledBase(MinimalLoRA):
     def forward(self, x):
         # BUG: the scale multiplies the base output too
         return self.scale * (self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B))
 
 
-class _Detached(_MinimalLoRA):
+class _Detached(MinimalLoRA):
     def forward(self, x):
         return self.base(x) + self.lora_path(x).detach()  # BUG: no gradient reaches A or B
 
 
-class _StaleB(_MinimalLoRA):
+class _StaleB(MinimalLoRA):
     def __init__(self, base, rank, alpha=None):
         super().__init__(base, rank, alpha)
         self.register_buffer("lora_B_cached", self.lora_B.detach().clone())  # BUG: a copy taken at init
@@ -212,12 +185,12 @@ class _StaleB(_MinimalLoRA):
         return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B_cached)
 
 
-class _IgnoresLoRA(_MinimalLoRA):
+class _IgnoresLoRA(MinimalLoRA):
     def forward(self, x):
         return self.base(x)  # BUG: the LoRA path is never added
 
 
-class _ZeroScale(_MinimalLoRA):
+class _ZeroScale(MinimalLoRA):
     def forward(self, x):
         return self.base(x) + 0.0 * self.lora_path(x)  # BUG: a scale of zero (e.g. alpha // rank == 0)
 

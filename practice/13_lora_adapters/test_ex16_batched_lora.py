@@ -8,18 +8,25 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from torch import nn
-from torch.func import functional_call
 
-from peft_zoo import LoRALinear
+from peft_zoo.exercises.graders.ex16_batched_lora import (
+    Batched,
+    check_output,
+    classic_bugs,
+    drawn_of,
+    loop_reference,
+    recheck,
+    setups,
+    tensors,
+)
+from peft_zoo.exercises.graders.refusals import expect_refusal
 from peft_zoo.exercises.grading import (
     assert_gradients_match,
     assert_matches,
-    diagnose,
     learner_code,
     require,
 )
-from peft_zoo.testing import assert_close, explain, seeds, tolerance
+from peft_zoo.testing import explain
 
 CHALLENGE = "ex16_batched_lora"
 pytestmark = pytest.mark.timeout(120)
@@ -115,207 +122,6 @@ PLANTED_BUGS: list[tuple[str, ...]] = [
 ]
 
 
-@st.composite
-def setups(draw: st.DrawFn, base_only: bool = False, adapted: bool = False) -> dict:
-    """Batch, sequence, number of adapters, rank, features, and one id per sample (with -1 and
-    repeats); ``base_only=True`` makes at least one sample base-only (id -1), ``adapted=True``
-    at least one sample use an adapter."""
-    n = draw(st.integers(1, 4))
-    batch = draw(st.integers(1, 5))
-    ids = draw(st.lists(st.integers(-1, n - 1), min_size=batch, max_size=batch))
-    if base_only and -1 not in ids:
-        ids[draw(st.integers(0, batch - 1))] = -1
-    if adapted and all(i == -1 for i in ids):
-        ids[draw(st.integers(0, batch - 1))] = draw(st.integers(0, n - 1))
-    return {
-        "B": batch,
-        "T": draw(st.integers(1, 3)),
-        "N": n,
-        "r": draw(st.integers(1, 4)),
-        "in": draw(st.integers(1, 6)),
-        "out": draw(st.integers(1, 6)),
-        "ids": ids,
-        "seed": draw(seeds()),
-    }
-
-
-def _tensors(setup, dtype=torch.float32):
-    """A frozen base, x (B, T, in), ids (B,), stacked A (N, r, in), B (N, out, r) and distinct scales (N,)."""
-    torch.manual_seed(setup["seed"])
-    base = nn.Linear(setup["in"], setup["out"], dtype=dtype).requires_grad_(False)
-    x = torch.randn(setup["B"], setup["T"], setup["in"], dtype=dtype)
-    ids = torch.tensor(setup["ids"], dtype=torch.long)
-    A = torch.randn(setup["N"], setup["r"], setup["in"], dtype=dtype)
-    B = torch.randn(setup["N"], setup["out"], setup["r"], dtype=dtype)
-    scale = (
-        0.5 + torch.arange(setup["N"], dtype=dtype) + torch.rand(setup["N"], dtype=dtype) / 2
-    )  # all distinct
-    return base, x, ids, A, B, scale
-
-
-def _loop_reference(base, x, ids, A, B, scale):
-    """Each sample alone through a peft_zoo.LoRALinear holding its adapter (the base alone for -1)."""
-    rows = []
-    for b, i in enumerate(ids.tolist()):
-        if i == -1:
-            rows.append(base(x[b]))
-            continue
-        layer = LoRALinear(base, A.shape[1])
-        layer.scale = float(scale[i])
-        # functional_call swaps in A[i] and B[i] for the layer's parameters, so gradients
-        # flow back into the stacked tensors.
-        rows.append(functional_call(layer, {"lora_A": A[i], "lora_B": B[i]}, (x[b],)))
-    return torch.stack(rows)  # (B, T, out)
-
-
-def _with(base, x, ids, A, B, scale, pick, scale_of, *, mask_minus_one=True, use_scale=True):
-    """What a forward computes when sample b uses adapter ``pick(b, i)`` and scale ``scale_of(b, i)``."""
-    n = A.shape[0]
-    rows = []
-    for b, i in enumerate(ids.tolist()):
-        if i == -1 and mask_minus_one:
-            rows.append(base(x[b]))
-            continue
-        k = pick(b, i) % n
-        s = scale_of(b, i) if use_scale else 1.0
-        rows.append(base(x[b]) + s * (x[b] @ A[k].T @ B[k].T))
-    return torch.stack(rows)
-
-
-def _bugs(base, x, ids, A, B, scale):
-    """What the classic mistakes would output for these inputs."""
-    n = A.shape[0]
-    first = int(ids[0]) if len(ids) else 0
-
-    def by_id(b, i):
-        return scale[i % n]
-
-    table = {
-        "-1 picked the LAST adapter (plain lora_A[ids]: Python negative indexing)": (
-            lambda b, i: i % n,
-            by_id,
-            {"mask_minus_one": False},
-        ),
-        "-1 was clamped to 0 but never masked: base-only samples got adapter 0": (
-            lambda b, i: max(i, 0),
-            lambda b, i: scale[max(i, 0)],
-            {"mask_minus_one": False},
-        ),
-        "ids shifted by one: id i used adapter i + 1": (
-            lambda b, i: i + 1,
-            lambda b, i: scale[(i + 1) % n],
-            {},
-        ),
-        "ids shifted by one: id i used adapter i - 1 (1-based ids)": (
-            lambda b, i: i - 1,
-            lambda b, i: scale[(i - 1) % n],
-            {},
-        ),
-        "ids treated as 1-based: id i used adapter i - 1 (id 0 clamped to adapter 0)": (
-            lambda b, i: max(i - 1, 0),
-            lambda b, i: scale[max(i - 1, 0)],
-            {},
-        ),
-        "the scale of adapter 0 is used for every sample": (lambda b, i: i, lambda b, i: scale[0], {}),
-        "the scale is indexed by position b instead of by the sample's adapter id": (
-            lambda b, i: i,
-            lambda b, i: scale[b % n],
-            {},
-        ),
-        "the scale is missing (no alpha / r)": (lambda b, i: i, by_id, {"use_scale": False}),
-        "the scale is missing and -1 picked the last adapter": (
-            lambda b, i: i % n,
-            by_id,
-            {"use_scale": False, "mask_minus_one": False},
-        ),
-        "the scale is missing and -1 picked adapter 0": (
-            lambda b, i: max(i, 0),
-            by_id,
-            {"use_scale": False, "mask_minus_one": False},
-        ),
-        "one adapter for the whole batch: every sample used the adapter (and scale) of sample 0": (
-            lambda b, i: max(first, 0),
-            lambda b, i: scale[max(first, 0)],
-            {},
-        ),
-    }
-    out = {
-        name: (lambda pick=pick, sc=sc, kw=kw: _with(base, x, ids, A, B, scale, pick, sc, **kw))
-        for name, (pick, sc, kw) in table.items()
-    }
-    out["A and B swapped (x @ B @ A instead of x @ A^T @ B^T)"] = lambda: (
-        base(x) + _per_sample(x, ids, scale, lambda i: B[i], lambda i: A[i])
-    )
-    out["A reshaped instead of transposed (A.view(in, r) is not A^T)"] = lambda: (
-        base(x) + _per_sample(x, ids, scale, lambda i: A[i].reshape(A.shape[2], A.shape[1]), lambda i: B[i].T)
-    )
-    out["the LoRA path is never added (output = base(x))"] = lambda: base(x)
-    out["the base output is missing (only the LoRA delta)"] = lambda: (
-        _with(base, x, ids, A, B, scale, lambda b, i: i, by_id) - base(x)
-    )
-    return out
-
-
-def _per_sample(x, ids, scale, first, second):
-    """``scale[i] * x[b] @ first(i) @ second(i)`` per sample (zero for id -1): for wrong-matrix bugs."""
-    rows = []
-    for b, i in enumerate(ids.tolist()):
-        if i == -1:
-            rows.append(torch.zeros(x.shape[1], second(0).shape[1], dtype=x.dtype))
-        else:
-            rows.append(scale[i] * (x[b] @ first(i) @ second(i)))
-    return torch.stack(rows)
-
-
-def _drawn(setup, **extra):
-    return {**setup, **extra}
-
-
-# A fixed, non-degenerate batch (distinct ids, a -1 in the middle, in != out, rank >= 2) for
-# telling apart bugs that coincide on a tiny drawn one (one adapter for the whole batch and
-# "ids shifted by one" agree on a batch of two).
-RECHECK = {"B": 6, "T": 2, "N": 4, "r": 3, "in": 5, "out": 4, "ids": [2, -1, 0, 3, 1, 2], "seed": 3}
-
-
-def _recheck(fn, *, delta=False):
-    """A :data:`peft_zoo.exercises.grading.Recheck` running ``fn`` (the learner's forward, or
-    delta when ``delta``) on :data:`RECHECK`."""
-
-    def run():
-        base, x, ids, A, B, scale = _tensors(RECHECK, dtype=torch.float64)
-        with torch.no_grad():
-            bugs = _bugs(base, x, ids, A, B, scale)
-            expected = _loop_reference(base, x, ids, A, B, scale)
-            if not delta:
-                return fn(base, x, ids, A, B, scale), expected, bugs
-            shifted = {name: (lambda f=f: f() - base(x)) for name, f in bugs.items()}
-            return fn(x, ids, A, B, scale), expected - base(x), shifted
-
-    return run
-
-
-def _check_output(got, expected, setup, bugs, *, what, recheck=None):
-    """Compare the whole output; on a mismatch, point at the first wrong sample and its id, and
-    name the classic bug that reproduces the whole output (re-checked on a larger batch)."""
-    ids = setup["ids"]
-    drawn = _drawn(setup)
-    rtol, atol = tolerance(expected.dtype)
-    if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-        for b in range(expected.shape[0]):
-            if not torch.allclose(got[b].double(), expected[b].double(), rtol=rtol, atol=atol):
-                hint = diagnose(got, bugs, rtol=rtol, atol=atol, expected=expected, recheck=recheck)
-                if hint is None and ids[b] == -1:
-                    hint = "a sample with id -1 must get exactly base(x[b]): no adapter, no scale"
-                assert_close(
-                    got[b],
-                    expected[b],
-                    what=f"{what}: sample b={b} (adapter id {ids[b]}) is wrong",
-                    drawn=drawn,
-                    hint=hint,
-                )
-    assert_matches(got, expected, what=what, drawn=drawn, bugs=bugs, recheck=recheck)
-
-
 @settings(max_examples=40, deadline=None)
 @given(setup=setups())
 @example(setup={"B": 3, "T": 2, "N": 3, "r": 2, "in": 3, "out": 4, "ids": [-1, 2, 0], "seed": 0})
@@ -323,33 +129,33 @@ def _check_output(got, expected, setup, bugs, *, what, recheck=None):
 @learner_code()
 def test_forward_matches_a_loop_of_lora_linear_layers(impl, ref, setup) -> None:
     (forward,) = require(impl, "batched_lora_forward")
-    base, x, ids, A, B, scale = _tensors(setup)
+    base, x, ids, A, B, scale = tensors(setup)
     originals = [t.clone() for t in (x, ids, A, B, scale)]
     with torch.no_grad():
         got = forward(base, x, ids, A, B, scale)
-        expected = _loop_reference(base, x, ids, A, B, scale)
-        bugs = _bugs(base, x, ids, A, B, scale)
-        _check_output(
+        expected = loop_reference(base, x, ids, A, B, scale)
+        bugs = classic_bugs(base, x, ids, A, B, scale)
+        check_output(
             got,
             expected,
             setup,
             bugs,
             what="batched_lora_forward vs one LoRALinear per sample",
-            recheck=_recheck(forward),
+            recheck=recheck(forward),
         )
-        _check_output(
+        check_output(
             got,
             ref.batched_lora_forward(base, x, ids, A, B, scale),
             setup,
             bugs,
             what="batched_lora_forward vs the reference answer",
-            recheck=_recheck(forward),
+            recheck=recheck(forward),
         )
     inputs = {"x": x, "adapter_ids": ids, "lora_A": A, "lora_B": B, "scale": scale}
     for (name, now), before in zip(inputs.items(), originals, strict=True):
         assert torch.equal(before, now), explain(
             f"batched_lora_forward changed its input {name} in place",
-            drawn=_drawn(setup),
+            drawn=drawn_of(setup),
             expected=f"{name} unchanged: {before.tolist()}"[:300],
             got=f"{now.tolist()}"[:300],
             hint="clamp_ / masked_fill_ / index_put_ on an argument edit the caller's tensor (its -1 ids "
@@ -362,35 +168,20 @@ def test_forward_matches_a_loop_of_lora_linear_layers(impl, ref, setup) -> None:
 @learner_code()
 def test_delta_matches_the_reference_answer(impl, ref, setup) -> None:
     (delta,) = require(impl, "batched_lora_delta")
-    base, x, ids, A, B, scale = _tensors(setup, dtype=torch.float64)
+    base, x, ids, A, B, scale = tensors(setup, dtype=torch.float64)
     got = delta(x, ids, A, B, scale)
     expected = ref.batched_lora_delta(x, ids, A, B, scale)
     zero = torch.zeros_like(base(x))
-    bugs = {name: (lambda f=f: f() - base(x)) for name, f in _bugs(base, x, ids, A, B, scale).items()}
+    bugs = {name: (lambda f=f: f() - base(x)) for name, f in classic_bugs(base, x, ids, A, B, scale).items()}
     bugs["the LoRA path is never added (output = base(x))"] = lambda: zero
-    _check_output(
+    check_output(
         got,
         expected,
         setup,
         bugs,
         what="batched_lora_delta (the LoRA path alone)",
-        recheck=_recheck(delta, delta=True),
+        recheck=recheck(delta, delta=True),
     )
-
-
-class _Batched(nn.Module):
-    """``fn(base, x, ids, lora_A, lora_B, scale)`` as a module with lora_A and lora_B as parameters,
-    for :func:`assert_gradients_match`. The frozen base is kept out of ``named_parameters``."""
-
-    def __init__(self, fn, base, ids, A, B, scale) -> None:
-        super().__init__()
-        self.fn, self.ids, self.scale = fn, ids, scale
-        object.__setattr__(self, "frozen_base", base)  # not a submodule
-        self.lora_A = nn.Parameter(A.clone())
-        self.lora_B = nn.Parameter(B.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.frozen_base, x, self.ids, self.lora_A, self.lora_B, self.scale)
 
 
 @settings(max_examples=25, deadline=None)
@@ -399,13 +190,13 @@ class _Batched(nn.Module):
 @learner_code()
 def test_gradients_match_the_loop_and_the_reference(impl, ref, setup) -> None:
     (forward,) = require(impl, "batched_lora_forward")
-    base, x, ids, A, B, scale = _tensors(setup, dtype=torch.float64)
+    base, x, ids, A, B, scale = tensors(setup, dtype=torch.float64)
     g = torch.randn(setup["B"], setup["T"], setup["out"], dtype=torch.float64)
-    drawn = _drawn(setup)
-    for fn in (_loop_reference, ref.batched_lora_forward):
+    drawn = drawn_of(setup)
+    for fn in (loop_reference, ref.batched_lora_forward):
         assert_gradients_match(
-            _Batched(forward, base, ids, A, B, scale),
-            _Batched(fn, copy.deepcopy(base), ids, A, B, scale),
+            Batched(forward, base, ids, A, B, scale),
+            Batched(fn, copy.deepcopy(base), ids, A, B, scale),
             x,
             g,
             drawn=drawn,
@@ -418,8 +209,8 @@ def test_gradients_match_the_loop_and_the_reference(impl, ref, setup) -> None:
 @learner_code()
 def test_base_only_rows_are_exactly_the_base_and_train_no_adapter(impl, setup) -> None:
     (forward,) = require(impl, "batched_lora_forward")
-    base, x, ids, A, B, scale = _tensors(setup, dtype=torch.float64)
-    drawn = _drawn(setup)
+    base, x, ids, A, B, scale = tensors(setup, dtype=torch.float64)
+    drawn = drawn_of(setup)
     plain = (ids == -1).view(-1, 1, 1)  # (B, 1, 1) base-only samples
     lora_A, lora_B = A.clone().requires_grad_(True), B.clone().requires_grad_(True)
     xg = x.clone().requires_grad_(True)
@@ -462,39 +253,18 @@ def test_base_only_rows_are_exactly_the_base_and_train_no_adapter(impl, setup) -
 
 
 def _expect_value_error(call, *, problem, drawn, mention):
-    try:
-        call()
-    except NotImplementedError:
-        raise  # an unfinished stub: reported as "not implemented yet"
-    except ValueError as err:
-        assert mention in str(err), explain(
-            f"the ValueError for {problem} should name the bad value",
-            drawn=drawn,
-            expected=f"a message mentioning {mention!r}",
-            got=f"ValueError: {err}",
-        )
-    except Exception as err:
-        raise AssertionError(
-            explain(
-                f"{problem} raised the wrong error",
-                drawn=drawn,
-                expected="ValueError",
-                got=f"{type(err).__name__}: {err}",
-                hint="check the ids and shapes yourself before indexing: an IndexError or a RuntimeError "
-                "from torch.bmm does not tell the caller which id or size is wrong",
-            )
-        ) from None
-    else:
-        raise AssertionError(
-            explain(
-                f"{problem} was accepted",
-                drawn=drawn,
-                expected="ValueError",
-                got="no error",
-                hint="-1 is the only negative id allowed, and ids must be < N: plain indexing "
-                "wraps negatives around silently",
-            )
-        )
+    expect_refusal(
+        call,
+        drawn=drawn,
+        mention=mention,
+        when_unnamed=f"the ValueError for {problem} should name the bad value",
+        when_wrong=f"{problem} raised the wrong error",
+        wrong_hint="check the ids and shapes yourself before indexing: an IndexError or a RuntimeError "
+        "from torch.bmm does not tell the caller which id or size is wrong",
+        when_accepted=f"{problem} was accepted",
+        accepted_hint="-1 is the only negative id allowed, and ids must be < N: plain indexing "
+        "wraps negatives around silently",
+    )
 
 
 @settings(max_examples=20, deadline=None)
@@ -508,14 +278,14 @@ def _expect_value_error(call, *, problem, drawn, mention):
 @learner_code()
 def test_bad_ids_and_shapes_raise_value_error(impl, setup, bad, pos) -> None:
     delta, forward = require(impl, "batched_lora_delta", "batched_lora_forward")
-    base, x, ids, A, B, scale = _tensors(setup)
+    base, x, ids, A, B, scale = tensors(setup)
     n = setup["N"]
     if bad >= 0:
         bad = n + bad  # an id >= N (bad = 0 draws N itself, the off-by-one boundary)
     pos = pos % setup["B"]  # position of the bad id
     bad_ids = ids.clone()
     bad_ids[pos] = bad
-    drawn = _drawn(setup, bad_ids=bad_ids.tolist())
+    drawn = drawn_of(setup, bad_ids=bad_ids.tolist())
     for name, fn in (
         ("batched_lora_delta", lambda i: delta(x, i, A, B, scale)),
         ("batched_lora_forward", lambda i: forward(base, x, i, A, B, scale)),

@@ -9,9 +9,7 @@ weights after one optimizer step.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,10 +17,22 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import peft_zoo.sharing
 from peft_zoo import LoRALinear
+from peft_zoo.exercises.graders.ex19_shared_weights_lora import (
+    MAIN,
+    TYPOS,
+    build,
+    expect_blocks_refusal,
+    main_of,
+    run,
+    share_closed,
+    stacks,
+    values,
+    weight_key,
+    why_not_aliased,
+)
 from peft_zoo.exercises.grading import assert_matches, learner_code, require
-from peft_zoo.testing import explain, seeds
+from peft_zoo.testing import explain
 
 CHALLENGE = "ex19_shared_weights_lora"
 pytestmark = pytest.mark.timeout(120)
@@ -128,96 +138,54 @@ PLANTED_BUGS: list[tuple[str, ...]] = [
     ),
 ]
 
-MAIN = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-TYPOS = ("attn.c_atn", "mlp.fc", "attn.q", "c_attn", "mlp.c_proj.weight")
 
-
-def _name_lists() -> st.SearchStrategy[tuple[str, ...] | None]:
-    """None (use the default: all four) or 1 to 4 of the big matrices in a random order."""
-    some = st.permutations(MAIN).flatmap(lambda p: st.integers(1, 4).map(lambda k: tuple(p[:k])))
-    return st.none() | some
-
-
-@st.composite
-def stacks(draw: st.DrawFn, min_layers: int = 2) -> dict:
-    return {
-        "n_layer": draw(st.integers(min_layers, 4)),
-        "n_embd": draw(st.sampled_from([4, 6, 8])),
-        "bias": draw(st.booleans()),
-        "lora_attn": draw(st.booleans()),
-        "lora_mlp": draw(st.booleans()),
-        "names": draw(_name_lists()),
-        "seed": draw(seeds()),
-    }
-
-
-def _build(ref, setup: dict, **overrides) -> nn.ModuleList:
-    """A stack from the reference's ``make_blocks``; every LoRA B random, so the layers differ, and
-    every tensor trainable (LoRALinear freezes its base; here the shared base trains too)."""
-    kw = {k: setup[k] for k in ("bias", "lora_attn", "lora_mlp")} | overrides
-    n_layer = kw.pop("n_layer", setup["n_layer"])
-    n_embd = kw.pop("n_embd", setup["n_embd"])
-    torch.manual_seed(setup["seed"] + 7 * n_layer + n_embd)
-    blocks = ref.make_blocks(n_layer, n_embd, **kw)
-    with torch.no_grad():
-        for m in blocks.modules():
-            if isinstance(m, LoRALinear):
-                m.lora_B.normal_(0.0, 0.3)
-    return blocks.requires_grad_(True)
-
-
-@contextlib.contextmanager
-def _library_closed() -> Iterator[None]:
-    """peft_zoo's own share_main_matrices refuses to run: the exercise is to write it."""
-    original = peft_zoo.sharing._lookup
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ex19 called peft_zoo.sharing.share_main_matrices: write the aliasing yourself")
-
-    peft_zoo.sharing._lookup = refuse
-    try:
-        yield
-    finally:
-        peft_zoo.sharing._lookup = original
-
-
-def _share(fn, blocks: nn.ModuleList, names: tuple[str, ...] | None) -> None:
-    with _library_closed():
-        if names is None:
-            fn(blocks)
-        else:
-            fn(blocks, list(names))
-
-
-def _main(block: nn.Module, name: str) -> nn.Linear:
-    module = block.get_submodule(name)
-    return module.base if isinstance(module, LoRALinear) else module
-
-
-def _values(blocks: nn.ModuleList) -> list[dict[str, torch.Tensor]]:
-    return [{k: v.detach().clone() for k, v in b.state_dict().items()} for b in blocks]
-
-
-def _run(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    for block in blocks:
-        x = block(x)
-    return x
-
-
-def _why_not_aliased(mine: torch.Tensor, theirs: torch.Tensor, i: int, last: int) -> str:
-    if mine.data_ptr() == theirs.data_ptr():
-        return (
-            "a new nn.Parameter around block 0's tensor: same storage, but a second Parameter, so an "
-            "optimizer updates it twice and each keeps its own .grad; assign the Parameter itself"
-        )
-    if torch.equal(mine, theirs):
-        return (
-            "the values were copied (.data.copy_ / .clone()): equal now, apart after the first optimizer "
-            "step; assign block 0's Parameter object (target.weight = source.weight)"
-        )
-    if i == last:
-        return "the last block was skipped: off by one in the range of blocks"
-    return "this block's layer was never pointed at block 0's Parameter"
+def _check_block(block, first, i: int, last: int, before, names, drawn) -> None:
+    """Block ``i``: the named big matrices are block 0's Parameters, the rest its own."""
+    for name in MAIN:
+        module, module0 = block.get_submodule(name), first.get_submodule(name)
+        if isinstance(module0, LoRALinear):
+            assert module is not module0, explain(
+                f"block {i}'s {name} is block 0's LoRALinear module itself",
+                drawn=drawn,
+                expected="a LoRALinear per block whose base shares block 0's weight and bias",
+                got="one LoRALinear for every block: its LoRA A and B are shared too",
+                hint="share module.base's weight and bias, never the LoRALinear: each layer keeps its own "
+                "A and B (that is the point of a per-layer LoRA)",
+            )
+            for p in ("lora_A", "lora_B"):
+                assert torch.equal(getattr(module, p), before[i][f"{name}.{p}"]), explain(
+                    f"block {i}'s {name}.{p} changed", drawn=drawn, hint="LoRA A and B stay per block"
+                )
+        for attr in ("weight", "bias"):
+            mine, theirs = getattr(main_of(block, name), attr), getattr(main_of(first, name), attr)
+            if name not in names:
+                assert mine is None or mine is not theirs, explain(
+                    f"block {i}'s {name}.{attr} is shared, but {name} is not in names={list(names)}",
+                    drawn=drawn,
+                    hint="share only the layers named in the names argument",
+                )
+            elif theirs is None:
+                assert mine is None, explain(f"block {i}'s {name}.bias should stay None", drawn=drawn)
+            else:
+                assert mine is theirs, explain(
+                    f"block {i}'s {name}.{attr} is not block 0's Parameter object",
+                    drawn=drawn,
+                    expected=f"blocks[{i}].{name}.{attr} is blocks[0].{name}.{attr}",
+                    got="a different tensor",
+                    hint=(
+                        "the bias was forgotten: alias it too"
+                        if attr == "bias" and main_of(block, name).weight is main_of(first, name).weight
+                        else why_not_aliased(mine, theirs, i, last)
+                    ),
+                )
+    for norm in ("ln_1", "ln_2"):
+        for attr in ("weight", "bias"):
+            mine, theirs = getattr(getattr(block, norm), attr), getattr(getattr(first, norm), attr)
+            assert mine is not theirs and torch.equal(mine, before[i][f"{norm}.{attr}"]), explain(
+                f"block {i}'s {norm}.{attr} is shared with block 0 or changed",
+                drawn=drawn,
+                hint="LayerNorms stay per layer: they are tiny and let the layers differ",
+            )
 
 
 @settings(max_examples=40, deadline=None)
@@ -236,61 +204,17 @@ def _why_not_aliased(mine: torch.Tensor, theirs: torch.Tensor, i: int, last: int
 @learner_code()
 def test_named_matrices_are_aliased_and_everything_else_stays_per_block(impl, ref, setup) -> None:
     (share,) = require(impl, "share_main_matrices")
-    blocks = _build(ref, setup)
+    blocks = build(ref, setup)
     expected = copy.deepcopy(blocks)
-    before = _values(blocks)
-    _share(share, blocks, setup["names"])
-    _share(ref.share_main_matrices, expected, setup["names"])
+    before = values(blocks)
+    share_closed(share, blocks, setup["names"])
+    share_closed(ref.share_main_matrices, expected, setup["names"])
     drawn = dict(setup)
     names = MAIN if setup["names"] is None else setup["names"]
     first, last = blocks[0], len(blocks) - 1
 
     for i, block in enumerate(blocks[1:], start=1):
-        for name in MAIN:
-            module, module0 = block.get_submodule(name), first.get_submodule(name)
-            if isinstance(module0, LoRALinear):
-                assert module is not module0, explain(
-                    f"block {i}'s {name} is block 0's LoRALinear module itself",
-                    drawn=drawn,
-                    expected="a LoRALinear per block whose base shares block 0's weight and bias",
-                    got="one LoRALinear for every block: its LoRA A and B are shared too",
-                    hint="share module.base's weight and bias, never the LoRALinear: each layer keeps its own "
-                    "A and B (that is the point of a per-layer LoRA)",
-                )
-                for p in ("lora_A", "lora_B"):
-                    assert torch.equal(getattr(module, p), before[i][f"{name}.{p}"]), explain(
-                        f"block {i}'s {name}.{p} changed", drawn=drawn, hint="LoRA A and B stay per block"
-                    )
-            for attr in ("weight", "bias"):
-                mine, theirs = getattr(_main(block, name), attr), getattr(_main(first, name), attr)
-                if name not in names:
-                    assert mine is None or mine is not theirs, explain(
-                        f"block {i}'s {name}.{attr} is shared, but {name} is not in names={list(names)}",
-                        drawn=drawn,
-                        hint="share only the layers named in the names argument",
-                    )
-                elif theirs is None:
-                    assert mine is None, explain(f"block {i}'s {name}.bias should stay None", drawn=drawn)
-                else:
-                    assert mine is theirs, explain(
-                        f"block {i}'s {name}.{attr} is not block 0's Parameter object",
-                        drawn=drawn,
-                        expected=f"blocks[{i}].{name}.{attr} is blocks[0].{name}.{attr}",
-                        got="a different tensor",
-                        hint=(
-                            "the bias was forgotten: alias it too"
-                            if attr == "bias" and _main(block, name).weight is _main(first, name).weight
-                            else _why_not_aliased(mine, theirs, i, last)
-                        ),
-                    )
-        for norm in ("ln_1", "ln_2"):
-            for attr in ("weight", "bias"):
-                mine, theirs = getattr(getattr(block, norm), attr), getattr(getattr(first, norm), attr)
-                assert mine is not theirs and torch.equal(mine, before[i][f"{norm}.{attr}"]), explain(
-                    f"block {i}'s {norm}.{attr} is shared with block 0 or changed",
-                    drawn=drawn,
-                    hint="LayerNorms stay per layer: they are tiny and let the layers differ",
-                )
+        _check_block(block, first, i, last, before, names, drawn)
     for key, value in first.state_dict().items():
         assert torch.equal(value, before[0][key]), explain(
             f"block 0's {key} changed",
@@ -300,7 +224,7 @@ def test_named_matrices_are_aliased_and_everything_else_stays_per_block(impl, re
     for name in MAIN:
         if name not in names:
             for i, block in enumerate(blocks):
-                assert torch.equal(_main(block, name).weight, before[i][_key(block, name)]), explain(
+                assert torch.equal(main_of(block, name).weight, before[i][weight_key(block, name)]), explain(
                     f"block {i}'s {name}.weight changed although {name} is not in names", drawn=drawn
                 )
 
@@ -314,11 +238,33 @@ def test_named_matrices_are_aliased_and_everything_else_stays_per_block(impl, re
     torch.manual_seed(setup["seed"])
     x = torch.randn(2, 3, setup["n_embd"])
     with torch.no_grad():
-        assert_matches(_run(blocks, x), _run(expected, x), what="output of the shared stack", drawn=drawn)
+        assert_matches(run(blocks, x), run(expected, x), what="output of the shared stack", drawn=drawn)
 
 
-def _key(block: nn.Module, name: str) -> str:
-    return f"{name}.base.weight" if isinstance(block.get_submodule(name), LoRALinear) else f"{name}.weight"
+def _check_summed_gradients(blocks, plain, names, drawn) -> None:
+    """The gradient of each shared tensor is the sum of what every layer's copy received."""
+    for name in names:
+        for attr in ("weight", "bias"):
+            shared = getattr(main_of(blocks[0], name), attr)
+            if shared is None:
+                continue
+            per_layer = [getattr(main_of(b, name), attr).grad for b in plain]
+            got = shared.grad
+            assert got is not None, explain(f"block 0's {name}.{attr} received no gradient", drawn=drawn)
+            assert_matches(
+                got,
+                sum(per_layer),
+                what=f"gradient of the shared {name}.{attr} (must be the sum over all layers)",
+                drawn=drawn,
+                bugs={
+                    "each block holds its own copy (only block 0's own gradient reached block 0's tensor)": (
+                        lambda per_layer=per_layer: per_layer[0]
+                    ),
+                    "the last block was skipped (its gradient is missing from the sum)": (
+                        lambda per_layer=per_layer: sum(per_layer[:-1])
+                    ),
+                },
+            )
 
 
 @settings(max_examples=25, deadline=None)
@@ -337,50 +283,29 @@ def _key(block: nn.Module, name: str) -> str:
 @learner_code()
 def test_gradients_sum_over_layers_and_an_optimizer_step_keeps_blocks_shared(impl, ref, setup) -> None:
     (share,) = require(impl, "share_main_matrices")
-    blocks = _build(ref, setup)
+    blocks = build(ref, setup)
     plain = copy.deepcopy(blocks)  # unshared, every block holding block 0's big matrices
-    _share(share, blocks, setup["names"])
+    share_closed(share, blocks, setup["names"])
     drawn = dict(setup)
     names = MAIN if setup["names"] is None else setup["names"]
     with torch.no_grad():
         for block in plain[1:]:
             for name in names:
                 for attr in ("weight", "bias"):
-                    if getattr(_main(block, name), attr) is not None:
-                        getattr(_main(block, name), attr).copy_(getattr(_main(plain[0], name), attr))
+                    if getattr(main_of(block, name), attr) is not None:
+                        getattr(main_of(block, name), attr).copy_(getattr(main_of(plain[0], name), attr))
 
     torch.manual_seed(setup["seed"])
     x = torch.randn(2, 3, setup["n_embd"])
     g = torch.randn(2, 3, setup["n_embd"])
     for stack in (blocks, plain):
-        (_run(stack, x) * g).sum().backward()
-    for name in names:
-        for attr in ("weight", "bias"):
-            shared = getattr(_main(blocks[0], name), attr)
-            if shared is None:
-                continue
-            per_layer = [getattr(_main(b, name), attr).grad for b in plain]
-            got = shared.grad
-            assert got is not None, explain(f"block 0's {name}.{attr} received no gradient", drawn=drawn)
-            assert_matches(
-                got,
-                sum(per_layer),
-                what=f"gradient of the shared {name}.{attr} (must be the sum over all layers)",
-                drawn=drawn,
-                bugs={
-                    "each block holds its own copy (only block 0's own gradient reached block 0's tensor)": (
-                        lambda per_layer=per_layer: per_layer[0]
-                    ),
-                    "the last block was skipped (its gradient is missing from the sum)": (
-                        lambda per_layer=per_layer: sum(per_layer[:-1])
-                    ),
-                },
-            )
+        (run(stack, x) * g).sum().backward()
+    _check_summed_gradients(blocks, plain, names, drawn)
 
     opt = torch.optim.SGD(blocks.parameters(), lr=0.5)
     n_params = len([p for group in opt.param_groups for p in group["params"]])
-    expected = copy.deepcopy(_build(ref, setup))
-    _share(ref.share_main_matrices, expected, setup["names"])
+    expected = copy.deepcopy(build(ref, setup))
+    share_closed(ref.share_main_matrices, expected, setup["names"])
     assert n_params == len(list(expected.parameters())), explain(
         "the optimizer sees the wrong number of tensors",
         drawn=drawn,
@@ -390,66 +315,12 @@ def test_gradients_sum_over_layers_and_an_optimizer_step_keeps_blocks_shared(imp
     opt.step()
     for i, block in enumerate(blocks[1:], start=1):
         for name in names:
-            mine, theirs = _main(block, name).weight, _main(blocks[0], name).weight
+            mine, theirs = main_of(block, name).weight, main_of(blocks[0], name).weight
             assert torch.equal(mine, theirs), explain(
                 f"after one optimizer step block {i}'s {name}.weight differs from block 0's",
                 drawn=drawn,
                 hint="the blocks held copies, each updated with its own gradient: alias the Parameter object",
             )
-
-
-def _expect_refusal(
-    call, blocks: nn.ModuleList, *, problem: str, drawn: dict, hint: str, mention: str | None = None
-) -> None:
-    before = _values(blocks)
-    ids = [[id(p) for p in b.parameters()] for b in blocks]
-    try:
-        call()
-    except NotImplementedError:
-        raise  # an unfinished stub: reported as "not implemented yet"
-    except ValueError as err:
-        if mention is not None:
-            assert mention in str(err), explain(
-                f"the ValueError for {problem} should name it",
-                drawn=drawn,
-                expected=f"a message mentioning {mention!r}",
-                got=f"ValueError: {err}",
-            )
-    except Exception as err:
-        raise AssertionError(
-            explain(
-                f"{problem} raised the wrong error",
-                drawn=drawn,
-                expected="ValueError",
-                got=f"{type(err).__name__}: {err}",
-                hint="check the names yourself (get_submodule raises AttributeError) and raise a ValueError",
-            )
-        ) from None
-    else:
-        raise AssertionError(
-            explain(
-                f"{problem} was accepted",
-                drawn=drawn,
-                expected="ValueError",
-                got="no error",
-                hint=hint,
-            )
-        )
-    now = _values(blocks)
-    changed = [
-        f"block {i} {k}"
-        for i, (b, a) in enumerate(zip(before, now, strict=True))
-        for k in b
-        if not torch.equal(b[k], a[k])
-    ]
-    same_objects = [[id(p) for p in b.parameters()] for b in blocks] == ids
-    assert not changed and same_objects, explain(
-        f"{problem}: the ValueError came after some blocks were already changed",
-        drawn=drawn,
-        expected="every block exactly as before the call",
-        got=f"changed: {changed[:4] or 'which Parameters the blocks hold'}",
-        hint="check every block and name first, then alias: a call that raises must change nothing",
-    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -478,13 +349,13 @@ def test_bad_stacks_and_names_raise_value_error_and_change_nothing(
     impl, ref, setup, problem, typo, pos
 ) -> None:
     (share,) = require(impl, "share_main_matrices")
-    blocks = _build(ref, setup)
+    blocks = build(ref, setup)
     names = list(MAIN if setup["names"] is None else setup["names"])
     drawn = dict(setup, problem=problem)
     if problem == "one block":
         one = nn.ModuleList([blocks[0]])
-        _expect_refusal(
-            lambda: _share(share, one, tuple(names)),
+        expect_blocks_refusal(
+            lambda: share_closed(share, one, tuple(names)),
             one,
             problem="a single block",
             drawn=drawn,
@@ -494,8 +365,8 @@ def test_bad_stacks_and_names_raise_value_error_and_change_nothing(
     if problem == "unknown name":
         names.insert(min(pos, len(names)), typo)
         drawn["names"] = names
-        _expect_refusal(
-            lambda: _share(share, blocks, tuple(names)),
+        expect_blocks_refusal(
+            lambda: share_closed(share, blocks, tuple(names)),
             blocks,
             problem=f"the unknown layer name {typo!r}",
             drawn=drawn,
@@ -505,14 +376,16 @@ def test_bad_stacks_and_names_raise_value_error_and_change_nothing(
         return
     # The LAST block differs, so a solution that aliases while checking has already changed the others.
     if problem == "other shape":
-        odd = _build(ref, setup, n_layer=1, n_embd=setup["n_embd"] + 2)[0]
+        odd = build(ref, setup, n_layer=1, n_embd=setup["n_embd"] + 2)[0]
         what = f"a last block of width {setup['n_embd'] + 2} (the others: {setup['n_embd']})"
     else:
-        odd = _build(ref, setup, n_layer=1, bias=not setup["bias"])[0]
+        odd = build(ref, setup, n_layer=1, bias=not setup["bias"])[0]
         what = f"a last block with bias={not setup['bias']} (the others: bias={setup['bias']})"
     blocks[-1] = odd
     hint = (
         "compare each layer's weight shape and whether it has a bias with block 0's: aliasing mismatched "
         "tensors gives a stack that fails later, far from the cause"
     )
-    _expect_refusal(lambda: _share(share, blocks, tuple(names)), blocks, problem=what, drawn=drawn, hint=hint)
+    expect_blocks_refusal(
+        lambda: share_closed(share, blocks, tuple(names)), blocks, problem=what, drawn=drawn, hint=hint
+    )

@@ -8,11 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings
-from hypothesis import strategies as st
-from torch import nn
 
+from peft_zoo.exercises.graders.ex20_dora_linear import (
+    EXAMPLE,
+    NORM_HINT,
+    SQUARE,
+    base_layer,
+    call_learner,
+    check_attributes,
+    eq5,
+    forward_bugs,
+    layer_pair,
+    specs,
+)
 from peft_zoo.exercises.grading import assert_matches, learner_code, require
-from peft_zoo.testing import explain, leading_shapes, seeds
+from peft_zoo.testing import explain
 
 CHALLENGE = "ex20_dora_linear"
 pytestmark = pytest.mark.timeout(120)
@@ -127,124 +137,6 @@ PLANTED_BUGS: list[tuple[str, ...]] = [
 ]
 
 
-@st.composite
-def specs(draw: st.DrawFn) -> dict:
-    """Features, rank, alpha (scale != 1 mostly), bias, leading dims and a seed."""
-    rank = draw(st.integers(1, 4))
-    return {
-        "in": draw(st.integers(1, 6)),
-        "out": draw(st.integers(1, 6)),
-        "rank": rank,
-        "alpha": draw(st.one_of(st.none(), st.sampled_from([0.5, 3.0, 8.0]))),
-        "bias": draw(st.booleans()),
-        "lead": draw(leading_shapes(max_dims=2, max_size=3)),
-        "seed": draw(seeds()),
-    }
-
-
-EXAMPLE = {"in": 5, "out": 3, "rank": 2, "alpha": 3.0, "bias": True, "lead": (4,), "seed": 0}
-SQUARE = {"in": 4, "out": 4, "rank": 2, "alpha": 8.0, "bias": True, "lead": (2, 3), "seed": 1}
-
-
-def _base(spec) -> nn.Linear:
-    torch.manual_seed(spec["seed"])
-    return nn.Linear(spec["in"], spec["out"], bias=spec["bias"], dtype=torch.float64)
-
-
-def _call(fn, what: str, spec, hint: str):
-    """Run learner code; a shape error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise  # an unfinished stub: reported as "not implemented yet"
-    except (RuntimeError, IndexError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
-
-
-NORM_HINT = (
-    "one norm per OUTPUT feature: ||V|| is the L2 norm of each row of the (out, in) weight, "
-    "torch.linalg.norm(V, dim=1), shape (out,)"
-)
-
-
-def _check_attributes(layer, spec) -> None:
-    for name, shape in (
-        ("lora_A", (spec["rank"], spec["in"])),
-        ("lora_B", (spec["out"], spec["rank"])),
-        ("magnitude", (spec["out"],)),
-    ):
-        p = getattr(layer, name, None)
-        assert isinstance(p, nn.Parameter), explain(
-            f"{name} must be an nn.Parameter", drawn=spec, got=repr(p)
-        )
-        assert tuple(p.shape) == shape, explain(
-            f"{name} has the wrong shape",
-            drawn=spec,
-            expected=str(shape),
-            got=str(tuple(p.shape)),
-            hint=NORM_HINT if name == "magnitude" else "A is (rank, in_features), B is (out_features, rank)",
-        )
-
-
-def _pair(impl, ref, spec):
-    """The learner's and the reference layer over copies of one base, holding the same random A,
-    nonzero B and a magnitude moved off ||W0||, so every term of the forward matters."""
-    (cls,) = require(impl, "DoRALinear")
-    base = _base(spec)
-    mine = cls(copy.deepcopy(base), spec["rank"], spec["alpha"])
-    theirs = ref.DoRALinear(copy.deepcopy(base), spec["rank"], spec["alpha"])
-    _check_attributes(mine, spec)
-    g = torch.Generator().manual_seed(spec["seed"])
-    with torch.no_grad():
-        theirs.lora_A.copy_(torch.randn(theirs.lora_A.shape, generator=g, dtype=torch.float64))
-        theirs.lora_B.copy_(0.5 * torch.randn(theirs.lora_B.shape, generator=g, dtype=torch.float64))
-        theirs.magnitude.mul_(0.5 + torch.rand(spec["out"], generator=g, dtype=torch.float64))
-        for name in ("lora_A", "lora_B", "magnitude"):
-            getattr(mine, name).copy_(getattr(theirs, name))
-    return mine, theirs
-
-
-def _eq5(layer, x, *, norm_of=None, bias_scaled=False, inverted=False, lora_scale=True, magnitude=True):
-    """Eq. 5 and its classic variants, written out: ``m / ||N|| (W0 x + s B A x) + b`` where ``N``
-    is ``norm_of`` (default V = W0 + s B A, rows)."""
-    w0, a, b, s = layer.base.weight, layer.lora_A, layer.lora_B, layer.scale
-    v = w0 + s * b @ a
-    norm = (v if norm_of is None else norm_of(w0, a, b, s)).norm(dim=1).detach()
-    ratio = norm / layer.magnitude if inverted else layer.magnitude / norm
-    if not magnitude:
-        ratio = torch.ones_like(ratio)
-    out = ratio * (F.linear(x, w0) + F.linear(x, b @ a) * (s if lora_scale else 1.0))
-    if layer.base.bias is not None:
-        out = out + (ratio * layer.base.bias if bias_scaled else layer.base.bias)
-    return out
-
-
-def _forward_bugs(theirs, x) -> dict:
-    bugs = {
-        "the bias is multiplied by m / ||V||: add the base's bias after the rescaling": lambda: _eq5(
-            theirs, x, bias_scaled=True
-        ),
-        "||V|| uses W0 only: the norm must include the update, ||W0 + s B A||": lambda: _eq5(
-            theirs, x, norm_of=lambda w0, a, b, s: w0
-        ),
-        "the scale is missing inside the norm: ||W0 + s B A||, not ||W0 + B A||": lambda: _eq5(
-            theirs, x, norm_of=lambda w0, a, b, s: w0 + b @ a
-        ),
-        "the ratio is inverted: it is m / ||V||, not ||V|| / m": lambda: _eq5(theirs, x, inverted=True),
-        "the scale is missing on the LoRA path (B A x instead of s B A x)": lambda: _eq5(
-            theirs, x, lora_scale=False
-        ),
-        "the magnitude is never applied (that is plain LoRA)": lambda: _eq5(theirs, x, magnitude=False),
-    }
-    if theirs.base.weight.shape[0] == theirs.base.weight.shape[1]:
-        bugs["the norm is taken over the columns (dim=0): it must be one per row (output feature)"] = lambda: (
-            _eq5(theirs, x, norm_of=lambda w0, a, b, s: (w0 + s * b @ a).T)
-        )
-    return bugs
-
-
 # ----------------------------------------------------------------------------- initialisation
 
 
@@ -252,13 +144,13 @@ def _forward_bugs(theirs, x) -> dict:
 @given(spec=specs())
 @example(spec=EXAMPLE)
 @learner_code()
-def test_initialisation_magnitude_is_row_norms_and_output_equals_base(impl, spec) -> None:
+def test_initialisation_magnitude_is_row_norms_and_output_equalsbase_layer(impl, spec) -> None:
     (cls,) = require(impl, "DoRALinear")
-    base = _base(spec)
-    layer = _call(
+    base = base_layer(spec)
+    layer = call_learner(
         lambda: cls(copy.deepcopy(base), spec["rank"], spec["alpha"]), "DoRALinear(...)", spec, NORM_HINT
     )
-    _check_attributes(layer, spec)
+    check_attributes(layer, spec)
     assert torch.count_nonzero(layer.lora_B) == 0, explain(
         "lora_B must start at zero",
         drawn=spec,
@@ -281,7 +173,7 @@ def test_initialisation_magnitude_is_row_norms_and_output_equals_base(impl, spec
     )
     x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
     with torch.no_grad():
-        out = _call(lambda: layer(x), "forward", spec, NORM_HINT)
+        out = call_learner(lambda: layer(x), "forward", spec, NORM_HINT)
         assert_matches(out, base(x), what="output at initialisation must equal the base output", drawn=spec)
 
 
@@ -294,8 +186,8 @@ def test_initialisation_magnitude_is_row_norms_and_output_equals_base(impl, spec
 @example(spec=SQUARE)
 @learner_code()
 def test_weight_norm_is_the_detached_row_norm_of_w0_plus_sba(impl, ref, spec) -> None:
-    mine, theirs = _pair(impl, ref, spec)
-    norm = _call(mine.weight_norm, "weight_norm()", spec, NORM_HINT)
+    mine, theirs = layer_pair(impl, ref, spec)
+    norm = call_learner(mine.weight_norm, "weight_norm()", spec, NORM_HINT)
     w0, a, b, s = theirs.base.weight, theirs.lora_A, theirs.lora_B, theirs.scale
     bugs = {
         "the norm of W0 alone (leave out the update and ||V|| ignores B and A)": lambda: w0.norm(dim=1),
@@ -318,15 +210,15 @@ def test_weight_norm_is_the_detached_row_norm_of_w0_plus_sba(impl, ref, spec) ->
 @example(spec=EXAMPLE)
 @example(spec=SQUARE)
 @learner_code()
-def test_forward_matches_eq5(impl, ref, spec) -> None:
-    mine, theirs = _pair(impl, ref, spec)
+def test_forward_matcheseq5(impl, ref, spec) -> None:
+    mine, theirs = layer_pair(impl, ref, spec)
     x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
     with torch.no_grad():
-        out = _call(lambda: mine(x), "forward", spec, NORM_HINT)
-        bugs = _forward_bugs(theirs, x)
+        out = call_learner(lambda: mine(x), "forward", spec, NORM_HINT)
+        bugs = forward_bugs(theirs, x)
         assert_matches(
             out,
-            _eq5(theirs, x),
+            eq5(theirs, x),
             what="forward vs m (W0 + s B A) x / ||W0 + s B A|| + b",
             drawn=spec,
             bugs=bugs,
@@ -339,11 +231,11 @@ def test_forward_matches_eq5(impl, ref, spec) -> None:
 @example(spec=EXAMPLE)
 @learner_code()
 def test_gradients_treat_the_norm_as_a_constant(impl, ref, spec) -> None:
-    mine, theirs = _pair(impl, ref, spec)
+    mine, theirs = layer_pair(impl, ref, spec)
     x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
     g = torch.randn(*spec["lead"], spec["out"], dtype=torch.float64)
     names = ("lora_A", "lora_B", "magnitude")
-    out = _call(lambda: mine(x), "forward", spec, NORM_HINT)
+    out = call_learner(lambda: mine(x), "forward", spec, NORM_HINT)
     got = torch.autograd.grad((out * g).sum(), [getattr(mine, n) for n in names], allow_unused=True)
     expected = torch.autograd.grad((theirs(x) * g).sum(), [getattr(theirs, n) for n in names])
 
@@ -381,7 +273,7 @@ def test_gradients_treat_the_norm_as_a_constant(impl, ref, spec) -> None:
 @example(spec=SQUARE)
 @learner_code()
 def test_merge_writes_m_v_over_norm_and_keeps_the_output(impl, ref, spec) -> None:
-    mine, theirs = _pair(impl, ref, spec)
+    mine, theirs = layer_pair(impl, ref, spec)
     x = torch.randn(*spec["lead"], spec["in"], dtype=torch.float64)
     weight = mine.base.weight
     with torch.no_grad():
@@ -395,7 +287,7 @@ def test_merge_writes_m_v_over_norm_and_keeps_the_output(impl, ref, spec) -> Non
         )
         v = w0 + s * b @ a
         norm = v.norm(dim=1, keepdim=True)
-        _call(mine.merge, "merge()", spec, "W' = (m / ||V||)[:, None] * V: one factor per ROW")
+        call_learner(mine.merge, "merge()", spec, "W' = (m / ||V||)[:, None] * V: one factor per ROW")
         theirs.merge()
         bugs = {
             "the magnitude is missing: W' = m V / ||V||, not V / ||V||": lambda: v / norm,
@@ -422,7 +314,7 @@ def test_merge_writes_m_v_over_norm_and_keeps_the_output(impl, ref, spec) -> Non
             "weight, and a second merge() applies the update again",
         )
         assert_matches(
-            _call(lambda: mine(x), "forward after merge()", spec, NORM_HINT),
+            call_learner(lambda: mine(x), "forward after merge()", spec, NORM_HINT),
             before,
             what="the merged layer's output must equal the unmerged output",
             drawn=spec,

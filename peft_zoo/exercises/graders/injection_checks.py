@@ -1,364 +1,23 @@
-"""Checks shared by the injection graders (challenges 04, 05, 09 and 10).
+"""Checks of an injected model (challenges 04, 05, 09, 10): the module tree, the layers'
+settings, the trainable flags, the returned parameter list and the behaviour against the
+reference model.
 
-- a zoo of small models (float64 unless asked otherwise) whose ``nn.Linear`` layers sit at every kind of dotted
-  path: inside ``nn.Sequential`` (``encoder.0``), ``nn.ModuleList`` (``blocks.1.attn.branch.q``),
-  both (``layers.0.2``) and residual units several levels deep;
-- hypothesis strategies that draw which of those layers to target (and bad names);
-- checks of the module tree, the returned parameter list and the trainable flags whose
-  failure messages say what was drawn, what was expected, what came back and which classic
-  mistake that pattern usually means.
+Every failure message says what was drawn, what was expected, what came back and which
+classic mistake that pattern usually means. The models and strategies are in
+:mod:`.injection_zoo`; calling the learner's injector in :mod:`.injection_calls`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, cast
 
 import torch
-from hypothesis import strategies as st
 from torch import nn
 
-import peft_zoo
-import peft_zoo.injection.inject
-import peft_zoo.injection.surgery
+from peft_zoo import LoRALinear
 from peft_zoo.exercises.grading import assert_matches
-from peft_zoo.models import TinyMLP, TinyTransformer, TinyTransformerBlock, TinyTransformerConfig
-from peft_zoo.testing import alphas, assert_model_unchanged, explain, fingerprint, seeds
-
-# ----------------------------------------------------------------------------- the model zoo
-
-
-class Stack(nn.Module):
-    """``(..., d) -> (..., d)``: an ``nn.ModuleList`` of ``nn.Sequential`` residual layers.
-
-    Linear paths: ``inp``, ``layers.{0,1}.0``, ``layers.{0,1}.2``, ``out`` (no bias).
-    """
-
-    def __init__(self, d_model: int = 6, n_layers: int = 2) -> None:
-        super().__init__()
-        self.d_model = d_model
-        self.inp = nn.Linear(d_model, d_model)
-        self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.Tanh(), nn.Linear(2 * d_model, d_model))
-            for _ in range(n_layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x)
-        for layer in self.layers:
-            h = h + layer(h)
-        return self.out(self.norm(h))
-
-
-D_MODEL = 6  # every zoo model maps (..., 6) -> (..., 6) except the token classifier
-
-
-def _transformer() -> nn.Module:
-    cfg = TinyTransformerConfig(vocab_size=11, max_len=6, d_model=D_MODEL, n_heads=2, d_ff=8, n_layers=2)
-    return TinyTransformer(cfg)
-
-
-_BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "TinyMLP": lambda: TinyMLP(d_in=D_MODEL, d_hidden=D_MODEL, d_out=D_MODEL),
-    "TinyTransformerBlock": lambda: TinyTransformerBlock(d_model=D_MODEL, n_heads=2, d_ff=8),
-    "Stack": Stack,
-    "TinyTransformer": _transformer,
-}
-KINDS: tuple[str, ...] = tuple(_BUILDERS)
-# Models that map (..., d_model) -> (..., d_model), so an AdapterBlock can wrap them.
-SQUARE_KINDS: tuple[str, ...] = ("TinyMLP", "TinyTransformerBlock", "Stack")
-
-
-def build_model(kind: str, seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """A fresh model of ``kind`` in ``dtype``; the same ``seed`` gives the same weights."""
-    torch.manual_seed(seed)
-    return _BUILDERS[kind]().to(dtype)
-
-
-def example_input(kind: str, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """An input batch for a model of ``kind``."""
-    g = torch.Generator().manual_seed(seed + 1)
-    if kind == "TinyTransformer":
-        return torch.randint(0, 11, (2, 5), generator=g)  # (B, T) token ids
-    if kind == "TinyTransformerBlock":
-        return torch.randn(2, 3, D_MODEL, generator=g, dtype=dtype)  # (B, T, d)
-    return torch.randn(3, D_MODEL, generator=g, dtype=dtype)  # (B, d)
-
-
-def _names(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    model = _BUILDERS[kind]()
-    linears = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
-    others = tuple(n for n, m in model.named_modules() if not isinstance(m, nn.Linear))
-    return linears, others
-
-
-LINEARS: dict[str, tuple[str, ...]] = {}  # kind -> dotted paths of its nn.Linear layers
-NON_LINEARS: dict[str, tuple[str, ...]] = {}  # kind -> every other module path ('' is the root)
-for _kind in KINDS:
-    LINEARS[_kind], NON_LINEARS[_kind] = _names(_kind)
-
-
-def missing_names(kind: str) -> tuple[str, ...]:
-    """Names that ``named_modules()`` does not list: a parameter path, an index past the end,
-    a bare last component of a nested path, a typo."""
-    nested_all = [n for n in LINEARS[kind] if "." in n]
-    nested = next((n for n in nested_all if not n.rpartition(".")[2].isdigit()), nested_all[0])
-    container = nested.split(".")[0]
-    return (
-        f"{LINEARS[kind][0]}.weight",  # a parameter, not a module
-        f"{container}.9",  # index / attribute that does not exist
-        nested.rpartition(".")[2],  # the short name only ("fc1" for "encoder.2.branch.fc1")
-        nested.upper(),  # wrong case
-        "no_such_layer",
-    )
-
-
-# ----------------------------------------------------------------------------- strategies
-
-
-@st.composite
-def injection_cases(
-    draw: st.DrawFn, kinds: Sequence[str] = KINDS, min_size: int = 1, max_rank: int = 4
-) -> dict[str, Any]:
-    """A model kind, a non-empty list of its Linear paths in a drawn order, rank, alpha, seed."""
-    kind = draw(st.sampled_from(list(kinds)))
-    names = draw(st.lists(st.sampled_from(LINEARS[kind]), min_size=min_size, unique=True))
-    return {
-        "model": kind,
-        "names": names,
-        "rank": draw(st.integers(1, max_rank)),
-        "alpha": draw(alphas()),
-        "seed": draw(seeds()),
-    }
-
-
-@st.composite
-def bad_name_cases(draw: st.DrawFn, kinds: Sequence[str] = KINDS) -> dict[str, Any]:
-    """Valid Linear paths with one bad name inserted *after* at least one of them, so an
-    injector that mutates before validating has already changed something when it fails."""
-    case = draw(injection_cases(kinds))
-    problem = draw(st.sampled_from(["does not exist", "is not an nn.Linear"]))
-    pool = missing_names(case["model"]) if problem == "does not exist" else NON_LINEARS[case["model"]]
-    bad = draw(st.sampled_from(pool))
-    at = draw(st.integers(1, len(case["names"])))
-    return {**case, "names": [*case["names"][:at], bad, *case["names"][at:]], "bad": bad, "problem": problem}
-
-
-# ----------------------------------------------------------------------------- calling learner code
-
-
-@contextlib.contextmanager
-def library_injectors_closed(exercise: str) -> Iterator[None]:
-    """While active, peft_zoo's own injectors refuse to run: the exercise is to write one."""
-    injectors = peft_zoo.injection.inject  # the module whose replace_linears inject_* call
-    original = injectors.replace_linears
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(
-            f"{exercise} called peft_zoo's own injector (peft_zoo.inject_lora / inject_ia3): "
-            "write the injection yourself, using only the layer class"
-        )
-
-    injectors.replace_linears = refuse
-    try:
-        yield
-    finally:
-        injectors.replace_linears = original
-
-
-@contextlib.contextmanager
-def library_function_closed(name: str, exercise: str) -> Iterator[None]:
-    """While active, ``peft_zoo.<name>`` (and the same name in the injection modules) refuses to run."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"{exercise} called peft_zoo.{name}: write it yourself")
-
-    homes = (peft_zoo, peft_zoo.injection.inject, peft_zoo.injection.surgery)
-    owners = [m for m in homes if hasattr(m, name)]
-    originals = [getattr(m, name) for m in owners]
-    for m in owners:
-        setattr(m, name, refuse)
-    try:
-        yield
-    finally:
-        for m, original in zip(owners, originals, strict=True):
-            setattr(m, name, original)
-
-
-def call(
-    fn: Callable[..., Any],
-    *args: Any,
-    what: str,
-    drawn: Mapping[str, Any],
-    hints: Mapping[type[BaseException], str] | None = None,
-) -> Any:
-    """Call learner code. ``NotImplementedError`` passes through (the harness turns it into
-    "not implemented yet"); any other exception becomes a failure that explains itself, with
-    the hint of the first matching exception type in ``hints``."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as err:
-        hint = next((h for kind, h in (hints or {}).items() if isinstance(err, kind)), None)
-        raise AssertionError(
-            explain(
-                f"{what} raised {type(err).__name__} on valid input",
-                drawn=drawn,
-                got=f"{type(err).__name__}: {err}",
-                hint=hint,
-            )
-        ) from None
-
-
-def _changes(model: nn.Module, before: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Module paths whose module was replaced and parameters whose ``requires_grad`` changed
-    since ``before`` (a :func:`peft_zoo.testing.fingerprint`). Safe on a model that now
-    contains itself (``state_dict`` would recurse forever there)."""
-    ids = {n: id(m) for n, m in model.named_modules()}
-    grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    replaced = sorted(n for n, i in before["ids"].items() if ids.get(n) != i)
-    flags = sorted(n for n, f in before["requires_grad"].items() if grads.get(n) != f)
-    return replaced, flags
-
-
-def check_refused(
-    fn: Callable[..., Any],
-    *args: Any,
-    model: nn.Module,
-    bad: str | None,
-    what: str,
-    drawn: Mapping[str, Any],
-    not_raised_hint: str,
-    reason: str = "for a bad name",
-) -> None:
-    """``fn(*args)`` must raise ``ValueError`` (mentioning ``bad`` unless it is None) and leave
-    ``model`` exactly as it was: same modules (same objects), same tensors, same
-    ``requires_grad`` flags."""
-    wanted = "ValueError" if bad is None else f"ValueError naming {bad!r}"
-    before = fingerprint(model)
-    try:
-        fn(*args)
-    except NotImplementedError:
-        raise
-    except ValueError as err:
-        message = str(err)
-    except Exception as err:
-        if isinstance(err, AttributeError):
-            hint = (
-                "model.get_submodule raises AttributeError for a missing path: catch it and raise ValueError"
-            )
-        elif isinstance(err, TypeError):
-            hint = (
-                "the layer class refused a module with a TypeError, probably in the middle of the injection: "
-                "check isinstance(module, nn.Linear) yourself, before replacing anything, and raise ValueError"
-            )
-        else:
-            hint = None
-        raise AssertionError(
-            explain(
-                f"{what} must raise ValueError {reason}",
-                drawn=drawn,
-                expected=wanted,
-                got=f"{type(err).__name__}: {err}",
-                hint=hint,
-            )
-        ) from None
-    else:
-        replaced, flags = _changes(model, before)
-        got = "no exception"
-        if replaced or flags:
-            got += (
-                f", and the model was changed (modules replaced: {replaced}, requires_grad changed: {flags})"
-            )
-        raise AssertionError(
-            explain(
-                f"{what} must raise ValueError {reason}",
-                drawn=drawn,
-                expected=wanted,
-                got=got,
-                hint=not_raised_hint,
-            )
-        )
-    if bad is not None and bad not in message:
-        raise AssertionError(
-            explain(
-                "the ValueError should name the problem",
-                drawn=drawn,
-                expected=f"a message that contains {bad!r}",
-                got=repr(message),
-                hint='say which name is wrong and why, e.g. f"no module named {name!r}"',
-            )
-        )
-    replaced, flags = _changes(model, before)
-    if replaced or flags:
-        got = f"replaced before the error: {replaced}" if replaced else f"requires_grad changed: {flags}"
-        raise AssertionError(
-            explain(
-                f"{what} raised, but only after changing the model",
-                drawn=drawn,
-                expected="the model exactly as it was (validate every name before replacing any)",
-                got=got,
-                hint="no validation before mutating: the names before the bad one were already injected, "
-                "leaving a half-injected model"
-                if replaced
-                else "building the layer freezes the Linear it wraps, and freezing the model changes every flag: "
-                "build layers and freeze only after every name is checked",
-            )
-        )
-    try:
-        assert_model_unchanged(model, before, what=f"{what} raised, but the model was changed first")
-    except RecursionError:
-        raise AssertionError(
-            explain(
-                f"{what} raised, but the model now contains itself", drawn=drawn, hint="was the root wrapped?"
-            )
-        ) from None
-
-
-NESTED_HINT = (
-    "every drawn name exists: model.named_modules() lists it. getattr(model, 'encoder.0') does "
-    "not follow dots; resolve names with model.get_submodule(name)"
-)
-
-
-def unpack(
-    out: Any, model: nn.Module, *, what: str, drawn: Mapping[str, Any], in_place: bool = True
-) -> tuple[nn.Module, list[Any]]:
-    """Check that ``out`` is ``(model, params)`` (with the same model object when ``in_place``)."""
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise AssertionError(
-            explain(
-                f"{what} must return a pair (model, params)",
-                drawn=drawn,
-                got=f"{type(out).__name__}: {out!r:.150}",
-                hint="end with `return model, params`",
-            )
-        )
-    returned, params = out
-    if in_place and returned is not model:
-        raise AssertionError(
-            explain(
-                f"{what} must modify the model in place and return that same object",
-                drawn=drawn,
-                got=f"a different {type(returned).__name__} object",
-                hint="replace layers with setattr on their parent; do not deepcopy or rebuild the model",
-            )
-        )
-    if not isinstance(params, list):
-        raise AssertionError(
-            explain(
-                f"{what}: params must be a list",
-                drawn=drawn,
-                got=type(params).__name__,
-                hint="a generator is used up after one pass; build a list",
-            )
-        )
-    return returned, params
-
+from peft_zoo.testing import explain
 
 # ----------------------------------------------------------------------------- the module tree
 
@@ -379,48 +38,75 @@ def check_wrapped(
     """
     cls = wrapper.__name__
     for name in targets:
-        try:
-            now = model.get_submodule(name)
-        except AttributeError:
-            now = None
-        if isinstance(now, wrapper):
-            continue
-        if "." in name and name in model._modules:
-            hint = (
-                f"setattr(model, {name!r}, layer) registers a new child literally named {name!r} on the "
-                "root and leaves the real layer in place: set the attribute on the parent, "
-                f"setattr(model.get_submodule({name.rpartition('.')[0]!r}), {name.rpartition('.')[2]!r}, layer)"
+        now = _module_at(model, name)
+        if not isinstance(now, wrapper):
+            raise AssertionError(
+                explain(
+                    f"{name!r} should now be a peft_zoo.{cls}",
+                    drawn=drawn,
+                    expected=f"peft_zoo.{cls} wrapping the original {name!r}",
+                    got=type(now).__name__ if now is not None else "no module at that path",
+                    hint=_unwrapped_hint(model, before, name, now, cls, missed_hint),
+                )
             )
-        elif now is before.get(name) and "." in name:
-            hint = missed_hint or (
-                "a nested layer was left as it was: replacing needs the parent module "
-                "(model.get_submodule(name.rpartition('.')[0])), not the root"
-            )
-        elif now is not None and type(now).__name__ == cls:
-            hint = f"use peft_zoo.{cls} (imported at the top of the stub), not your own class"
-        else:
-            hint = None
-        raise AssertionError(
-            explain(
-                f"{name!r} should now be a peft_zoo.{cls}",
-                drawn=drawn,
-                expected=f"peft_zoo.{cls} wrapping the original {name!r}",
-                got=type(now).__name__ if now is not None else "no module at that path",
-                hint=hint,
-            )
-        )
     for name in targets:
-        layer = model.get_submodule(name)
-        if layer.base is not before[name]:
+        base = model.get_submodule(name).base
+        if base is not before[name]:
             raise AssertionError(
                 explain(
                     f"{name!r}: the {cls} must wrap the original Linear object",
                     drawn=drawn,
-                    got=f"base is a different {type(layer.base).__name__}",
+                    got=f"base is a different {type(base).__name__}",
                     hint="pass the existing module itself (no copy, no new nn.Linear): its pretrained "
                     "weights are the point",
                 )
             )
+    _check_wrapped_once(model, before, targets, wrapper, drawn=drawn)
+    _check_others_untouched(model, before, targets, cls, drawn=drawn)
+
+
+def _module_at(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _unwrapped_hint(
+    model: nn.Module,
+    before: Mapping[str, nn.Module],
+    name: str,
+    now: nn.Module | None,
+    cls: str,
+    missed_hint: str | None,
+) -> str | None:
+    """Why the target ``name`` is not a ``cls`` now: the classic mistakes behind each pattern."""
+    if "." in name and name in model._modules:
+        return (
+            f"setattr(model, {name!r}, layer) registers a new child literally named {name!r} on the "
+            "root and leaves the real layer in place: set the attribute on the parent, "
+            f"setattr(model.get_submodule({name.rpartition('.')[0]!r}), {name.rpartition('.')[2]!r}, layer)"
+        )
+    if now is before.get(name) and "." in name:
+        return missed_hint or (
+            "a nested layer was left as it was: replacing needs the parent module "
+            "(model.get_submodule(name.rpartition('.')[0])), not the root"
+        )
+    if now is not None and type(now).__name__ == cls:
+        return f"use peft_zoo.{cls} (imported at the top of the stub), not your own class"
+    return None
+
+
+def _check_wrapped_once(
+    model: nn.Module,
+    before: Mapping[str, nn.Module],
+    targets: Sequence[str],
+    wrapper: type[nn.Module],
+    *,
+    drawn: Mapping[str, Any],
+) -> None:
+    """No wrapper wraps another, and the wrappers are exactly the targets plus the old ones."""
+    cls = wrapper.__name__
     nested = [n for n, m in model.named_modules() if isinstance(m, wrapper) and isinstance(m.base, wrapper)]
     if nested:
         raise AssertionError(
@@ -443,13 +129,21 @@ def check_wrapped(
                 hint="wrap exactly the layers you were asked to, each once",
             )
         )
+
+
+def _check_others_untouched(
+    model: nn.Module,
+    before: Mapping[str, nn.Module],
+    targets: Sequence[str],
+    cls: str,
+    *,
+    drawn: Mapping[str, Any],
+) -> None:
+    """Every module that was not a target is still the same object at the same path."""
     for name, module in before.items():
         if name in targets:
             continue
-        try:
-            now = model.get_submodule(name)
-        except AttributeError:
-            now = None
+        now = _module_at(model, name)
         if now is not module:
             raise AssertionError(
                 explain(
@@ -487,7 +181,7 @@ def check_lora_settings(
     """Each LoRA layer at ``targets`` got the drawn rank and alpha."""
     expected_scale = (rank if alpha is None else alpha) / rank
     for name in targets:
-        layer = model.get_submodule(name)
+        layer = cast(LoRALinear, model.get_submodule(name))  # check_wrapped has made sure of it
         got_rank = layer.lora_A.shape[0]
         if got_rank != rank or abs(layer.scale - expected_scale) > 1e-9 * max(1.0, expected_scale):
             raise AssertionError(

@@ -1,0 +1,305 @@
+"""peft_zoo adapters -> a Hugging Face PEFT adapter directory (the format: :mod:`.peft_keys`).
+
+    save_peft(model, "out/")                      # peft_zoo model -> a directory PEFT loads
+    peft.PeftModel.from_pretrained(base, "out/")  # ... in PEFT
+
+:func:`save_peft` works in named steps: sort the model's adapter layers by what PEFT's format
+makes of them (``_sort_adapters``), refuse what it cannot express, all reasons at once
+(LoRA and IA³ in one model, DoRA and plain LoRA in one model, a batched layer, other adapter
+kinds, merged layers: ``_refusals``), build the config and the tensors of the one method
+(``_lora_part`` / ``_ia3_part``) and of what is saved in full (``_whole_tensors``),
+then write both files atomically (``_write``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeGuard, TypeVar
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from ..core.base import AdapterModule, outermost_adapters
+from ..core.io import atomic_write
+from ..dora import DoRALinear
+from ..fused import FusedLoRALinear
+from ..ia3 import IA3Linear
+from ..injection.config import ModulesToSave
+from ..lora import LoRALinear, lora_scale
+from ..qlora import QLoRALinear
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from .peft_config import PeftFormatError, common_fields, json_number
+from .peft_keys import PEFT_PREFIX, exact_pattern
+
+__all__ = ["save_peft"]
+
+# A layer PEFT's format holds as lora_A / lora_B (a DoRALinear is a LoRALinear).
+LoraLayer = LoRALinear | QLoRALinear
+Layer = LoRALinear | QLoRALinear | IA3Linear
+T = TypeVar("T")
+
+_HINTS = {
+    "BatchedLoRALinear": "a BatchedLoRALinear holds many adapters; save one slot by putting "
+    "layer.slot_as_lora(i) in its place",
+}
+
+
+def _is_lora(module: AdapterModule) -> TypeGuard[LoraLayer]:
+    """Written as PEFT's LoRA as it is. Exact types: a subclass may compute something else. A
+    QLoRA layer's adapter is a plain LoRA: PEFT loads it onto a (4-bit or float) base."""
+    return type(module) in (LoRALinear, DoRALinear, QLoRALinear)
+
+
+@dataclass
+class _Adapters:
+    """A model's outermost adapter layers, sorted by what PEFT's format makes of them."""
+
+    lora: dict[str, LoraLayer]
+    ia3: dict[str, IA3Linear]
+    saves: dict[str, ModulesToSave]
+    others: dict[str, str]  # name -> class name: layers the format cannot hold
+
+    @property
+    def layers(self) -> dict[str, Layer]:
+        return {**self.lora, **self.ia3}
+
+
+def _sort_adapters(model: nn.Module) -> _Adapters:
+    found = outermost_adapters(model)
+    lora = {n: m for n, m in found.items() if _is_lora(m)}
+    # A partial fused LoRA is exactly a plain LoRA of rank k * r with a block-structured B.
+    lora.update({n: m.as_lora() for n, m in found.items() if type(m) is FusedLoRALinear})
+    ia3 = {n: m for n, m in found.items() if type(m) is IA3Linear}
+    saves = {n: m for n, m in found.items() if type(m) is ModulesToSave}
+    others = {
+        n: type(m).__name__ for n, m in found.items() if n not in lora and n not in ia3 and n not in saves
+    }
+    return _Adapters(lora, ia3, saves, others)
+
+
+def _refusals(adapters: _Adapters, bias: str | None) -> list[str]:
+    """Every reason PEFT's format cannot hold these adapters as asked (empty: it can)."""
+    lora, ia3, others = adapters.lora, adapters.ia3, adapters.others
+    problems = []
+    if others:
+        why = "; ".join(h for kind, h in _HINTS.items() if kind in others.values())
+        problems.append(
+            f"PEFT's LoRA/IA3 format cannot hold these adapter layers: {others}"
+            + (f" ({why})" if why else "")
+        )
+    if lora and ia3:
+        problems.append(
+            f"the model mixes LoRA {sorted(lora)[:3]} and IA3 {sorted(ia3)[:3]} layers; a PEFT adapter "
+            "is one method: save them as two models"
+        )
+    dora = [n for n, m in lora.items() if type(m) is DoRALinear]
+    if dora and len(dora) < len(lora):
+        plain = [n for n in lora if n not in dora]
+        problems.append(
+            f"the model mixes DoRA {dora[:3]} and plain LoRA {plain[:3]} layers; PEFT's use_dora holds for "
+            "every layer of an adapter: save them as two models"
+        )
+    if not lora and not ia3 and not others:
+        problems.append("the model has no LoRALinear, DoRALinear or IA3Linear layers to save")
+    merged = [n for n, m in adapters.layers.items() if m.merged]
+    if merged:
+        problems.append(f"layers {merged[:5]} are merged; unmerge_adapters(model) before saving")
+    if bias not in (None, "none", "lora_only", "all"):
+        problems.append(f"bias must be 'none', 'lora_only' or 'all', got {bias!r}")
+    return problems
+
+
+def _base_bias(layer: Layer) -> torch.Tensor | None:
+    bias = layer.base.bias
+    return bias if isinstance(bias, torch.Tensor) else None
+
+
+def _adapter_parameter_ids(layers: Iterable[nn.Module], saves: Iterable[nn.Module]) -> set[int]:
+    return {id(p) for m in (*layers, *saves) for p in m.parameters()}
+
+
+def _infer_bias(model: nn.Module, layers: Mapping[str, Layer], saves: Iterable[nn.Module]) -> str:
+    """Which PEFT ``bias`` mode the trainable flags show: adapted layers' base biases are frozen
+    by the adapter layers, so a trainable one means somebody asked for it (``adapt_model``
+    with ``bias="lora_only"`` or ``"all"``)."""
+    trained = [b.requires_grad for m in layers.values() if (b := _base_bias(m)) is not None]
+    if not any(trained):
+        return "none"
+    if not all(trained):
+        raise PeftFormatError(
+            "some adapted layers' biases are trainable and some are not; PEFT saves all or none "
+            "of them: pass bias='none', 'lora_only' or 'all' to save_peft"
+        )
+    skip = _adapter_parameter_ids(layers.values(), saves)
+    rest = [(n, p) for n, p in model.named_parameters() if id(p) not in skip]
+    others_bias = [p.requires_grad for n, p in rest if n.rsplit(".", 1)[-1] == "bias"]
+    others_weight = [p.requires_grad for n, p in rest if n.rsplit(".", 1)[-1] != "bias"]
+    if others_bias and all(others_bias) and not any(others_weight):
+        return "all"
+    return "lora_only"
+
+
+def _peft_alpha(layer: LoraLayer, rslora: bool) -> float:
+    """The ``lora_alpha`` that gives ``layer`` its scale under PEFT's global ``use_rslora``."""
+    r = layer.rank
+    if lora_scale(r, layer.alpha, layer.rslora) == layer.scale:  # the usual case: clean numbers
+        return layer.alpha * math.sqrt(r) if layer.rslora and not rslora else layer.alpha
+    return layer.scale * (math.sqrt(r) if rslora else r)  # someone set .scale directly
+
+
+def _most_common(values: Iterable[T]) -> T:
+    return Counter(values).most_common(1)[0][0]
+
+
+def _lora_part(lora: Mapping[str, LoraLayer], bias: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The LoRA fields of the config and the LoRA tensors: the most common rank and alpha as
+    ``r`` / ``lora_alpha``, every other module's under an anchored key in the patterns."""
+    rslora = all(m.rslora for m in lora.values())
+    ranks = {n: m.rank for n, m in lora.items()}
+    alphas = {n: _peft_alpha(m, rslora) for n, m in lora.items()}
+    r, alpha = _most_common(ranks.values()), _most_common(alphas.values())
+    dropouts = sorted({m.dropout_p for m in lora.values()})
+    if len(dropouts) > 1:
+        warnings.warn(
+            f"save_peft: the layers use different dropouts {dropouts}; PEFT keeps one, "
+            f"lora_dropout={dropouts[-1]} (dropout only matters while training)",
+            stacklevel=3,  # save_peft's caller
+        )
+    fields = {
+        "r": r,
+        "lora_alpha": json_number(alpha),
+        "lora_dropout": dropouts[-1],
+        "use_rslora": rslora,
+        "bias": bias,
+        "rank_pattern": {exact_pattern(n): v for n, v in ranks.items() if v != r},
+        "alpha_pattern": {exact_pattern(n): json_number(v) for n, v in alphas.items() if v != alpha},
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "init_lora_weights": True,
+        "use_dora": any(isinstance(m, DoRALinear) for m in lora.values()),
+        "lora_bias": False,
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    for n, m in lora.items():
+        tensors[f"{n}.lora_A.weight"] = m.lora_A  # (r, in)
+        tensors[f"{n}.lora_B.weight"] = m.lora_B  # (out, r)
+        if isinstance(m, DoRALinear):
+            tensors[f"{n}.lora_magnitude_vector"] = m.magnitude  # (out,)
+    return fields, tensors
+
+
+def _ia3_part(ia3: Mapping[str, IA3Linear], bias: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The IA3 fields of the config and the ``ia3_l`` tensors."""
+    if bias != "none":
+        raise PeftFormatError(
+            f"save_peft: bias={bias!r}, but PEFT's IA3 format saves no biases; freeze the adapted "
+            "layers' biases or pass bias='none'. Nothing was written."
+        )
+    fields = {"feedforward_modules": [n for n, m in ia3.items() if m.feedforward], "init_ia3_weights": True}
+    # (1, in) for feed-forward layers, else (out, 1)
+    tensors = {f"{n}.ia3_l": m.scale[None, :] if m.feedforward else m.scale[:, None] for n, m in ia3.items()}
+    return fields, tensors
+
+
+def _whole_tensors(model: nn.Module, adapters: _Adapters, bias: str) -> dict[str, torch.Tensor]:
+    """What is saved in full: the ``modules_to_save`` copies and the biases ``bias`` trains."""
+    tensors: dict[str, torch.Tensor] = {}
+    for n, m in adapters.saves.items():
+        tensors.update({f"{n}.{k}": v for k, v in m.trained_module.state_dict().items()})
+    layers = adapters.layers
+    if bias != "none":
+        tensors.update(
+            {f"{n}.base_layer.bias": b for n, m in layers.items() if (b := _base_bias(m)) is not None}
+        )
+    if bias == "all":
+        skip = _adapter_parameter_ids(layers.values(), adapters.saves.values())
+        tensors.update(
+            {
+                n: p
+                for n, p in model.named_parameters()
+                if n.rsplit(".", 1)[-1] == "bias" and id(p) not in skip
+            }
+        )
+    return tensors
+
+
+def _write(path: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+    # Own contiguous CPU copies: safetensors refuses views and shared storage.
+    blob = safetensors.torch.save(
+        {PEFT_PREFIX + k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
+        metadata={"format": "pt"},
+    )
+    if path.exists() and not path.is_dir():
+        raise PeftFormatError(f"save_peft: {path} is a file; PEFT adapters are directories")
+    path.mkdir(parents=True, exist_ok=True)
+    # Weights first: PEFT reads the config first, so a crash in between leaves the old config
+    # beside new weights only if the weights' keys still fit it (load_peft checks every key).
+    atomic_write(path / WEIGHTS_NAME, blob)
+    atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_peft(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
+    bias: str | None = None,
+) -> Path:
+    """Write the adapters of a peft_zoo model (``LoRALinear``, ``DoRALinear`` or ``IA3Linear`` layers, plus
+    ``ModulesToSave`` copies) as a PEFT adapter directory: ``adapter_config.json`` and
+    ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained(base, path)`` loads
+    into the unadapted base model. Returns the directory.
+
+    The config names the adapted modules exactly (``target_modules`` lists their full
+    names), takes the most common rank and alpha as ``r`` / ``lora_alpha`` and writes every
+    other module's into ``rank_pattern`` / ``alpha_pattern`` under an anchored key, so each
+    layer gets exactly its own scale (a mix of rsLoRA and plain layers is written as plain
+    LoRA with ``alpha * sqrt(r)`` for the rsLoRA ones). ``bias`` (PEFT's ``"none"``,
+    ``"lora_only"``, ``"all"``) defaults to what the trainable flags show.
+
+    A :class:`~peft_zoo.FusedLoRALinear` (LoRA on some slices of a fused projection) is
+    written as the plain LoRA of rank ``k * r`` it equals (:meth:`FusedLoRALinear.as_lora`).
+
+    ``DoRALinear`` layers are written as PEFT writes DoRA: ``use_dora: true`` and a
+    ``lora_magnitude_vector`` tensor per layer besides ``lora_A`` / ``lora_B``.
+
+    A :class:`~peft_zoo.QLoRALinear` is written as the plain LoRA it carries: PEFT applies it
+    to the same base quantised with bitsandbytes, or to a float base (equal outputs when that
+    base holds the dequantised NF4 weights). ``load_peft`` builds float ``LoRALinear`` layers.
+
+    Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: LoRA and
+    IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
+    ``BatchedLoRALinear``, any other adapter kind, merged layers.
+    """
+    adapters = _sort_adapters(model)
+    problems = _refusals(adapters, bias)
+    if problems:
+        raise PeftFormatError("save_peft: " + "; ".join(problems) + ". Nothing was written.")
+    layers = adapters.layers
+    bias = _infer_bias(model, layers, adapters.saves.values()) if bias is None else bias
+    if adapters.lora:
+        fields, tensors = _lora_part(adapters.lora, bias)
+        config = common_fields("LORA", task_type, base_model_name_or_path)
+    else:
+        fields, tensors = _ia3_part(adapters.ia3, bias)
+        config = common_fields("IA3", task_type, base_model_name_or_path)
+    config.update(
+        fields,
+        target_modules=list(layers),
+        exclude_modules=None,
+        modules_to_save=list(adapters.saves) or None,
+        fan_in_fan_out=any(m.fan_in_fan_out for m in layers.values()),
+        inference_mode=True,
+    )
+    tensors.update(_whole_tensors(model, adapters, bias))
+    _write(Path(path), config, tensors)
+    return Path(path)
