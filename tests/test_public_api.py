@@ -61,3 +61,27 @@ def test_contract_defaults() -> None:
 def test_every_exported_name_resolves() -> None:
     missing = [n for n in peft_zoo.__all__ if not hasattr(peft_zoo, n)]
     assert not missing
+
+
+def test_the_version_has_one_source() -> None:
+    """pyproject.toml reads the version from peft_zoo/core/version.py; the installed metadata
+    and ``peft_zoo.__version__`` say the same."""
+    import importlib.metadata
+    from pathlib import Path
+
+    from peft_zoo.core.version import __version__
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '\nversion = "' not in pyproject, "the version is written in pyproject.toml again"
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "peft_zoo.core.version.__version__" }' in pyproject
+    assert peft_zoo.__version__ == __version__ == importlib.metadata.version("peft_zoo")
+
+
+def test_the_package_ships_its_type_information() -> None:
+    """PEP 561: ``py.typed`` sits in the package and is listed as package data."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "peft_zoo" / "py.typed").is_file()
+    assert 'peft_zoo = ["py.typed"]' in (root / "pyproject.toml").read_text()
