@@ -19,6 +19,8 @@ from .injection.inject import (
     inject_lora_recursive,
     inject_qlora,
 )
+from .injection.prompt_model import PromptTuningConfig, PromptTuningModel
+from .injection.ptuning_config import PromptEncoderConfig
 from .injection.surgery import (
     InjectionError,
     adapter_named_parameters,
@@ -28,6 +30,14 @@ from .injection.surgery import (
     trainable_parameters,
 )
 from .injection.targets import find_targets, layer_index, target_matches
+from .injection.unload import UnloadError, merge_and_unload, unload
+from .interop.bnb import (
+    nf4_linear_from_bnb,
+    nf4_linear_from_bnb_state_dict,
+    nf4_linear_to_bnb,
+    nf4_linear_to_bnb_state_dict,
+    qlora_from_bnb,
+)
 from .interop.checkpoint import (
     CheckpointError,
     adapter_config,
@@ -50,6 +60,8 @@ from .lora import LoRALinear, lora_scale
 from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .nf4 import NF4_CODE, NF4Linear, NF4Tensor, quantize_int4, quantize_nf4
 from .prefix import LearnablePrefix, PrefixKV
+from .prompt import PromptEmbedding
+from .ptuning import PromptEncoder
 from .qlora import QLoRALinear, merge_qlora
 from .serving.bank import AdapterBank, BankError
 from .serving.batched import (
@@ -88,8 +100,14 @@ __all__ = [
     "ParallelAdapterBlock",
     "PeftFormatError",
     "PrefixKV",
+    "PromptEmbedding",
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "PromptTuningConfig",
+    "PromptTuningModel",
     "QLoRALinear",
     "Routing",
+    "UnloadError",
     "__version__",
     "adapt_model",
     "adapter_config",
@@ -116,9 +134,15 @@ __all__ = [
     "loraplus_param_groups",
     "mark_only_adapters_trainable",
     "merge_adapters",
+    "merge_and_unload",
     "merge_qlora",
+    "nf4_linear_from_bnb",
+    "nf4_linear_from_bnb_state_dict",
+    "nf4_linear_to_bnb",
+    "nf4_linear_to_bnb_state_dict",
     "peft_dict_from_config",
     "print_trainable_parameters",
+    "qlora_from_bnb",
     "quantize_int4",
     "quantize_nf4",
     "read_adapter",
@@ -130,6 +154,7 @@ __all__ = [
     "target_matches",
     "trainable_parameters",
     "unique_parameter_count",
+    "unload",
     "unmerge_adapters",
     "use_adapters",
 ]

@@ -7,7 +7,9 @@
 or adds nothing (parallel), and the adapted model equals its base. ``2 d r + r + d``
 parameters per adapter.
 
-- serial (:class:`AdapterBlock`):   h = x + F(x);  out = h + delta(h)
+- serial (:class:`AdapterBlock`):   h = x + F(x);  out = h + delta(h)   (after the residual:
+  Pfeiffer et al.'s position, arXiv:2005.00247, without its LayerNorms; Houlsby et al. apply
+  the adapter to F(x) before the residual, out = x + F(x) + delta(F(x)))
 - parallel (:class:`ParallelAdapterBlock`): out = F(x) + delta(x)
 - several tasks (:class:`AdapterStack`): out = x + delta_k(x), ``k`` chosen per call.
 """
@@ -114,7 +116,13 @@ def _check_same_shape(x: torch.Tensor, fx: torch.Tensor, block: str) -> None:
 
 
 class AdapterBlock(nn.Module):
-    """Serial (Houlsby) adapter around a sublayer: ``h = x + sublayer(x)``, ``out = h + delta(h)``.
+    """Serial adapter after a sublayer's residual: ``h = x + sublayer(x)``, ``out = h + delta(h)``.
+
+    The adapter reads the post-residual ``h``: the position Pfeiffer et al. (2021,
+    arXiv:2005.00247; AdapterHub's ``SeqBnConfig``) use, here without the LayerNorms that
+    AdapterHub puts around it. It is *not* Houlsby et al.'s placement, which applies the adapter
+    to the sublayer's output before the residual, ``x + F(x) + delta(F(x))`` (and then the
+    block's LayerNorm); the two differ as soon as ``delta`` is nonzero.
 
     One residual each: the adapter contributes only its delta (``forward_delta``), never a
     second copy of ``h``. ``sublayer`` must map ``(..., d) -> (..., d)``. Its parameters keep

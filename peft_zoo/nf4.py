@@ -1,8 +1,9 @@
 """NF4: the 4-bit NormalFloat storage format of QLoRA (Dettmers et al., 2023, arXiv:2305.14314).
 
 The base weight ``W (out, in)`` is stored in blocks of ``blocksize`` (64) consecutive elements
-of its row-major flattening. Each block keeps one float constant, its absolute maximum, and
-one 4-bit index per element into a fixed table of 16 values in ``[-1, 1]``:
+of its row-major flattening (the last block may be shorter: nothing is padded). Each block
+keeps one float constant, its absolute maximum, and one 4-bit index per element into a fixed
+table of 16 values in ``[-1, 1]``:
 
     c_b   = max_i |w_i|                      over the elements i of block b   (absmax)
     q_i   = argmin_j |w_i / c_b - T_j|       nearest entry of the code table T
@@ -10,19 +11,22 @@ one 4-bit index per element into a fixed table of 16 values in ``[-1, 1]``:
 
 Two indices share one byte (first element in the high nibble, as bitsandbytes packs them),
 so the weight costs 4 bits per parameter plus 32 / 64 = 0.5 bits for the fp32 constants.
+The tables and kernels are in :mod:`peft_zoo.nf4_codes`.
 
 **NF4** (paper section 3, "4-bit NormalFloat"): pretrained weights are roughly N(0, sigma),
 so after dividing by the absmax they follow a normal distribution squeezed into [-1, 1].
 NF4's 16 levels are quantiles of N(0, 1), normalised to [-1, 1], so that every level is used
 about equally often; a plain integer grid (``k / 7``) wastes levels on the rarely-populated
-tails. Both tables are here; :func:`normal_float_code` derives NF4 from normal quantiles.
+tails. Both tables are there; :func:`normal_float_code` derives NF4 from normal quantiles.
 
-**Double quantisation** (paper section 3): the constants ``c_b`` themselves are quantised to
-8 bits in blocks of 256, after subtracting their mean, which cuts their cost from 32 / 64 =
-0.5 to 8 / 64 + 32 / (64 * 256) ~= 0.127 bits per parameter (4.127 bits in all).
+**Double quantisation** (paper section 3): the constants ``c_b`` themselves are stored in
+8 bits: their mean is subtracted, then they are quantised blockwise (blocks of 256) with the
+dynamic 8-bit type of :mod:`peft_zoo.blockwise8`, exactly as bitsandbytes'
+``compress_statistics=True``. That cuts their cost from 32 / 64 = 0.5 to
+8 / 64 + 32 / (64 * 256) ~= 0.127 bits per parameter (4.127 bits in all).
 
 The QLoRA method that trains LoRA on top of this frozen 4-bit base is in
-:mod:`peft_zoo.qlora`.
+:mod:`peft_zoo.qlora`; :mod:`peft_zoo.interop.bnb` converts to and from bitsandbytes.
 """
 
 from __future__ import annotations
@@ -34,18 +38,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blockwise8 import DYNAMIC_BLOCKSIZE, dequantize_blockwise, dynamic_map, quantize_blockwise
 from .core.checks import (
     bias_of,
     check_blocksize,
     check_float_dtype,
     check_last_dim,
-    check_positive_int,
     check_weight,
     linear_features,
     weight_of,
 )
+from .nf4_codes import (
+    INT4_CODE,
+    NF4_CODE,
+    check_quant_type,
+    dequantize_4bit,
+    normal_float_code,
+    pack_4bit,
+    quantize_4bit,
+    unpack_4bit,
+)
 
 __all__ = [
+    "DQ_BLOCKSIZE",
     "INT4_CODE",
     "NF4_CODE",
     "NF4Linear",
@@ -58,154 +73,28 @@ __all__ = [
     "unpack_4bit",
 ]
 
-# The NF4 data type as published: QLoRA paper, Appendix E, and bitsandbytes' NF4 table
-# (identical values; index 7 is the exact zero, index 0 is -1 and index 15 is +1).
-NF4_CODE = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-])  # (16,)  # fmt: skip
-
-# The baseline: symmetric 4-bit integers k in [-7, 7] scaled to [-1, 1] (15 levels, so that 0
-# is exact; bitsandbytes' "int4" table is the same). Nearest entry == round(w / c * 7) / 7.
-INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # (15,)
-
-_CODES = {"nf4": NF4_CODE, "int4": INT4_CODE}
-DQ_BLOCKSIZE = 256  # block size of the second quantisation (paper section 3)
-_DEVICE_CODES: dict[tuple[str, torch.device], torch.Tensor] = {}
+DQ_BLOCKSIZE = DYNAMIC_BLOCKSIZE  # block size of the second quantisation (paper section 3)
 
 
-def normal_float_code(bits: int = 4, offset: float = 1 - (1 / 32 + 1 / 30) / 2) -> torch.Tensor:
-    """Derive the k-bit NormalFloat table from quantiles of N(0, 1), as QLoRA describes it.
+def double_quantize(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Second quantisation of the block constants, as bitsandbytes' ``compress_statistics``.
 
-    The paper's recipe (section 3): take ``2^(k-1)`` quantiles for the negative half and
-    ``2^(k-1) + 1`` for the positive half, both including 0, merge them dropping one of the
-    two zeros (so 0 is exact and there is one more positive level), and normalise into
-    [-1, 1]. The outermost quantile cannot be Q(1) = inf, so the probabilities run from 0.5 to
-    ``offset`` instead of 1: bitsandbytes' ``create_normal_map(offset=0.9677083)``, which is
-    ``1 - (1/32 + 1/30) / 2``, the mean of the half-step offsets of the 32- and 30-level grids.
-    With the defaults the result matches :data:`NF4_CODE` to about 1e-7.
-
-    Returns a sorted float32 tensor of ``2^bits`` values from -1 to 1.
+    ``absmax (n,) float32 -> (q (n,) uint8, nested_absmax (ceil(n / 256),) float32, offset () float32)``:
+    ``offset = mean(absmax)``, then ``absmax - offset`` (centred on 0, so both signs of the
+    8-bit range are used) is quantised blockwise with the dynamic 8-bit table.
     """
-    bits = check_positive_int(bits, "bits")
-    if bits < 2:
-        raise ValueError(f"bits must be >= 2 to have a negative and a positive half, got {bits}")
-    if not 0.5 < offset < 1.0:
-        raise ValueError(f"offset must be a probability in (0.5, 1), got {offset}")
-    half = 2 ** (bits - 1)
-    # Positive half: `half + 1` probabilities from offset down to 0.5; drop 0.5 (its quantile is 0).
-    p_pos = torch.linspace(offset, 0.5, half + 1, dtype=torch.float64)[:-1]
-    # Negative half: `half` probabilities, again without 0.5; mirrored by the sign.
-    p_neg = torch.linspace(offset, 0.5, half, dtype=torch.float64)[:-1]
-    q = torch.cat(
-        [-torch.special.ndtri(p_neg), torch.zeros(1, dtype=torch.float64), torch.special.ndtri(p_pos)]
-    )
-    q = q.sort().values
-    return (q / q.abs().max()).float()  # normalise into [-1, 1]
+    offset = absmax.mean()  # ()
+    q, nested = quantize_blockwise(absmax - offset, dynamic_map(absmax.device), DQ_BLOCKSIZE)
+    return q, nested, offset
 
 
-# ----------------------------------------------------------------------------- code tables by name
+def double_dequantize(q: torch.Tensor, nested_absmax: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`double_quantize`: ``c = D[q] * s_block + offset``, ``(n,)`` float32.
 
-
-def _check_quant_type(quant_type: object) -> str:
-    if quant_type not in _CODES:
-        raise ValueError(f"quant_type must be one of {sorted(_CODES)}, got {quant_type!r}")
-    return str(quant_type)
-
-
-def _code_on(quant_type: str, device: torch.device) -> torch.Tensor:
-    """The float32 code table on ``device``, copied there once."""
-    key = (quant_type, device)
-    if key not in _DEVICE_CODES:
-        _DEVICE_CODES[key] = _CODES[quant_type].to(device)
-    return _DEVICE_CODES[key]
-
-
-# ----------------------------------------------------------------------------- packing
-
-
-def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
-    """Pack 4-bit code indices two per byte: ``(n,)`` integers in [0, 16), n even -> ``(n/2,)`` uint8.
-
-    Byte ``k`` holds element ``2k`` in its high nibble and element ``2k+1`` in its low nibble
-    (bitsandbytes' order), so ``byte = (c[2k] << 4) | c[2k+1]``.
+    As in bitsandbytes there is no clamp: the error is at most half a step of the dynamic
+    table times ``s_block``, far below typical constants, so they stay positive in practice.
     """
-    if codes.dim() != 1 or codes.numel() % 2:
-        raise ValueError(f"pack_4bit expects a 1-d tensor of even length, got shape {tuple(codes.shape)}")
-    if codes.is_floating_point() or (codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15)):
-        raise ValueError("pack_4bit expects integer codes in [0, 15]")
-    pairs = codes.to(torch.uint8).view(-1, 2)  # (n/2, 2): (first, second) element of each byte
-    return (pairs[:, 0] << 4) | pairs[:, 1]  # first element in the high nibble
-
-
-def unpack_4bit(packed: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`pack_4bit`: ``(m,)`` uint8 -> ``(2m,)`` uint8 code indices in [0, 16)."""
-    if packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise ValueError(f"unpack_4bit expects a 1-d uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
-    high = packed >> 4  # element 2k
-    low = packed & 0x0F  # element 2k + 1
-    return torch.stack([high, low], dim=1).reshape(-1)  # (2m,)
-
-
-# ----------------------------------------------------------------------------- blockwise quantisation
-
-
-def _blockwise(
-    w: torch.Tensor, code: torch.Tensor, blocksize: int, what: str = "w"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w`` (any shape) -> ``(codes (n_pad,) uint8 indices into code, absmax (n_blocks,) float32)``."""
-    flat = w.detach().reshape(-1).float()  # (n,) row-major: a block is `blocksize` consecutive elements
-    n_pad = -(-flat.numel() // blocksize) * blocksize  # round n up to a multiple of the block size
-    flat = F.pad(flat, (0, n_pad - flat.numel()))  # zeros: they never raise a block's absmax
-    blocks = flat.view(-1, blocksize)  # (n_blocks, blocksize)
-    absmax = blocks.abs().amax(dim=1)  # (n_blocks,) c_b = max |w| of the block
-    if not bool(torch.isfinite(absmax).all()):  # amax propagates NaN and inf: one cheap check
-        raise ValueError(f"{what} contains NaN or inf: its absmax (the block scale) would be undefined")
-    # Normalise into [-1, 1]; an all-zero block keeps divisor 1 (0 / 1 = 0, never 0 / 0 = NaN).
-    normed = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[:, None]
-    # Nearest table entry. The table is sorted, so the nearest entry's index is the number of
-    # midpoints between neighbours that lie below the value (a binary search), which avoids the
-    # (n, 16) temporary of a brute-force argmin over |w - T|. Ties go to the lower entry, as
-    # with torch.argmin.
-    code = code.to(w.device)
-    midpoints = (code[1:] + code[:-1]) / 2  # (len(code) - 1,)
-    codes = torch.bucketize(normed.reshape(-1), midpoints)  # (n_pad,) indices into code
-    return codes.to(torch.uint8), absmax
-
-
-def _double_quantize(absmax: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Second quantisation of the block constants (paper section 3).
-
-    ``absmax (n,) float32 -> (q (n,) int8, scale (ceil(n / blocksize),) float32, mean () float32)``.
-
-    The constants are positive, so their mean is subtracted first to centre them on 0 and use
-    both signs of the 8-bit range. The paper stores 8-bit *floats*, bitsandbytes its 8-bit
-    "dynamic" code; here, for readability, each block of 256 is quantised as symmetric 8-bit
-    integers with its own fp32 absmax: ``q = round(127 · (c - mean) / s)``.
-    """
-    mean = absmax.mean()  # ()
-    centred = absmax - mean  # (n,)
-    n_pad = -(-centred.numel() // blocksize) * blocksize
-    blocks = F.pad(centred, (0, n_pad - centred.numel())).view(-1, blocksize)  # (m, blocksize)
-    scale = blocks.abs().amax(dim=1)  # (m,) second-level absmax, kept in fp32
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
-    q = torch.round(blocks / safe * 127).clamp(-127, 127).to(torch.int8)  # (m, blocksize)
-    return q.reshape(-1)[: absmax.numel()], scale, mean
-
-
-def _double_dequantize(
-    q: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor, blocksize: int
-) -> torch.Tensor:
-    """Undo :func:`_double_quantize`: ``c = q / 127 · s + mean``, ``(n,)`` float32.
-
-    The error is at most ``s / 254`` per constant: small next to typical constants, but a block
-    far smaller than the mean of its neighbours could come back negative, which would flip the
-    signs of its weights; such constants are clamped to 0 instead.
-    """
-    per_element = scale.repeat_interleave(blocksize)[: q.numel()]  # (n,) the scale of each constant's block
-    return (q.float() / 127 * per_element + mean).clamp_min(0)
+    return dequantize_blockwise(q, nested_absmax, dynamic_map(q.device), DQ_BLOCKSIZE) + offset
 
 
 @dataclass
@@ -214,17 +103,18 @@ class NF4Tensor:
 
     ``quant_type="int4"`` holds the plain-integer baseline in the same layout (bitsandbytes
     also keeps its 4-bit types in one container told apart by ``quant_type``). Sizes, with
-    ``n = shape.numel()``, ``n_pad`` = n rounded up to a multiple of ``blocksize``,
-    ``n_blocks = n_pad / blocksize``. (DQ) marks the fields double quantisation adds.
+    ``n = shape.numel()``, ``n_blocks = ceil(n / blocksize)``; the fields hold the same bytes as
+    bitsandbytes' packed weight and ``QuantState`` (see :mod:`peft_zoo.interop.bnb`).
+    (DQ) marks the fields double quantisation adds.
     """
 
-    packed: torch.Tensor  # (n_pad / 2,) uint8: two code indices per byte, first element in the high nibble
-    absmax: torch.Tensor  # (n_blocks,) float32 block constants; with double quant int8 codes of them
+    packed: torch.Tensor  # (ceil(n / 2),) uint8: two code indices per byte, first element in the high nibble
+    absmax: torch.Tensor  # (n_blocks,) float32 block constants; with double quant uint8 codes of them
     shape: torch.Size  # shape of the original tensor
     dtype: torch.dtype  # dtype of the original tensor, the default of dequantize()
     blocksize: int = 64  # consecutive elements sharing one absmax (bitsandbytes' default for QLoRA)
     quant_type: str = "nf4"  # "nf4" (the QLoRA table) or "int4" (levels k / 7, the baseline)
-    absmax_scale: torch.Tensor | None = None  # (ceil(n_blocks / 256),) float32 second-level scales (DQ)
+    absmax_scale: torch.Tensor | None = None  # (ceil(n_blocks / 256),) float32 second-level absmax (DQ)
     absmax_mean: torch.Tensor | None = None  # () float32 mean subtracted before double quant (DQ)
 
     @property
@@ -255,15 +145,16 @@ class NF4Tensor:
         if not self.double_quant:
             return self.absmax
         assert self.absmax_mean is not None and self.absmax_scale is not None
-        return _double_dequantize(self.absmax, self.absmax_scale, self.absmax_mean, DQ_BLOCKSIZE)
+        return double_dequantize(self.absmax, self.absmax_scale, self.absmax_mean)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Restore the tensor: ``T[code] * absmax`` per block, unpadded and reshaped, in ``dtype``
+        """Restore the tensor: ``T[code] * absmax`` per block, reshaped, in ``dtype``
         (default: the original dtype). The arithmetic runs in float32."""
-        codes = unpack_4bit(self.packed).long()  # (n_pad,) indices
-        values = _code_on(self.quant_type, self.packed.device)[codes]  # (n_pad,) table lookup
-        w = values.view(-1, self.blocksize) * self.block_absmax()[:, None]  # (n_blocks, blocksize) T[q] c_b
-        return w.reshape(-1)[: self.numel()].view(self.shape).to(dtype or self.dtype)
+        n = self.numel()
+        w = dequantize_4bit(
+            self.packed, self.block_absmax(), n, self.quant_type, self.blocksize, dtype or self.dtype
+        )
+        return w.view(self.shape)  # (n,) T[q] c_b per block, reshaped
 
 
 def _quantize(
@@ -271,19 +162,20 @@ def _quantize(
 ) -> NF4Tensor:
     blocksize = check_blocksize(blocksize)
     check_weight(w, what)
-    codes, absmax = _blockwise(w, _CODES[quant_type], blocksize, what)
-    out = NF4Tensor(pack_4bit(codes), absmax, w.shape, w.dtype, blocksize, quant_type)
+    packed, absmax = quantize_4bit(w, quant_type, blocksize, what)
+    out = NF4Tensor(packed, absmax, w.shape, w.dtype, blocksize, quant_type)
     if double_quant:
-        out.absmax, out.absmax_scale, out.absmax_mean = _double_quantize(absmax, DQ_BLOCKSIZE)
+        out.absmax, out.absmax_scale, out.absmax_mean = double_quantize(absmax)
     return out
 
 
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64, *, double_quant: bool = False) -> NF4Tensor:
     """Quantise ``w`` (any shape, floating, finite) to blockwise NF4; ``w`` is not changed.
 
-    ``blocksize`` must be even; sizes that are not a multiple of it are zero-padded (the
-    padding is dropped again on dequantisation). ``double_quant`` also quantises the block
-    constants (8-bit, blocks of 256, mean subtracted).
+    ``blocksize`` must be even; a size that is not a multiple of it ends in a shorter block
+    (nothing is padded). ``double_quant`` also quantises the block constants (dynamic 8-bit,
+    blocks of 256, mean subtracted). Codes and constants equal bitsandbytes'
+    ``quantize_4bit(w, blocksize, quant_type="nf4", compress_statistics=double_quant)``.
     """
     return _quantize(w, blocksize, bool(double_quant), "nf4")
 
@@ -331,7 +223,7 @@ class NF4Linear(nn.Module):
         d_in, d_out, fan_in_fan_out = linear_features(base, "NF4Linear base")
         compute = check_float_dtype(compute_dtype, "compute_dtype")
         weight = weight_of(base).T if fan_in_fan_out else weight_of(base)  # (out, in)
-        q = _quantize(weight, blocksize, bool(double_quant), _check_quant_type(quant_type), "the base weight")
+        q = _quantize(weight, blocksize, bool(double_quant), check_quant_type(quant_type), "the base weight")
         super().__init__()
         self.in_features, self.out_features = d_in, d_out
         self.blocksize, self.quant_type, self.double_quant = q.blocksize, q.quant_type, q.double_quant
@@ -346,6 +238,48 @@ class NF4Linear(nn.Module):
         if bias is not None:
             bias.requires_grad_(False)
         self.bias = bias
+
+    @classmethod
+    def from_nf4(
+        cls,
+        weight: NF4Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        compute_dtype: torch.dtype | None = None,
+        fan_in_fan_out: bool = False,
+    ) -> NF4Linear:
+        """A layer around an already quantised ``weight`` (shape ``(out, in)``), without
+        re-quantising: the tensors are used as they are (the conversion from bitsandbytes'
+        ``Linear4bit`` goes through here). ``bias (out,)`` is kept, frozen."""
+        given: object = weight  # checked at run time
+        if not isinstance(given, NF4Tensor) or len(given.shape) != 2:
+            raise TypeError("NF4Linear.from_nf4 expects a 2-d NF4Tensor (out, in)")
+        d_out, d_in = weight.shape
+        given_bias: object = bias
+        if given_bias is not None and (
+            not isinstance(given_bias, torch.Tensor) or tuple(given_bias.shape) != (d_out,)
+        ):
+            raise ValueError(f"bias must be a tensor of shape ({d_out},)")
+        compute = check_float_dtype(compute_dtype, "compute_dtype")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = d_in, d_out
+        layer.blocksize, layer.quant_type = (
+            check_blocksize(weight.blocksize),
+            check_quant_type(weight.quant_type),
+        )
+        layer.double_quant = weight.double_quant
+        layer.weight_dtype, layer.fan_in_fan_out, layer.compute_dtype = (
+            weight.dtype,
+            bool(fan_in_fan_out),
+            compute,
+        )
+        layer.register_buffer("weight_packed", weight.packed)
+        layer.register_buffer("weight_absmax", weight.absmax)
+        layer.register_buffer("weight_absmax_scale", weight.absmax_scale)
+        layer.register_buffer("weight_absmax_mean", weight.absmax_mean)
+        layer.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return layer
 
     @property
     def weight_nf4(self) -> NF4Tensor:

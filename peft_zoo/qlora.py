@@ -29,7 +29,9 @@ class QLoRALinear(LoRALayer):
     Args:
         base: the ``nn.Linear`` (or ``Conv1D``) to adapt. Its weight is quantised into
             ``self.base``, an :class:`NF4Linear` holding buffers; ``base`` itself is not
-            kept, so its float weight can be freed. Its bias is kept, frozen.
+            kept, so its float weight can be freed. Its bias is kept, frozen. An
+            :class:`NF4Linear` (e.g. converted from bitsandbytes) becomes ``self.base`` as it
+            is, and then ``blocksize``, ``double_quant`` and ``compute_dtype`` are its own.
         rank, alpha, dropout, rslora: as in :class:`~peft_zoo.LoRALinear` (``scale = alpha / r``
             or ``alpha / sqrt(r)``; alpha defaults to rank).
         blocksize: elements per NF4 block (even; default 64).
@@ -59,18 +61,25 @@ class QLoRALinear(LoRALayer):
     ) -> None:
         # Validate every argument before touching ``base`` (NF4Linear only reads it, then
         # freezes its bias).
-        linear_features(base, "QLoRALinear base")
+        if not isinstance(base, NF4Linear):
+            linear_features(base, "QLoRALinear base")
         rank, alpha, dropout = check_lora_hyperparameters(rank, alpha, dropout)
         check_blocksize(blocksize)
         check_float_dtype(compute_dtype, "compute_dtype")
         if check_float_dtype(adapter_dtype, "adapter_dtype") is None:
             raise TypeError("adapter_dtype must be a floating-point torch.dtype, got None")
-        device = check_weight(base.weight, "the base weight").device
+        if isinstance(base, NF4Linear):
+            device = base.weight_packed.device
+        else:
+            device = check_weight(base.weight, "the base weight").device
         super().__init__()
 
-        self.base = NF4Linear(
-            base, blocksize=blocksize, double_quant=double_quant, compute_dtype=compute_dtype
-        )
+        if isinstance(base, NF4Linear):
+            self.base = base
+        else:
+            self.base = NF4Linear(
+                base, blocksize=blocksize, double_quant=double_quant, compute_dtype=compute_dtype
+            )
         self.in_features, self.out_features = self.base.in_features, self.base.out_features
         set_lora_hyperparameters(self, rank, alpha, dropout, rslora)
         d_in, d_out = self.in_features, self.out_features

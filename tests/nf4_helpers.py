@@ -12,7 +12,8 @@ FAST = settings(max_examples=25, deadline=None)
 def expected_nbytes(n: int, blocksize: int, double_quant: bool) -> int:
     """Bytes of a blockwise 4-bit tensor of n elements, from the storage formula."""
     n_blocks = math.ceil(n / blocksize)
-    codes = n_blocks * blocksize // 2  # two 4-bit codes per byte, padding included
+    codes = (n + 1) // 2  # two 4-bit codes per byte, nothing padded (as bitsandbytes stores them)
     if not double_quant:
         return codes + 4 * n_blocks  # one fp32 absmax per block
-    return codes + n_blocks + 4 * math.ceil(n_blocks / 256) + 4  # int8 constants, fp32 scales, fp32 mean
+    # uint8 constants, fp32 nested absmax per 256 constants, one fp32 mean
+    return codes + n_blocks + 4 * math.ceil(n_blocks / 256) + 4

@@ -24,6 +24,11 @@ CONTRACT = {
     "adapter_state_dict": ["model"],
     "save_adapter": ["model", "path"],
     "load_adapter": ["model", "path"],
+    "merge_and_unload": ["model"],
+    "unload": ["model"],
+    "PromptTuningConfig": ["num_virtual_tokens", "token_dim"],  # PEFT's field order
+    "PromptEncoderConfig": ["num_virtual_tokens", "token_dim"],
+    "PromptEmbedding": ["num_virtual_tokens", "token_dim"],
 }
 KEYWORD_ONLY = {
     ("LoRALinear", "dropout"),

@@ -41,6 +41,8 @@ from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..lora import LoRALinear
 from .modules_to_save import ModulesToSave, modules_to_save_names
+from .prompt_model import PromptTuningConfig, adapt_prompt_tuning
+from .ptuning_config import PromptEncoderConfig, adapt_p_tuning
 from .surgery import InjectionError, mark_only_adapters_trainable, replace_linears
 from .targets import (
     MATCH_BUDGET,
@@ -349,15 +351,22 @@ def _ia3_builder(config: IA3Config, names: list[str]) -> Builder:
     return build
 
 
-def adapt_model(model: nn.Module, config: LoraConfig | IA3Config) -> tuple[nn.Module, list[nn.Parameter]]:
+def adapt_model(
+    model: nn.Module, config: LoraConfig | IA3Config | PromptTuningConfig | PromptEncoderConfig
+) -> tuple[nn.Module, list[nn.Parameter]]:
     """Adapt ``model`` in place as ``config`` says and freeze everything else; return
     ``(model, trainable parameters)``: the adapter tensors, the ``modules_to_save`` copies,
     and the biases ``config.bias`` asks for.
 
     Raises ``InjectionError`` (nothing changed) when a target names nothing (with close
     matches), a ``rank_pattern`` / ``alpha_pattern`` key matches no adapted module, or a
-    ``modules_to_save`` entry names nothing.
+    ``modules_to_save`` entry names nothing. A ``PromptTuningConfig`` / ``PromptEncoderConfig`` returns a new wrapper
+    (:class:`~peft_zoo.injection.prompt_model.PromptTuningModel`), not ``model`` itself.
     """
+    if isinstance(config, PromptTuningConfig):
+        return adapt_prompt_tuning(model, config)
+    if isinstance(config, PromptEncoderConfig):
+        return adapt_p_tuning(model, config)
     if not isinstance(config, (LoraConfig, IA3Config)):
         raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
     config.validate()  # again: a field may have been set after construction

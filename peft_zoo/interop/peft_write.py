@@ -33,11 +33,13 @@ from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..injection.config import ModulesToSave
+from ..injection.prompt_model import PromptTuningModel
 from ..lora import LoRALinear, lora_scale
 from ..qlora import QLoRALinear
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .peft_config import PeftFormatError, common_fields, json_number
 from .peft_keys import PEFT_PREFIX, exact_pattern
+from .peft_prompt import save_prompt_peft
 
 __all__ = ["save_peft"]
 
@@ -280,6 +282,8 @@ def save_peft(
     IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
     ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
+    if isinstance(model, PromptTuningModel) and bias in (None, "none"):  # prompt / P-tuning: .peft_prompt
+        return save_prompt_peft(model, path, base_model_name_or_path, task_type)
     adapters = _sort_adapters(model)
     problems = _refusals(adapters, bias)
     if problems:

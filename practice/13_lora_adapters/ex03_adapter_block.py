@@ -2,7 +2,9 @@
 #     peft-zoo check 3        (or: pytest practice/13_lora_adapters/test_ex03_adapter_block.py)
 # Stuck? `peft-zoo hint 3`. Start over: `peft-zoo reset 3` (your file is backed up).
 """Serial adapters (Houlsby et al., 2019, arXiv:1902.00751): insert a bottleneck adapter
-right after a frozen sublayer (attention or feed-forward), inside its residual stream.
+right after a frozen sublayer (attention or feed-forward), inside its residual stream. This
+block puts it *after* the sublayer's residual, Pfeiffer's position (AdapterHub's SeqBnConfig,
+without its LayerNorms); Houlsby's original adds delta(F(x)) before it: x + F(x) + delta(F(x)).
 
     h   = x + F(x)              the sublayer with its own residual       x, h: (..., d)
     out = h + delta(h)          the adapter reads h and adds its delta   out: (..., d)

@@ -1,5 +1,7 @@
 """Serial adapters (Houlsby et al., 2019, arXiv:1902.00751): insert a bottleneck adapter
-right after a frozen sublayer (attention or feed-forward), inside its residual stream.
+right after a frozen sublayer (attention or feed-forward), inside its residual stream. This
+block puts it *after* the sublayer's residual, Pfeiffer's position (AdapterHub's SeqBnConfig,
+without its LayerNorms); Houlsby's original adds delta(F(x)) before it: x + F(x) + delta(F(x)).
 
     h   = x + F(x)              the sublayer with its own residual       x, h: (..., d)
     out = h + delta(h)          the adapter reads h and adds its delta   out: (..., d)
