@@ -19,6 +19,7 @@ from .injection.inject import (
     inject_lora_recursive,
     inject_qlora,
 )
+from .injection.prefix_model import PrefixTuningConfig, PrefixTuningModel
 from .injection.prompt_model import PromptTuningConfig, PromptTuningModel
 from .injection.ptuning_config import PromptEncoderConfig
 from .injection.surgery import (
@@ -60,6 +61,7 @@ from .lora import LoRALinear, lora_scale
 from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .nf4 import NF4_CODE, NF4Linear, NF4Tensor, quantize_int4, quantize_nf4
 from .prefix import LearnablePrefix, PrefixKV
+from .prefix_kv import PrefixKVEncoder
 from .prompt import PromptEmbedding
 from .ptuning import PromptEncoder
 from .qlora import QLoRALinear, merge_qlora
@@ -100,6 +102,9 @@ __all__ = [
     "ParallelAdapterBlock",
     "PeftFormatError",
     "PrefixKV",
+    "PrefixKVEncoder",
+    "PrefixTuningConfig",
+    "PrefixTuningModel",
     "PromptEmbedding",
     "PromptEncoder",
     "PromptEncoderConfig",

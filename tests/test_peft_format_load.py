@@ -119,8 +119,8 @@ def test_refuses_adapters_for_a_rewritten_base(bert_adapter: Path, tmp_path: Pat
 
 
 def test_refuses_other_peft_types(bert_adapter: Path, tmp_path: Path) -> None:
-    path = edited(bert_adapter, tmp_path / "a", config=lambda d: d.update(peft_type="PREFIX_TUNING"))
-    refused(path, r"'LORA' and 'IA3' adapters only")
+    path = edited(bert_adapter, tmp_path / "a", config=lambda d: d.update(peft_type="LOHA"))
+    refused(path, r"'LORA', 'IA3', 'PROMPT_TUNING', 'P_TUNING' and 'PREFIX_TUNING' adapters only")
 
 
 def test_refuses_another_architectures_checkpoint(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ CONTRACT = {
     "PromptTuningConfig": ["num_virtual_tokens", "token_dim"],  # PEFT's field order
     "PromptEncoderConfig": ["num_virtual_tokens", "token_dim"],
     "PromptEmbedding": ["num_virtual_tokens", "token_dim"],
+    "PrefixTuningConfig": ["num_virtual_tokens", "token_dim"],
 }
 KEYWORD_ONLY = {
     ("LoRALinear", "dropout"),

@@ -41,6 +41,7 @@ from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..lora import LoRALinear
 from .modules_to_save import ModulesToSave, modules_to_save_names
+from .prefix_model import PrefixTuningConfig, adapt_prefix_tuning
 from .prompt_model import PromptTuningConfig, adapt_prompt_tuning
 from .ptuning_config import PromptEncoderConfig, adapt_p_tuning
 from .surgery import InjectionError, mark_only_adapters_trainable, replace_linears
@@ -352,7 +353,8 @@ def _ia3_builder(config: IA3Config, names: list[str]) -> Builder:
 
 
 def adapt_model(
-    model: nn.Module, config: LoraConfig | IA3Config | PromptTuningConfig | PromptEncoderConfig
+    model: nn.Module,
+    config: LoraConfig | IA3Config | PromptTuningConfig | PromptEncoderConfig | PrefixTuningConfig,
 ) -> tuple[nn.Module, list[nn.Parameter]]:
     """Adapt ``model`` in place as ``config`` says and freeze everything else; return
     ``(model, trainable parameters)``: the adapter tensors, the ``modules_to_save`` copies,
@@ -367,6 +369,8 @@ def adapt_model(
         return adapt_prompt_tuning(model, config)
     if isinstance(config, PromptEncoderConfig):
         return adapt_p_tuning(model, config)
+    if isinstance(config, PrefixTuningConfig):
+        return adapt_prefix_tuning(model, config)
     if not isinstance(config, (LoraConfig, IA3Config)):
         raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
     config.validate()  # again: a field may have been set after construction

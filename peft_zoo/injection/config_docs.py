@@ -16,12 +16,19 @@ import re
 from typing import Any
 
 from .config import IA3Config, LoraConfig
+from .prefix_model import PrefixTuningConfig
 from .prompt_model import PromptTuningConfig
 from .ptuning_config import PromptEncoderConfig
 
 __all__ = ["CONFIGS", "CONFIG_PAGE", "config_table", "field_help", "render_config_reference"]
 
-CONFIGS: tuple[type[Any], ...] = (LoraConfig, IA3Config, PromptTuningConfig, PromptEncoderConfig)
+CONFIGS: tuple[type[Any], ...] = (
+    LoraConfig,
+    IA3Config,
+    PromptTuningConfig,
+    PromptEncoderConfig,
+    PrefixTuningConfig,
+)
 CONFIG_PAGE = "docs/configs.md"  # relative to the repository root
 
 _ROLE = re.compile(r":\w+:`~?(?:[\w.]*\.)?(\w+)`")  # :class:`~peft_zoo.dora.DoRALinear` -> DoRALinear

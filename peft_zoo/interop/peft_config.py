@@ -133,7 +133,10 @@ def _check_peft_dict(data: object) -> list[str]:
         return [f"the config must be a JSON object, got {type(data).__name__}"]
     peft_type = data.get("peft_type")
     if peft_type not in ("LORA", "IA3"):
-        return [f"peft_type={peft_type!r}: peft_zoo reads PEFT's 'LORA' and 'IA3' adapters only"]
+        return [
+            f"peft_type={peft_type!r}: peft_zoo reads PEFT's 'LORA', 'IA3', 'PROMPT_TUNING', "
+            "'P_TUNING' and 'PREFIX_TUNING' adapters only"
+        ]
     if peft_type == "LORA":
         known, off = _COMMON | _LORA_TRANSLATED | _LORA_IGNORED, _LORA_MUST_BE_OFF
     else:

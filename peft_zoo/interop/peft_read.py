@@ -37,6 +37,7 @@ from .peft_checks import field_problems
 from .peft_config import PeftFormatError, config_from_peft, read_config_file
 from .peft_keys import LEGACY_WEIGHTS_NAME, PEFT_PREFIX, exact_pattern
 from .peft_match import Expected, SavedNames, expected_tensors, resolve_names, select_modules
+from .peft_prefix import load_prefix_peft
 from .peft_prompt import PROMPT_PEFT_TYPES, load_prompt_peft
 
 __all__ = ["load_peft", "read_peft", "tensor_at"]
@@ -253,6 +254,8 @@ def load_peft(model: nn.Module, path: str | os.PathLike[str]) -> tuple[nn.Module
     data, state = read_peft(path)
     if data.get("peft_type") in PROMPT_PEFT_TYPES:  # a wrapper, not layers: .peft_prompt
         return load_prompt_peft(model, data, state, path)
+    if data.get("peft_type") == "PREFIX_TUNING":  # a wrapper with a key/value prefix: .peft_prefix
+        return load_prefix_peft(model, data, state, path)
     config_file = (Path(path).parent if Path(path).is_file() else Path(path)) / CONFIG_NAME
     try:
         config_from_peft(data)  # what the config asks for, checked before the model is looked at

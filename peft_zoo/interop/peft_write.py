@@ -33,12 +33,14 @@ from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..injection.config import ModulesToSave
+from ..injection.prefix_model import PrefixTuningModel
 from ..injection.prompt_model import PromptTuningModel
 from ..lora import LoRALinear, lora_scale
 from ..qlora import QLoRALinear
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .peft_config import PeftFormatError, common_fields, json_number
 from .peft_keys import PEFT_PREFIX, exact_pattern
+from .peft_prefix import save_prefix_peft
 from .peft_prompt import save_prompt_peft
 
 __all__ = ["save_peft"]
@@ -248,6 +250,18 @@ def _write(path: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Te
     atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _save_wrapper(
+    model: PromptTuningModel | PrefixTuningModel,
+    path: str | os.PathLike[str],
+    base_model_name_or_path: str | None,
+    task_type: str | None,
+) -> Path:
+    """A virtual-token wrapper: prompt / P-tuning (.peft_prompt) or prefix tuning (.peft_prefix)."""
+    if isinstance(model, PromptTuningModel):
+        return save_prompt_peft(model, path, base_model_name_or_path, task_type)
+    return save_prefix_peft(model, path, base_model_name_or_path, task_type)
+
+
 def save_peft(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -282,8 +296,8 @@ def save_peft(
     IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
     ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
-    if isinstance(model, PromptTuningModel) and bias in (None, "none"):  # prompt / P-tuning: .peft_prompt
-        return save_prompt_peft(model, path, base_model_name_or_path, task_type)
+    if isinstance(model, (PromptTuningModel, PrefixTuningModel)) and bias in (None, "none"):
+        return _save_wrapper(model, path, base_model_name_or_path, task_type)
     adapters = _sort_adapters(model)
     problems = _refusals(adapters, bias)
     if problems:

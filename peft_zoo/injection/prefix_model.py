@@ -1,0 +1,240 @@
+"""Prefix tuning on a ``transformers`` decoder: :class:`PrefixTuningConfig` (``peft.PrefixTuningConfig``'s
+fields) and the wrapper :class:`PrefixTuningModel`, called exactly like the original model.
+
+    model, params = adapt_model(model, PrefixTuningConfig(num_virtual_tokens=8))
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)   # as before
+    tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5)
+
+As PEFT's ``PeftModelForCausalLM`` does for ``PREFIX_TUNING`` (the maths: :mod:`peft_zoo.prefix_kv`):
+the trained keys and values go in as a ``transformers`` ``DynamicCache`` (``past_key_values``),
+``attention_mask`` gets ``n`` ones in front, the tokens' positions start at ``n``. Causal LMs only;
+sequence classification is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.checks import check_positive_int, short_repr
+from ..prefix_kv import PrefixKVEncoder
+from .modules_to_save import ModulesToSave
+from .prompt_model import VirtualTokenConfig, check_prompt_target, input_embeddings
+from .surgery import InjectionError
+
+__all__ = ["PrefixTuningConfig", "PrefixTuningModel", "adapt_prefix_tuning", "prefix_shape"]
+
+_HOOK = "prepare_inputs_for_generation"
+
+
+@dataclass
+class PrefixTuningConfig(VirtualTokenConfig):
+    """Prefix tuning as ``peft.PrefixTuningConfig`` configures it (PEFT's field names)."""
+
+    token_dim: int | None = field(
+        default=None,
+        metadata={"help": "D: the key width; None reads it from the model (H_kv d_head with GQA)."},
+    )
+    num_attention_heads: int | None = field(
+        default=None, metadata={"help": "H: key/value heads; None reads them from the model."}
+    )
+    num_layers: int | None = field(
+        default=None, metadata={"help": "L: layers; None reads them from the model."}
+    )
+    encoder_hidden_size: int | None = field(
+        default=None, metadata={"help": "h: the projection's hidden width; None takes token_dim."}
+    )
+    prefix_projection: bool = field(
+        default=False, metadata={"help": "Train E (n, D) and an MLP to P; False trains P directly."}
+    )
+    task_type: str | None = field(
+        default=None, metadata={"help": '"CAUSAL_LM" (the only one); None infers it from the class name.'}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained and saved in full."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (types and values); raise naming the field."""
+        self.check_virtual_token_fields()
+        if self.encoder_hidden_size is not None:
+            check_positive_int(self.encoder_hidden_size, "encoder_hidden_size")
+        if not isinstance(self.prefix_projection, bool):
+            raise TypeError(f"prefix_projection must be a bool, got {short_repr(self.prefix_projection)}")
+        if self.task_type not in (None, "CAUSAL_LM"):
+            raise ValueError(
+                f"prefix tuning is implemented for task_type CAUSAL_LM only, got {self.task_type!r}"
+            )
+
+
+def prefix_shape(model: nn.Module, config: PrefixTuningConfig) -> tuple[int, int, int]:
+    """``(L, H_kv, d_head)`` as PEFT derives them from the model's config (grouped-query
+    models: the key/value heads, overriding ``token_dim`` / ``num_attention_heads`` as PEFT
+    does). Raises :class:`InjectionError` when a field set in ``config`` disagrees with the model."""
+    cfg = getattr(model, "config", None)
+
+    def read(*names: str) -> int | None:
+        for name in names:
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    layers, width = read("num_hidden_layers", "n_layer"), read("hidden_size", "n_embd")
+    heads = read("num_attention_heads", "n_head")
+    if layers is None or width is None or heads is None or width % heads:
+        raise InjectionError(f"cannot read layers / width / heads from {type(model).__name__}'s config")
+    kv_heads = read("num_key_value_heads")
+    if kv_heads is not None:  # PEFT: D = head_dim * H_kv (grouped-query attention)
+        shape = (layers, kv_heads, read("head_dim") or width // heads)
+        wanted = {"num_layers": (config.num_layers, layers)}
+    else:
+        shape = (layers, heads, width // heads)
+        wanted = {
+            "num_layers": (config.num_layers, layers),
+            "num_attention_heads": (config.num_attention_heads, heads),
+            "token_dim": (config.token_dim, width),
+        }
+    bad = [
+        f"{k}={mine} (the model has {theirs})"
+        for k, (mine, theirs) in wanted.items()
+        if mine not in (None, theirs)
+    ]
+    if bad:
+        raise InjectionError(f"PrefixTuningConfig disagrees with {type(model).__name__}: " + ", ".join(bad))
+    return shape
+
+
+class PrefixTuningModel(nn.Module):
+    """A frozen causal LM with trained per-layer keys/values (``prompt``: a
+    :class:`~peft_zoo.prefix_kv.PrefixKVEncoder`). ``prompt_config``, ``task_type`` as the prompt
+    wrapper; ``config`` is the base model's."""
+
+    def __init__(self, base_model: nn.Module, prompt: PrefixKVEncoder, config: Any, task: str) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.prompt = prompt
+        self.prompt_config = config
+        self.task_type = task
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.base_model, "config", None)
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.num_virtual_tokens
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    def cache(self, batch_size: int) -> Any:
+        """The prefix as a fresh ``transformers.DynamicCache`` for ``batch_size`` samples."""
+        from transformers import DynamicCache  # optional library: imported where needed
+
+        dtype = input_embeddings(self.base_model).weight.dtype  # PEFT casts to the model's dtype
+        return DynamicCache([(k.to(dtype), v.to(dtype)) for k, v in self.prompt.key_values(batch_size)])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The base model's output with the prefix in its cache; same arguments as the base model."""
+        source = input_ids if input_ids is not None else inputs_embeds
+        if source is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("past_key_values is where the prefix goes; do not pass one")
+        batch = source.shape[0]
+        if attention_mask is not None:
+            ones = torch.ones(
+                batch, self.num_virtual_tokens, dtype=attention_mask.dtype, device=source.device
+            )
+            attention_mask = torch.cat((ones, attention_mask), dim=1)  # (B, n + L)
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"] + self.num_virtual_tokens
+        kwargs.pop("token_type_ids", None)
+        return self.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            past_key_values=self.cache(batch),
+            **kwargs,
+        )
+
+    def _prepare(self, prepare: Any, *args: Any, **kwargs: Any) -> Any:
+        """PEFT's ``prepare_inputs_for_generation`` for prefix tuning, one step."""
+        inputs = prepare(*args, **kwargs)
+        n, ids = self.num_virtual_tokens, inputs["input_ids"]
+        cache = inputs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() >= ids.shape[1]:
+            inputs["input_ids"] = ids = ids[:, -1:]
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            inputs["attention_mask"] = torch.cat((mask.new_ones(ids.shape[0], n), mask), dim=1)
+        if inputs.get("position_ids") is not None:
+            inputs["position_ids"] = inputs["position_ids"] + n
+        inputs.pop("token_type_ids", None)
+        position = inputs.get("cache_position")
+        if cache is None or not cache.get_seq_length():
+            inputs["past_key_values"] = self.cache(ids.shape[0])
+        if position is not None and int(position[0]) == 0:
+            inputs["cache_position"] = position + n
+        return inputs
+
+    @torch.no_grad()
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's ``generate`` with the prefix in the cache of every step (as PEFT)."""
+        prepare = getattr(self.base_model, _HOOK, None)
+        generate = getattr(self.base_model, "generate", None)
+        if not callable(prepare) or not callable(generate):
+            raise TypeError(f"{type(self.base_model).__name__} cannot generate")
+        own = vars(self.base_model).get(_HOOK)
+        setattr(self.base_model, _HOOK, functools.wraps(prepare)(functools.partial(self._prepare, prepare)))
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            delattr(self.base_model, _HOOK)
+            if own is not None:
+                setattr(self.base_model, _HOOK, own)
+
+
+def adapt_prefix_tuning(
+    model: nn.Module, config: PrefixTuningConfig
+) -> tuple[PrefixTuningModel, list[nn.Parameter]]:
+    """Freeze ``model`` and wrap it in a :class:`PrefixTuningModel`; return ``(wrapper,
+    trainable parameters)``. Everything is checked first; an error leaves ``model`` as it was."""
+    if not isinstance(config, PrefixTuningConfig):
+        raise TypeError(f"config must be a PrefixTuningConfig, got {type(config).__name__}")
+    config.validate()
+    if isinstance(model, PrefixTuningModel):
+        raise InjectionError("the model already has a prefix; adapt the plain base model")
+    emb, task, save_names = check_prompt_target(model, None, config.task_type, config.modules_to_save)
+    if task != "CAUSAL_LM":
+        raise InjectionError(
+            f"prefix tuning is implemented for causal LMs only; {type(model).__name__} is {task} "
+            "(PEFT runs the backbone and the head separately there, which peft_zoo does not)"
+        )
+    layers, heads, head_dim = prefix_shape(model, config)
+    hidden = (config.encoder_hidden_size or heads * head_dim) if config.prefix_projection else None
+    encoder = PrefixKVEncoder(config.num_virtual_tokens, layers, heads, head_dim, hidden)
+    encoder.to(device=emb.weight.device)
+    model.requires_grad_(False)
+    params = list(encoder.parameters())
+    for name in save_names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        wrapper = ModulesToSave(getattr(parent, attr))
+        setattr(parent, attr, wrapper)
+        params += list(wrapper.trained_module.parameters())
+    return PrefixTuningModel(model, encoder, config, task), params
