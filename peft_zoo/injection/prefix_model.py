@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.checks import check_positive_int, short_repr
+from ..core.checks import check_bool, check_positive_int
 from ..prefix_kv import PrefixKVEncoder
 from .modules_to_save import ModulesToSave
-from .prompt_model import VirtualTokenConfig, check_prompt_target, input_embeddings
+from .prompt_model import check_prompt_target, input_embeddings
 from .surgery import InjectionError
+from .virtual_tokens import VirtualTokenConfig, VirtualTokenWrapper
 
 __all__ = ["PrefixTuningConfig", "PrefixTuningModel", "adapt_prefix_tuning", "prefix_shape"]
 
@@ -58,16 +59,12 @@ class PrefixTuningConfig(VirtualTokenConfig):
         default=None, metadata={"help": "Modules trained and saved in full."}
     )
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""
-        self.check_virtual_token_fields()
+        super().validate()
         if self.encoder_hidden_size is not None:
             check_positive_int(self.encoder_hidden_size, "encoder_hidden_size")
-        if not isinstance(self.prefix_projection, bool):
-            raise TypeError(f"prefix_projection must be a bool, got {short_repr(self.prefix_projection)}")
+        check_bool(self.prefix_projection, "prefix_projection")
         if self.task_type not in (None, "CAUSAL_LM"):
             raise ValueError(
                 f"prefix tuning is implemented for task_type CAUSAL_LM only, got {self.task_type!r}"
@@ -112,28 +109,12 @@ def prefix_shape(model: nn.Module, config: PrefixTuningConfig) -> tuple[int, int
     return shape
 
 
-class PrefixTuningModel(nn.Module):
+class PrefixTuningModel(VirtualTokenWrapper):
     """A frozen causal LM with trained per-layer keys/values (``prompt``: a
     :class:`~peft_zoo.prefix_kv.PrefixKVEncoder`). ``prompt_config``, ``task_type`` as the prompt
     wrapper; ``config`` is the base model's."""
 
-    def __init__(self, base_model: nn.Module, prompt: PrefixKVEncoder, config: Any, task: str) -> None:
-        super().__init__()
-        self.base_model = base_model
-        self.prompt = prompt
-        self.prompt_config = config
-        self.task_type = task
-
-    @property
-    def config(self) -> Any:
-        return getattr(self.base_model, "config", None)
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.prompt.num_virtual_tokens
-
-    def get_base_model(self) -> nn.Module:
-        return self.base_model
+    prompt: PrefixKVEncoder
 
     def cache(self, batch_size: int) -> Any:
         """The prefix as a fresh ``transformers.DynamicCache`` for ``batch_size`` samples."""

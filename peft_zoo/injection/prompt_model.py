@@ -18,22 +18,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.checks import check_names, check_positive_int, short_repr
+from ..core.checks import short_repr
 from ..prompt import PromptEmbedding, extend_attention_mask, extend_labels, prepend_prompt
 from ..ptuning import PromptEncoder
 from .modules_to_save import ModulesToSave, modules_to_save_names
 from .surgery import InjectionError
+from .virtual_tokens import PROMPT_TASK_TYPES, VirtualTokenConfig, VirtualTokenWrapper
 
 __all__ = [
     "PROMPT_INITS",
-    "PROMPT_TASK_TYPES",
     "PromptTuningConfig",
     "PromptTuningModel",
     "adapt_prompt_tuning",
@@ -44,69 +44,12 @@ __all__ = [
 ]
 
 PROMPT_INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")
-PROMPT_TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")  # the PEFT task types whose forward this wrapper reproduces
 _SEQ_CLS_HEADS = ("classifier", "score")  # PEFT trains and saves these in full for SEQ_CLS
-
-
-def _optional_positive(value: object, name: str) -> None:
-    if value is not None:
-        check_positive_int(value, name)
 
 
 def _optional_str(value: object, name: str) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a str or None, got {short_repr(value)}")
-
-
-ConfigT = TypeVar("ConfigT", bound="VirtualTokenConfig")
-
-
-@dataclass
-class VirtualTokenConfig:
-    """The fields every virtual-token method shares (PEFT's ``PromptLearningConfig``), in PEFT's
-    order, with their checks and the dict round trip. Prompt tuning and P-tuning extend it."""
-
-    num_virtual_tokens: int = field(default=20, metadata={"help": "n: how many virtual tokens to prepend."})
-    token_dim: int | None = field(
-        default=None, metadata={"help": "d: their width; None takes the model's embedding width."}
-    )
-    num_transformer_submodules: int | None = field(
-        default=None, metadata={"help": "1 (encoder or decoder); 2 (encoder-decoder) is not implemented."}
-    )
-    num_attention_heads: int | None = field(
-        default=None, metadata={"help": "Recorded in PEFT's config; unused by virtual-token methods."}
-    )
-    num_layers: int | None = field(
-        default=None, metadata={"help": "Recorded in PEFT's config; unused by virtual-token methods."}
-    )
-
-    def check_virtual_token_fields(self) -> None:
-        """Check the shared fields plus ``task_type`` / ``modules_to_save`` when the subclass has them."""
-        check_positive_int(self.num_virtual_tokens, "num_virtual_tokens")
-        for name in ("token_dim", "num_attention_heads", "num_layers", "num_transformer_submodules"):
-            _optional_positive(getattr(self, name), name)
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError(
-                f"num_transformer_submodules={self.num_transformer_submodules}: only 1 (an encoder or a "
-                "decoder) is implemented; encoder-decoder virtual tokens are not"
-            )
-        task: object = getattr(self, "task_type", None)
-        if task is not None and task not in PROMPT_TASK_TYPES:
-            raise ValueError(f"task_type must be one of {PROMPT_TASK_TYPES} or None, got {short_repr(task)}")
-        saves: object = getattr(self, "modules_to_save", None)
-        if saves is not None:
-            check_names(saves, "modules_to_save")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass
@@ -140,12 +83,9 @@ class PromptTuningConfig(VirtualTokenConfig):
         metadata={"help": "Modules trained and saved in full; SEQ_CLS adds classifier / score as PEFT does."},
     )
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""
-        self.check_virtual_token_fields()
+        super().validate()
         init: object = self.prompt_tuning_init
         if not isinstance(init, str) or init not in PROMPT_INITS:
             raise ValueError(f"prompt_tuning_init must be one of {PROMPT_INITS}, got {short_repr(init)}")
@@ -217,7 +157,7 @@ def _no_position_ids(model: nn.Module) -> Iterator[None]:
             setattr(model, _HOOK, own)  # ... or the one it had
 
 
-class PromptTuningModel(nn.Module):
+class PromptTuningModel(VirtualTokenWrapper):
     """A frozen ``transformers`` model behind ``n`` trainable virtual tokens (``prompt``).
 
     Attributes: ``base_model`` (the original model, frozen; ``modules_to_save`` wrapped),
@@ -226,28 +166,7 @@ class PromptTuningModel(nn.Module):
     ``task_type``. ``config`` is the base model's config.
     """
 
-    base_model: nn.Module
     prompt: PromptEmbedding | PromptEncoder
-
-    def __init__(
-        self, base_model: nn.Module, prompt: PromptEmbedding | PromptEncoder, config: Any, task: str
-    ) -> None:
-        super().__init__()
-        self.base_model = base_model
-        self.prompt = prompt
-        self.prompt_config = config
-        self.task_type = task
-
-    @property
-    def config(self) -> Any:
-        return getattr(self.base_model, "config", None)
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.prompt.num_virtual_tokens
-
-    def get_base_model(self) -> nn.Module:
-        return self.base_model
 
     def get_input_embeddings(self) -> nn.Embedding:
         return input_embeddings(self.base_model)

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..core.checks import check_positive_int, check_probability, short_repr
 from ..ptuning import ENCODER_TYPES, PromptEncoder
-from .prompt_model import PromptTuningModel, VirtualTokenConfig, attach_prompt, check_prompt_target
+from .prompt_model import PromptTuningModel, attach_prompt, check_prompt_target
+from .virtual_tokens import VirtualTokenConfig
 
 __all__ = ["PromptEncoderConfig", "adapt_p_tuning"]
 
@@ -41,12 +42,9 @@ class PromptEncoderConfig(VirtualTokenConfig):
         metadata={"help": "Modules trained and saved in full; SEQ_CLS adds classifier / score as PEFT does."},
     )
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""
-        self.check_virtual_token_fields()
+        super().validate()
         kind: object = self.encoder_reparameterization_type
         if not isinstance(kind, str) or kind not in ENCODER_TYPES:
             raise ValueError(

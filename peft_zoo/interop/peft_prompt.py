@@ -34,13 +34,13 @@ from ..core.io import atomic_write
 from ..injection.modules_to_save import ModulesToSave
 from ..injection.prompt_model import (
     PROMPT_INITS,
-    PROMPT_TASK_TYPES,
     PromptTuningConfig,
     PromptTuningModel,
     adapt_prompt_tuning,
     input_embeddings,
 )
 from ..injection.surgery import InjectionError
+from ..injection.virtual_tokens import PROMPT_TASK_TYPES
 from ..prompt import PromptEmbedding
 from ..ptuning import PromptEncoder
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
