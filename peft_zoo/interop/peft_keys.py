@@ -38,9 +38,20 @@ writes a key that matches one module only.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-__all__ = ["LEGACY_WEIGHTS_NAME", "PEFT_PREFIX", "exact_pattern"]
+import safetensors.torch
+import torch
+
+from ..core.io import atomic_write
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from .peft_config import PeftFormatError
+
+__all__ = ["LEGACY_WEIGHTS_NAME", "PEFT_PREFIX", "exact_pattern", "write_adapter_dir"]
 
 PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel / IA3Model -> the base model
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # older PEFT releases; read with weights_only=True
@@ -49,3 +60,21 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # older PEFT releases; read with weig
 def exact_pattern(name: str) -> str:
     """A rank/alpha pattern key matching module ``name`` only (PEFT's rule matches dotted suffixes)."""
     return "^" + re.escape(name)
+
+
+def write_adapter_dir(path: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Write a PEFT adapter directory: ``tensors`` (already under their file keys) into
+    ``adapter_model.safetensors``, ``config`` into ``adapter_config.json``, each atomically.
+    A ``path`` that is an existing file is refused before anything is written."""
+    # Own contiguous CPU copies: safetensors refuses views and shared storage.
+    blob = safetensors.torch.save(
+        {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
+        metadata={"format": "pt"},
+    )
+    if path.exists() and not path.is_dir():
+        raise PeftFormatError(f"save_peft: {path} is a file; PEFT adapters are directories")
+    path.mkdir(parents=True, exist_ok=True)
+    # Weights first: PEFT reads the config first, so a crash in between leaves the old config
+    # beside new weights only if the weights' keys still fit it (load_peft checks every key).
+    atomic_write(path / WEIGHTS_NAME, blob)
+    atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())

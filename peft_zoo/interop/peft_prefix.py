@@ -14,24 +14,21 @@ builds a wrapper without projection. ``modules_to_save`` is not supported here (
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from ..core.base import AdapterModule
 from ..core.checks import short_repr
-from ..core.io import atomic_write
 from ..injection.modules_to_save import ModulesToSave
 from ..injection.prefix_model import PrefixTuningConfig, PrefixTuningModel, adapt_prefix_tuning, prefix_shape
 from ..injection.surgery import InjectionError
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .peft_config import PeftFormatError, common_fields
+from .peft_keys import write_adapter_dir
 
 __all__ = ["PREFIX_KEY", "load_prefix_peft", "save_prefix_peft"]
 
@@ -90,15 +87,8 @@ def save_prefix_peft(
         inference_mode=True,
         auto_mapping=None,
     )
-    blob = safetensors.torch.save(
-        {PREFIX_KEY: enc.prompt().detach().to("cpu", copy=True).contiguous()}, metadata={"format": "pt"}
-    )
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise PeftFormatError(f"save_peft: {out} is a file; PEFT adapters are directories")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_NAME, blob)
-    atomic_write(out / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    write_adapter_dir(out, config, {PREFIX_KEY: enc.prompt()})
     return out
 
 

@@ -18,19 +18,16 @@ so; :func:`load_prompt_peft` checks a read config and state dict against a plain
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from ..core.base import AdapterModule
 from ..core.checks import short_repr
-from ..core.io import atomic_write
 from ..injection.modules_to_save import ModulesToSave
 from ..injection.prompt_model import (
     PROMPT_INITS,
@@ -43,8 +40,8 @@ from ..injection.surgery import InjectionError
 from ..injection.virtual_tokens import PROMPT_TASK_TYPES
 from ..prompt import PromptEmbedding
 from ..ptuning import PromptEncoder
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .peft_config import PeftFormatError, common_fields
+from .peft_keys import write_adapter_dir
 
 __all__ = ["PROMPT_KEY", "PROMPT_PEFT_TYPES", "load_prompt_peft", "save_prompt_peft"]
 
@@ -141,16 +138,8 @@ def save_prompt_peft(
         tensors.update(
             {f"{_SAVE_PREFIX}{name}.{k}": v for k, v in module.trained_module.state_dict().items()}
         )
-    blob = safetensors.torch.save(
-        {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
-        metadata={"format": "pt"},
-    )
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise PeftFormatError(f"save_peft: {out} is a file; PEFT adapters are directories")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_NAME, blob)
-    atomic_write(out / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    write_adapter_dir(out, config, tensors)
     return out
 
 

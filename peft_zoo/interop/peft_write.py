@@ -13,7 +13,6 @@ then write both files atomically (``_write``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -23,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from ..core.base import AdapterModule, outermost_adapters
-from ..core.io import atomic_write
 from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
@@ -37,9 +34,8 @@ from ..injection.prefix_model import PrefixTuningModel
 from ..injection.prompt_model import PromptTuningModel
 from ..lora import LoRALinear, lora_scale
 from ..qlora import QLoRALinear
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .peft_config import PeftFormatError, common_fields, json_number
-from .peft_keys import PEFT_PREFIX, exact_pattern
+from .peft_keys import PEFT_PREFIX, exact_pattern, write_adapter_dir
 from .peft_prefix import save_prefix_peft
 from .peft_prompt import save_prompt_peft
 
@@ -235,21 +231,6 @@ def _whole_tensors(model: nn.Module, adapters: _Adapters, bias: str) -> dict[str
     return tensors
 
 
-def _write(path: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
-    # Own contiguous CPU copies: safetensors refuses views and shared storage.
-    blob = safetensors.torch.save(
-        {PEFT_PREFIX + k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
-        metadata={"format": "pt"},
-    )
-    if path.exists() and not path.is_dir():
-        raise PeftFormatError(f"save_peft: {path} is a file; PEFT adapters are directories")
-    path.mkdir(parents=True, exist_ok=True)
-    # Weights first: PEFT reads the config first, so a crash in between leaves the old config
-    # beside new weights only if the weights' keys still fit it (load_peft checks every key).
-    atomic_write(path / WEIGHTS_NAME, blob)
-    atomic_write(path / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
-
-
 def _save_wrapper(
     model: PromptTuningModel | PrefixTuningModel,
     path: str | os.PathLike[str],
@@ -319,5 +300,5 @@ def save_peft(
         inference_mode=True,
     )
     tensors.update(_whole_tensors(model, adapters, bias))
-    _write(Path(path), config, tensors)
+    write_adapter_dir(Path(path), config, {PEFT_PREFIX + k: v for k, v in tensors.items()})
     return Path(path)
