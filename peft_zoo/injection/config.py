@@ -40,7 +40,7 @@ from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..lora import LoRALinear
-from .modules_to_save import ModulesToSave, modules_to_save_names
+from .modules_to_save import ModulesToSave, modules_to_save_names, wrap_modules_to_save
 from .prefix_model import PrefixTuningConfig, adapt_prefix_tuning
 from .prompt_model import PromptTuningConfig, adapt_prompt_tuning
 from .ptuning_config import PromptEncoderConfig, adapt_p_tuning
@@ -384,10 +384,7 @@ def adapt_model(
     else:
         build, method = _ia3_builder(config, names), "adapt_model(IA3Config)"
     replace_linears(model, names, build, method)
-    for name in save_names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attr, ModulesToSave(getattr(parent, attr)))
+    wrap_modules_to_save(model, save_names)  # their copies train: mark_only_adapters_trainable
     bias = config.bias if isinstance(config, LoraConfig) else "none"
     params = mark_only_adapters_trainable(model, bias="adapter_only" if bias == "lora_only" else bias)
     return model, params

@@ -14,9 +14,9 @@ from typing import Any
 from torch import nn
 
 from ..core.base import AdapterModule
-from .surgery import InjectionError, adapter_owned
+from .surgery import InjectionError, adapter_owned, parent_of
 
-__all__ = ["ModulesToSave", "modules_to_save_names"]
+__all__ = ["ModulesToSave", "modules_to_save_names", "wrap_modules_to_save"]
 
 
 class ModulesToSave(AdapterModule):
@@ -61,3 +61,15 @@ def modules_to_save_names(model: nn.Module, wanted: Sequence[str]) -> list[str]:
     if missing:
         raise InjectionError(f"modules_to_save: no module name ends with {missing}")
     return chosen
+
+
+def wrap_modules_to_save(model: nn.Module, names: Sequence[str]) -> list[nn.Parameter]:
+    """Put each named module behind a :class:`ModulesToSave` (names from
+    :func:`modules_to_save_names`, already checked); return the trainable copies' parameters."""
+    params: list[nn.Parameter] = []
+    for name in names:
+        parent, attr = parent_of(model, name)
+        wrapper = ModulesToSave(getattr(parent, attr))
+        setattr(parent, attr, wrapper)
+        params += wrapper.trained_module.parameters()
+    return params

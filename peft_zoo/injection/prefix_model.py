@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.checks import check_bool, check_positive_int
 from ..prefix_kv import PrefixKVEncoder
-from .modules_to_save import ModulesToSave
+from .modules_to_save import wrap_modules_to_save
 from .prompt_model import check_prompt_target, input_embeddings
 from .surgery import InjectionError
 from .virtual_tokens import VirtualTokenConfig, VirtualTokenWrapper
@@ -211,11 +211,5 @@ def adapt_prefix_tuning(
     encoder = PrefixKVEncoder(config.num_virtual_tokens, layers, heads, head_dim, hidden)
     encoder.to(device=emb.weight.device)
     model.requires_grad_(False)
-    params = list(encoder.parameters())
-    for name in save_names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        wrapper = ModulesToSave(getattr(parent, attr))
-        setattr(parent, attr, wrapper)
-        params += list(wrapper.trained_module.parameters())
+    params = [*encoder.parameters(), *wrap_modules_to_save(model, save_names)]
     return PrefixTuningModel(model, encoder, config, task), params

@@ -28,7 +28,7 @@ from torch import nn
 from ..core.checks import short_repr
 from ..prompt import PromptEmbedding, extend_attention_mask, extend_labels, prepend_prompt
 from ..ptuning import PromptEncoder
-from .modules_to_save import ModulesToSave, modules_to_save_names
+from .modules_to_save import modules_to_save_names, wrap_modules_to_save
 from .surgery import InjectionError
 from .virtual_tokens import PROMPT_TASK_TYPES, VirtualTokenConfig, VirtualTokenWrapper
 
@@ -285,13 +285,7 @@ def attach_prompt(
     """Freeze ``model``, wrap ``save_names`` in :class:`ModulesToSave`, put it behind ``prompt``;
     return ``(wrapper, trainable parameters)``. Call after :func:`check_prompt_target`: it cannot fail."""
     model.requires_grad_(False)
-    saved = []
-    for name in save_names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        wrapper = ModulesToSave(getattr(parent, attr))
-        setattr(parent, attr, wrapper)
-        saved += list(wrapper.trained_module.parameters())
+    saved = wrap_modules_to_save(model, save_names)
     return PromptTuningModel(model, prompt, config, task), [*prompt.parameters(), *saved]
 
 
