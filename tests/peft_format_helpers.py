@@ -134,3 +134,21 @@ def refused(path: Path, match: str, model: nn.Module | None = None) -> str:
 
 
 Q1 = PEFT_PREFIX + "bert.encoder.layer.1.attention.self.query"
+
+
+def both_ways(
+    ours: nn.Module, theirs: nn.Module, arch: str, tmp_path: Path, peft_type: str, logits
+) -> tuple[float, float]:
+    """Max |logits difference| both ways through PEFT's files, each onto a fresh ``base(arch)``:
+    our ``save_peft`` loaded by ``PeftModel.from_pretrained``, and PEFT's ``save_pretrained``
+    loaded by ``load_peft``. Checks that our file says ``peft_type``."""
+    ours.eval()
+    theirs.eval()
+    pz.save_peft(ours, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["peft_type"] == peft_type
+    loaded_in_peft = peft.PeftModel.from_pretrained(base(arch), tmp_path / "ours").eval()
+    to_peft = (logits(ours) - logits(loaded_in_peft)).abs().max().item()
+    theirs.save_pretrained(tmp_path / "theirs")
+    loaded_here, _ = load_peft(base(arch), tmp_path / "theirs")
+    from_peft = (logits(loaded_here.eval()) - logits(theirs)).abs().max().item()
+    return to_peft, from_peft

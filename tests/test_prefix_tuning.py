@@ -10,7 +10,6 @@ against its stored output P); greedy tokens identical.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import nn
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from peft_format_helpers import IDS, base  # noqa: E402
+from peft_format_helpers import IDS, base, both_ways  # noqa: E402
 
 import peft_zoo as pz  # noqa: E402
 from peft_zoo.interop import PeftFormatError  # noqa: E402
@@ -100,15 +99,7 @@ def logits(model: nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("projection", [False, True])
 def test_file_format_both_ways(arch: str, projection: bool, tmp_path: Path) -> None:
     ours, theirs = pair(arch, projection, seed=4)
-    ours.eval()
-    theirs.eval()
-    pz.save_peft(ours, tmp_path / "ours")
-    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
-    loaded_in_peft = peft.PeftModel.from_pretrained(base(arch), tmp_path / "ours").eval()
-    d1 = (logits(ours) - logits(loaded_in_peft)).abs().max().item()
-    theirs.save_pretrained(tmp_path / "theirs")
-    loaded_here, _ = pz.load_peft(base(arch), tmp_path / "theirs")
-    d2 = (logits(loaded_here.eval()) - logits(theirs)).abs().max().item()
+    d1, d2 = both_ways(ours, theirs, arch, tmp_path, "PREFIX_TUNING", logits)
     assert max(d1, d2) <= 1e-6, f"{arch}: save_peft -> PEFT {d1}, PEFT -> load_peft {d2}"
 
 
