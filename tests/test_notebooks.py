@@ -26,6 +26,7 @@ NOTEBOOKS = (
     "06_shared_weights_lora",
     "07_cost_model",
     "08_leaderboard",
+    "09_bottleneck_adapters",
 )
 
 
@@ -58,7 +59,7 @@ def _problems(nb) -> list[str]:
     return problems
 
 
-def test_the_notebooks_are_the_eight_the_course_names() -> None:
+def test_the_notebooks_are_the_nine_the_course_names() -> None:
     found = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert found == list(NOTEBOOKS)
 
