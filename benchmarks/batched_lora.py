@@ -47,6 +47,9 @@ SLOTS = 64
 REGIMES = {"short": (64, 1), "long": (32, 128)}  # name -> (batch, tokens)
 DISTINCT = (1, 4, 8, 32, 64)
 STRATEGY_SWEEP = ("bmm", "bag")
+# The short regime is cheap (one token per sample) and, with forwards of ~15 ms, the noisiest:
+# its medians take this many times more rounds.
+SHORT_REPEATS = 5
 
 
 def sync(device: torch.device) -> None:
@@ -242,7 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="distinct 1 and 64 only, 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="distinct 1 and 64 only, 5 repeats (25 short)")
     parser.add_argument("--plot", type=Path, default=None, help="where to save the plot (PNG)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw medians here")
     return parser.parse_args(argv)
@@ -273,7 +276,8 @@ def sweep(models: tuple, distinct_list: tuple[int, ...], repeats: int, device: t
             if distinct > bsz:
                 print(f"{f'{bsz}x{tokens}':>12} {distinct:>8}   (needs a batch of at least {distinct})")
                 continue
-            ms, chosen = run_regime(regime, distinct, base, batched, peft_model, single, repeats, device)
+            rounds = repeats * (SHORT_REPEATS if regime == "short" else 1)
+            ms, chosen = run_regime(regime, distinct, base, batched, peft_model, single, rounds, device)
             rows.append({"distinct": distinct, "ms": ms, "auto": chosen})
             print(
                 f"{f'{bsz}x{tokens}':>12} {distinct:>8} {ms['base']:>8.2f} {ms['batched'] / ms['base']:>12.2f} "
@@ -322,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
         f"{device}, {torch.get_num_threads()} threads, float32; BERT {args.layers} layers, hidden 896, "
-        f"rank {RANK} on {len(TARGETS)} projections/layer, {SLOTS} slots; median of {repeats}"
+        f"rank {RANK} on {len(TARGETS)} projections/layer, {SLOTS} slots; median of {repeats} "
+        f"({repeats * SHORT_REPEATS} for the short regime)"
     )
     base, batched, names = build(args.layers, device)
     peft_model = build_peft(base, batched, names, SLOTS)

@@ -31,6 +31,7 @@ module such as GPT-2's ``lm_head`` and ``wte``), and a merged weight that would 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -46,11 +47,12 @@ from ..qlora import QLoRALinear
 from .modules_to_save import ModulesToSave
 from .surgery import parent_of
 
-__all__ = ["UnloadError", "merge_and_unload", "unload"]
+__all__ = ["SelfUnloading", "UnloadError", "merge_and_unload", "unload"]
 
 FOLDABLE = (LowRankAdapter, IA3Linear)  # LoRALinear, DoRALinear, FusedLoRALinear; IA3Linear
-# Why a kind of module cannot be merged (or, for unload, put back exactly), by class name, so
-# that classes in higher rooms (serving's BatchedLoRALinear) need not be imported here.
+# Why a kind of module of the rooms below cannot be merged (or, for unload, put back exactly).
+# A layer of a higher room (serving's BatchedLoRALinear, NamedLoRALinear) says it itself:
+# it follows the SelfUnloading protocol.
 WHY_NOT = {
     "AdapterBlock": "a bottleneck adapter has a non-linearity between its projections, so no weight "
     "can absorb it (and its sublayer's residual lives in the block, so unload cannot restore it either)",
@@ -61,11 +63,23 @@ WHY_NOT = {
     "AdapterStack": "it holds one bottleneck adapter per task, chosen per call",
     "LearnablePrefix": "a prefix lengthens the sequence; it is no change to any weight",
     "PrefixKV": "key/value prefixes add attention positions; they are no change to any weight",
-    "BatchedLoRALinear": "it holds many adapters, chosen per sample; pick one and build a LoRALinear",
     "PromptTuningModel": "virtual tokens are prepended to the input; they are no change to any weight",
     "PromptEmbedding": "virtual tokens are prepended to the input; they are no change to any weight",
     "PromptEncoder": "virtual tokens are prepended to the input; they are no change to any weight",
 }
+
+
+@runtime_checkable
+class SelfUnloading(Protocol):
+    """A layer that says itself how :func:`merge_and_unload` / :func:`unload` take it apart, so
+    this module needs no rule (and no import) for it. ``merge`` is ``True`` for
+    ``merge_and_unload``. ``unload_refusal`` returns why it cannot be (``None``: it can) and
+    changes nothing; ``unload_replacement`` (called only after every layer said yes) returns
+    the module to put in its place, its update folded into the weights when ``merge``."""
+
+    def unload_refusal(self, merge: bool) -> str | None: ...
+
+    def unload_replacement(self, merge: bool) -> nn.Module: ...
 
 
 class UnloadError(ValueError):
@@ -110,6 +124,12 @@ def _visit(module: nn.Module, path: str, merge: bool, plan: _Plan) -> None:
         plan.add(path, module)
     elif isinstance(module, (*FOLDABLE, QLoRALinear)):
         plan.add(path, module)
+    elif isinstance(module, SelfUnloading):
+        why = module.unload_refusal(merge)
+        if why:
+            plan.problems.append(f"{_where(path)} is a {type(module).__name__}: {why}")
+        else:
+            plan.add(path, module)
     elif not merge and isinstance(module, ParallelAdapterBlock):
         _visit(module.sublayer, _join(path, "sublayer"), merge, plan)
         plan.add(path, module)
@@ -126,16 +146,17 @@ def _visit(module: nn.Module, path: str, merge: bool, plan: _Plan) -> None:
                 _visit(child, _join(path, child_name), merge, plan)
 
 
-def _check_owned(
-    layer: LowRankAdapter | IA3Linear, paths: list[str], param_paths: dict[int, list[str]]
-) -> str | None:
-    """Why merging into ``layer``'s base would change another module too, or ``None``."""
-    if getattr(layer.base, SHARED_WEIGHT_FLAG, False):
+def _check_owned(layer: nn.Module, paths: list[str], param_paths: dict[int, list[str]]) -> str | None:
+    """Why merging into ``layer.base`` would change another module too, or ``None``."""
+    base = getattr(layer, "base", None)
+    if not isinstance(base, nn.Module):
+        return None
+    if getattr(base, SHARED_WEIGHT_FLAG, False):
         return (
             "its base weight is shared across blocks (peft_zoo.sharing), so one merge would change them all"
         )
     own = tuple(f"{p}." if p else "" for p in paths)  # "": the layer is the model itself
-    for tensor in (weight_of(layer.base), bias_of(layer.base)):
+    for tensor in (weight_of(base), bias_of(base)):
         others = [p for p in param_paths.get(id(tensor), []) if not p.startswith(own)]
         if others:
             return f"its base weight is tied to {others[:3]}, which a merge would change as well"
@@ -157,6 +178,9 @@ def _check_merge(step: tuple[list[str], nn.Module], param_paths: dict[int, list[
     paths, layer = step
     if isinstance(layer, ModulesToSave):
         return None
+    if isinstance(layer, SelfUnloading):  # its own refusal (non-finite merges included) ran in _visit
+        why = _check_owned(layer, paths, param_paths)
+        return f"{_where(paths[0])} ({type(layer).__name__}): {why}" if why else None
     if isinstance(layer, FOLDABLE) and not layer.merged:
         why = _check_owned(layer, paths, param_paths)
         if why:
@@ -215,6 +239,8 @@ def _fold(layer: nn.Module) -> nn.Module:
         return layer.trained_module
     if isinstance(layer, QLoRALinear):
         return layer.to_linear()
+    if isinstance(layer, SelfUnloading):
+        return layer.unload_replacement(True)
     assert isinstance(layer, FOLDABLE)  # _visit plans nothing else for a merge
     if not layer.merged:  # a merged layer's base already holds W': never fold twice
         norm = layer.weight_norm() if isinstance(layer, DoRALinear) else None
@@ -256,6 +282,8 @@ def _put_back(layer: nn.Module) -> nn.Module:
         return layer.original_module
     if isinstance(layer, ParallelAdapterBlock):
         return layer.sublayer
+    if isinstance(layer, SelfUnloading):
+        return layer.unload_replacement(False)
     if isinstance(layer, FOLDABLE) and layer.merged:
         layer.unmerge()  # W0 back, up to the rounding of W0 + dW - dW
     base = getattr(layer, "base", None)

@@ -177,7 +177,8 @@ def _plan(model: nn.Module, data: dict[str, Any], state: dict[str, torch.Tensor]
     adapted = [n for n, m in model.named_modules() if isinstance(m, AdapterModule)]
     if adapted:
         raise PeftFormatError(
-            f"the model already has adapter layers {adapted[:4]}; load_peft adapts the plain base model"
+            f"the model already has adapter layers {adapted[:4]}; load_peft adapts the plain base model "
+            "(to add this adapter by name beside them: peft_zoo.load_peft_adapter(model, path, name))"
         )
     outside = sorted(k for k in state if not k.startswith(PEFT_PREFIX))
     if outside:

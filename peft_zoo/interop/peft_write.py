@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from .peft_keys import PEFT_PREFIX, exact_pattern, write_adapter_dir
 from .peft_prefix import save_prefix_peft
 from .peft_prompt import save_prompt_peft
 
-__all__ = ["save_peft"]
+__all__ = ["NamedAdapterHolder", "held_adapter_names", "save_peft"]
 
 # A layer PEFT's format holds as lora_A / lora_B (a DoRALinear is a LoRALinear).
 LoraLayer = LoRALinear | QLoRALinear
@@ -72,8 +72,44 @@ class _Adapters:
         return {**self.lora, **self.ia3}
 
 
-def _sort_adapters(model: nn.Module) -> _Adapters:
-    found = outermost_adapters(model)
+@runtime_checkable
+class NamedAdapterHolder(Protocol):
+    """A layer holding several named adapters (``serving.named_layer.NamedLoRALinear``,
+    ``serving.named_ia3.NamedIA3Linear``), seen here by what it does so that interop needs
+    nothing from the serving room: ``adapter_layer(name)`` is adapter ``name`` as the plain
+    ``LoRALinear`` / ``IA3Linear`` this module writes, sharing its tensors."""
+
+    @property
+    def adapter_names(self) -> list[str]: ...
+
+    def adapter_layer(self, name: str) -> AdapterModule: ...
+
+
+def held_adapter_names(model: nn.Module) -> list[str]:
+    """The adapter names the named layers of ``model`` hold, in module order (empty: none)."""
+    names: dict[str, None] = {}
+    for m in outermost_adapters(model).values():
+        if isinstance(m, NamedAdapterHolder):
+            names.update(dict.fromkeys(m.adapter_names))
+    return list(names)
+
+
+def _one_adapter(found: dict[str, AdapterModule], name: str | None) -> dict[str, AdapterModule]:
+    """``found`` with every named layer replaced by adapter ``name``'s ``LoRALinear`` view
+    (dropped where the layer does not hold it)."""
+    out: dict[str, AdapterModule] = {}
+    for n, m in found.items():
+        if not isinstance(m, NamedAdapterHolder):
+            out[n] = m
+        elif name is not None and name in m.adapter_names:
+            out[n] = m.adapter_layer(name)
+        elif name is None:
+            out[n] = m  # refused below as a kind the format cannot hold
+    return out
+
+
+def _sort_adapters(model: nn.Module, adapter_name: str | None = None) -> _Adapters:
+    found = _one_adapter(outermost_adapters(model), adapter_name)
     lora = {n: m for n, m in found.items() if _is_lora(m)}
     # A partial fused LoRA is exactly a plain LoRA of rank k * r with a block-structured B.
     lora.update({n: m.as_lora() for n, m in found.items() if type(m) is FusedLoRALinear})
@@ -250,6 +286,7 @@ def save_peft(
     base_model_name_or_path: str | None = None,
     task_type: str | None = None,
     bias: str | None = None,
+    adapter_name: str | None = None,
 ) -> Path:
     """Write the adapters of a peft_zoo model (``LoRALinear``, ``DoRALinear`` or ``IA3Linear`` layers, plus
     ``ModulesToSave`` copies) as a PEFT adapter directory: ``adapter_config.json`` and
@@ -273,16 +310,50 @@ def save_peft(
     to the same base quantised with bitsandbytes, or to a float base (equal outputs when that
     base holds the dequantised NF4 weights). ``load_peft`` builds float ``LoRALinear`` layers.
 
+    Named adapters (:func:`~peft_zoo.add_adapter`): ``adapter_name="x"`` writes adapter ``x``
+    alone into ``path`` (``PeftModel.from_pretrained(base, path)`` or
+    ``peft_model.load_adapter(path, "x")`` load it); without ``adapter_name`` every adapter is
+    written in PEFT's ``save_pretrained`` layout: ``"default"`` in ``path``, each other one in
+    ``path/<name>``.
+
     Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: LoRA and
     IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
     ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
-    if isinstance(model, (PromptTuningModel, PrefixTuningModel)) and bias in (None, "none"):
+    no_bias = bias in (None, "none") and adapter_name is None
+    if isinstance(model, (PromptTuningModel, PrefixTuningModel)) and no_bias:
         return _save_wrapper(model, path, base_model_name_or_path, task_type)
-    adapters = _sort_adapters(model)
+    if adapter_name is not None and not isinstance(adapter_name, str):
+        raise TypeError(f"save_peft: adapter_name must be a str or None, got {type(adapter_name).__name__}")
+    held = held_adapter_names(model)
+    if adapter_name is not None and adapter_name not in held:
+        raise PeftFormatError(
+            f"save_peft: no adapter named {adapter_name!r} in the model"
+            + (f"; it holds {held}" if held else " (it holds no named adapters: omit adapter_name)")
+            + ". Nothing was written."
+        )
+    todo: list[str | None] = [adapter_name] if adapter_name is not None or not held else list(held)
+    # Everything is checked and built before anything is written.
+    parts = [(name, _prepare(model, name, bias, task_type, base_model_name_or_path)) for name in todo]
+    for name, (config, tensors) in parts:
+        where = Path(path) if adapter_name is not None or name in (None, "default") else Path(path) / name
+        write_adapter_dir(where, config, tensors)
+    return Path(path)
+
+
+def _prepare(
+    model: nn.Module,
+    adapter_name: str | None,
+    bias: str | None,
+    task_type: str | None,
+    base_model_name_or_path: str | None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config and the file's tensors for one adapter (the model's only one, or a named one)."""
+    adapters = _sort_adapters(model, adapter_name)
     problems = _refusals(adapters, bias)
     if problems:
-        raise PeftFormatError("save_peft: " + "; ".join(problems) + ". Nothing was written.")
+        what = f" (adapter {adapter_name!r})" if adapter_name is not None else ""
+        raise PeftFormatError(f"save_peft{what}: " + "; ".join(problems) + ". Nothing was written.")
     layers = adapters.layers
     bias = _infer_bias(model, layers, adapters.saves.values()) if bias is None else bias
     if adapters.lora:
@@ -300,5 +371,4 @@ def save_peft(
         inference_mode=True,
     )
     tensors.update(_whole_tensors(model, adapters, bias))
-    write_adapter_dir(Path(path), config, {PEFT_PREFIX + k: v for k, v in tensors.items()})
-    return Path(path)
+    return config, {PEFT_PREFIX + k: v for k, v in tensors.items()}

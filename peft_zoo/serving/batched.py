@@ -38,7 +38,7 @@ from ..core.checks import (
 )
 from ..injection.surgery import as_name_list, replace_linears
 from ..lora import LoRALinear, lora_scale
-from .routing import BAG_MAX_TOKENS, DENSE_MAX_INNER, STRATEGIES, STRATEGY_FNS, Routing
+from .routing import BAG_MAX_TOKENS, DENSE_MAX_INNER, STRATEGIES, STRATEGY_FNS, Routing, choose_strategy
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -185,11 +185,7 @@ class BatchedLoRALinear(AdapterModule):
 
     def resolve_strategy(self, tokens: int) -> str:
         """The strategy ``"auto"`` takes for ``tokens`` tokens per sample (shape-only rule)."""
-        if self.strategy != "auto":
-            return self.strategy
-        if self.num_adapters * self.rank <= DENSE_MAX_INNER:
-            return "dense"
-        return "bag" if tokens <= BAG_MAX_TOKENS else "bmm"
+        return choose_strategy(self.strategy, self.num_adapters, self.rank, tokens)
 
     def _routing(self, adapter_ids: torch.Tensor | Routing | None) -> Routing:
         if adapter_ids is not None:
@@ -228,6 +224,14 @@ class BatchedLoRALinear(AdapterModule):
         return y.reshape(*lead, self.out_features)
 
     # ------------------------------------------------------------------ protocol
+
+    def unload_refusal(self, merge: bool) -> str | None:
+        """Why :func:`~peft_zoo.merge_and_unload` / :func:`~peft_zoo.unload` refuse this layer."""
+        return "it holds many adapters, chosen per sample; pick one and build a LoRALinear"
+
+    def unload_replacement(self, merge: bool) -> nn.Module:
+        """Never called: :meth:`unload_refusal` always refuses."""
+        raise RuntimeError(self.unload_refusal(merge))
 
     def adapter_config(self) -> dict[str, object]:
         return {

@@ -50,6 +50,7 @@ __all__ = [
     "STRATEGIES",
     "STRATEGY_FNS",
     "Routing",
+    "choose_strategy",
     "table_rows",
 ]
 
@@ -58,6 +59,16 @@ STRATEGIES = ("auto", "bmm", "bag", "dense", "loop")
 BAG_MAX_TOKENS = 2  # tokens per sample up to which "bag" beats "bmm"
 DENSE_MAX_INNER = 16  # N * r up to which "dense" beats gathering
 _INT_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})  # adapter ids
+
+
+def choose_strategy(strategy: str, num_adapters: int, rank: int, tokens: int) -> str:
+    """The strategy ``strategy`` stands for with ``num_adapters`` slots of rank ``rank`` and
+    ``tokens`` tokens per sample: itself, or for ``"auto"`` the shape-only rule above."""
+    if strategy != "auto":
+        return strategy
+    if num_adapters * rank <= DENSE_MAX_INNER:
+        return "dense"
+    return "bag" if tokens <= BAG_MAX_TOKENS else "bmm"
 
 
 def _exporting() -> bool:
@@ -86,8 +97,12 @@ class Routing:
             raise ValueError(f"adapter_ids must have shape (batch,), got {tuple(adapter_ids.shape)}")
         if adapter_ids.dtype not in _INT_DTYPES:  # float, complex, bool, quantized...: refused
             raise TypeError(f"adapter_ids must be an integer tensor (torch.long), got {adapter_ids.dtype}")
+        # Whether every sample has an adapter (no -1): known without a host synchronisation
+        # only for CPU ids; None (unknown) keeps the mask in every per-sample scale.
+        self.all_kept: bool | None = None
         if adapter_ids.device.type == "cpu" and not _exporting() and adapter_ids.numel():
             lo, hi = int(adapter_ids.min()), int(adapter_ids.max())
+            self.all_kept = lo >= 0
             if lo < -1 or hi >= num_adapters:
                 bad = lo if lo < -1 else hi
                 raise IndexError(
@@ -108,6 +123,8 @@ class Routing:
 
     def sample_scale(self, slot_scale: torch.Tensor) -> torch.Tensor:
         """Per-sample scale ``(B,)``: the slot's scale, or 0 where the id is -1."""
+        if self.all_kept:  # no -1 ids: the gather alone (one op fewer in every layer)
+            return slot_scale.index_select(0, self.safe_ids)
         keep = self._keep.get(slot_scale.dtype)
         if keep is None:
             keep = self._keep[slot_scale.dtype] = self.keep.to(slot_scale.dtype)
@@ -151,10 +168,10 @@ def _down(x3: torch.Tensor, lora_A: torch.Tensor, scale: torch.Tensor, route: Ro
     a_t = table_rows(lora_A).index_select(0, route.safe_ids)  # (B, in, r), a copy
     s = route.sample_scale(scale)[:, None, None]  # (B, 1, 1)
     if x3.shape[1] <= BAG_MAX_TOKENS:
-        return torch.bmm(x3, a_t) * s  # (B, T, r)
+        return torch.bmm(x3, a_t).mul_(s)  # (B, T, r), scaled in place
     # With many tokens the wide-by-thin product runs ~1.5x faster as A_b x_b^T, (B, r, T),
     # on CPU BLAS; with few tokens the other orientation wins (benchmarks/batched_lora.py).
-    return (torch.bmm(a_t.transpose(1, 2), x3.transpose(1, 2)) * s).transpose(1, 2)  # (B, T, r), a view
+    return torch.bmm(a_t.transpose(1, 2), x3.transpose(1, 2)).mul_(s).transpose(1, 2)  # (B, T, r), a view
 
 
 def _forward_bmm(
@@ -186,7 +203,7 @@ def _forward_bag(
     rows, offsets = route.bag_index(d_in, tokens)  # (B * T * in,), (B * T,)
     table = table_rows(lora_A).reshape(-1, r)
     h = torch.embedding_bag(table, rows, offsets, False, 0, False, x3.reshape(-1), False, None)[0]
-    h = h * route.sample_scale(scale).repeat_interleave(tokens)[:, None]  # (B * T, r)
+    h.view(bsz, tokens, r).mul_(route.sample_scale(scale)[:, None, None])  # (B * T, r), scaled in place
     # Up: delta[b, t, :] = sum_j h[b, t, j] * B_rows[slot_b * r + j]   (B_rows: (N * r, out)).
     rows, offsets = route.bag_index(r, tokens)  # (B * T * r,), (B * T,)
     table = table_rows(lora_B).reshape(-1, d_out)
