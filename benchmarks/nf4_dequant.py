@@ -7,14 +7,17 @@ Both sides dequantise the same stored tensors (bitsandbytes' ``quantize_4bit`` o
 into peft_zoo with :func:`peft_zoo.nf4_linear_from_bnb_state_dict`) into float32 and bfloat16,
 with and without double quantisation. Each timing is the median of ``--repeats`` calls after
 two warm-up calls, bitsandbytes and peft_zoo interleaved so that load on the machine hits
-both alike. The printed ratio is peft_zoo / bitsandbytes (target: <= 1.5). Check ``uptime``
-first: the ratio is only meaningful on a quiet machine. Needs bitsandbytes (``pip install
+both alike. The printed ratio is peft_zoo / bitsandbytes (target: <= 1.5). The load average
+is printed before and after: other processes on the cores stall every parallel operation, and
+peft_zoo runs four of them (index copy, lookup, multiplication, cast) where bitsandbytes runs one
+kernel (and the cast), so a busy machine inflates the ratio. Needs bitsandbytes (``pip install
 -e .[bnb]``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -68,6 +71,14 @@ def _case(rows: int, cols: int, dq: bool, dtype: torch.dtype, repeats: int) -> f
     return ratio
 
 
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages, or "n/a" where the OS has none."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (OSError, AttributeError):  # no load average on this platform (Windows)
+        return "n/a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,6 +91,9 @@ def main() -> None:
     repeats = args.repeats or (7 if args.quick else 15)
     shapes = [(4096, 4096)] if args.quick else [(4096, 4096), (11008, 4096)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats} calls")
+    print(
+        f"load average before: {_load()} (on {os.cpu_count()} CPUs; the ratio means most on a quiet machine)"
+    )
     ratios = [
         _case(r, c, dq, dtype, repeats)
         for r, c in shapes
@@ -87,6 +101,7 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16)
     ]
     print(f"median peft_zoo/bnb over the cases: {statistics.median(ratios):.2f} (target <= 1.5)")
+    print(f"load average after: {_load()}")
 
 
 if __name__ == "__main__":

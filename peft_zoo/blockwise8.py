@@ -94,13 +94,16 @@ def quantize_blockwise(
 def dequantize_blockwise(
     q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int = DYNAMIC_BLOCKSIZE
 ) -> torch.Tensor:
-    """Undo :func:`quantize_blockwise`: ``code[q] * absmax`` per block, float32, shape of ``q``."""
+    """Undo :func:`quantize_blockwise`: ``code[q] * absmax`` per block, float32, shape of ``q``.
+
+    One lookup into a fresh tensor, then the block constants multiplied in place (the same
+    float32 products as ``code[q] * absmax``, without a second full-size tensor)."""
     blocksize = check_positive_int(blocksize, "blocksize")
-    values = code.to(q.device)[q.reshape(-1).long()]  # (n,) table lookup
+    values = torch.index_select(code.to(q.device), 0, q.reshape(-1).int())  # (n,) table lookup
     full, rem = _split(values.numel(), blocksize)
     n_full = full // blocksize
-    out = torch.empty_like(values)
-    out[:full] = (values[:full].view(-1, blocksize) * absmax[:n_full, None]).reshape(-1)
+    if full:
+        values[:full].view(-1, blocksize).mul_(absmax[:n_full, None])
     if rem:
-        out[full:] = values[full:] * absmax[n_full]
-    return out.view(q.shape)
+        values[full:].mul_(absmax[n_full])
+    return values.view(q.shape)

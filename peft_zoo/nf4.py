@@ -94,7 +94,7 @@ def double_dequantize(q: torch.Tensor, nested_absmax: torch.Tensor, offset: torc
     As in bitsandbytes there is no clamp: the error is at most half a step of the dynamic
     table times ``s_block``, far below typical constants, so they stay positive in practice.
     """
-    return dequantize_blockwise(q, nested_absmax, dynamic_map(q.device), DQ_BLOCKSIZE) + offset
+    return dequantize_blockwise(q, nested_absmax, dynamic_map(q.device), DQ_BLOCKSIZE).add_(offset)
 
 
 @dataclass

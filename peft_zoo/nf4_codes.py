@@ -15,10 +15,11 @@ the last partial block as ``w / c``, so the stored codes and constants are the s
 
 from __future__ import annotations
 
+import itertools
 import sys
+import threading
 
 import torch
-import torch.nn.functional as F
 
 from .core.checks import check_positive_int
 
@@ -29,6 +30,7 @@ __all__ = [
     "normal_float_code",
     "pack_4bit",
     "quantize_4bit",
+    "release_workspace",
     "unpack_4bit",
 ]
 
@@ -48,6 +50,10 @@ INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # (15,)
 CODES = {"nf4": NF4_CODE, "int4": INT4_CODE}
 _TABLES: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor, int]] = {}
 _LITTLE = sys.byteorder == "little"
+INDEX_CHUNK = 1 << 24  # 16-bit words looked up per index_select: the int32 index is at most 64 MiB
+_UINT16: torch.dtype | None = getattr(torch, "uint16", None)  # a dtype since torch 2.3
+_SPLIT_WORDS = 1 << 16  # CPU: at least this many 16-bit words per thread of a split lookup
+_WORKSPACE = threading.local()  # per thread: the CPU int32 index buffer, reused between calls
 
 
 def normal_float_code(bits: int = 4, offset: float = 1 - (1 / 32 + 1 / 30) / 2) -> torch.Tensor:
@@ -174,6 +180,88 @@ def quantize_4bit(
     return pack_4bit(codes, zero), absmax
 
 
+def _index_buffer(size: int, device: torch.device) -> torch.Tensor:
+    """An int32 buffer of ``size`` elements. On CPU one per thread, kept and reused (a fresh
+    16 MiB buffer costs thousands of page faults per call, more than the lookup itself; at most
+    ``4 * INDEX_CHUNK`` bytes, freed by :func:`release_workspace`); elsewhere a new one."""
+    if device.type != "cpu":
+        return torch.empty(size, dtype=torch.int32, device=device)
+    kept: torch.Tensor | None = getattr(_WORKSPACE, "index", None)
+    if kept is None or kept.numel() < size:
+        kept = _WORKSPACE.index = torch.empty(size, dtype=torch.int32)
+    return kept[:size]
+
+
+def release_workspace() -> None:
+    """Free this thread's reusable CPU index buffer (the next dequantisation builds it again)."""
+    _WORKSPACE.index = None
+
+
+def _lookup(table: torch.Tensor, words: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
+    """``rows[i] = table[words[i]]``: the words copied to the int32 ``index`` (same length), then
+    one ``index_select`` into ``rows``."""
+    idx = index.copy_(words)  # uint16 -> int32: zero-extended, [0, 65536)
+    if _UINT16 is None:  # torch < 2.3: int16 sign-extends, so mask back to [0, 65536)
+        idx.bitwise_and_(0xFFFF)
+    torch.index_select(table, 0, idx, out=rows)
+
+
+def _split_lookup(
+    table: torch.Tensor, words: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, parts: int
+) -> None:
+    """:func:`_lookup` on ``parts`` equal slices at once, ``parts - 1`` of them in short-lived
+    threads. ``index_select`` of a 1-d tensor runs on one core and releases the GIL, and most of
+    its time is the page faults of the fresh output: split, they are taken on every core, as a
+    parallel kernel takes them. A new thread per call, not a pool: safe after ``fork``."""
+    bounds = [words.numel() * k // parts for k in range(parts + 1)]
+    slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+    errors: list[BaseException] = []
+
+    def run(part: slice) -> None:
+        try:
+            _lookup(table, words[part], index[part], rows[part])
+        except BaseException as err:  # re-raised in the caller's thread below
+            errors.append(err)
+
+    workers = [threading.Thread(target=run, args=(part,), daemon=True) for part in slices[1:]]
+    for worker in workers:
+        worker.start()
+    run(slices[0])
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+
+
+def _pair_values(packed: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
+    """``T[q]`` of every nibble: ``(4 ceil(m / 2),)`` float32 for ``(m,)`` uint8 codes, in a fresh
+    tensor (the caller's output).
+
+    Each pair of bytes, read as one unsigned 16-bit index (``view(uint16)``, copied to int32 in
+    slices of ``INDEX_CHUNK``), selects its row of four values. On CPU and CUDA the rows are
+    moved as single 16-byte ``complex128`` elements: one element copy per index instead of a
+    row copy of four floats (the bits are only moved, never read as numbers). On CPU a large
+    lookup is split over up to ``torch.get_num_threads()`` (at most 8) threads."""
+    src = packed
+    if src.numel() % 2 or src.storage_offset() % 2:  # whole, aligned 16-bit words
+        src = torch.cat([src, src.new_zeros(src.numel() % 2)])
+    words = src.view(_UINT16 or torch.int16)  # (ceil(m / 2),)
+    out = torch.empty(4 * words.numel(), dtype=torch.float32, device=src.device)
+    whole = quads.device.type in ("cpu", "cuda")  # complex128 index_select: not on every backend
+    table = quads.view(torch.complex128).view(-1) if whole else quads  # (65536,) or (65536, 4)
+    rows = out.view(torch.complex128) if whole else out.view(-1, 4)
+    index = _index_buffer(min(words.numel(), INDEX_CHUNK), src.device)
+    for start in range(0, words.numel(), INDEX_CHUNK):
+        part = words[start : start + INDEX_CHUNK]
+        size = part.numel()
+        parts = min(torch.get_num_threads(), 8, size // _SPLIT_WORDS) if src.device.type == "cpu" else 1
+        if parts > 1:
+            _split_lookup(table, part, index[:size], rows[start : start + size], parts)
+        else:
+            _lookup(table, part, index[:size], rows[start : start + size])
+    return out
+
+
 def dequantize_4bit(
     packed: torch.Tensor,
     absmax: torch.Tensor,
@@ -184,16 +272,12 @@ def dequantize_4bit(
 ) -> torch.Tensor:
     """``(ceil(n/2),)`` uint8 codes and ``(n_blocks,)`` float32 constants -> ``(n,)`` in ``dtype``.
 
-    Each pair of bytes, read as one 16-bit index, selects its four values from the
-    65,536-row table (one lookup per two bytes), then one in-place float32 multiplication per
-    element by its block constant (``T[q] * c_b``, as bitsandbytes), then the cast to ``dtype``.
-    """
+    One table lookup per pair of bytes (:func:`_pair_values`, the 65,536-row table of four
+    values) straight into the float32 output, then ``T[q] * c_b`` per block, in place in float32
+    as bitsandbytes computes it, then the cast to ``dtype`` (a separate vectorised pass:
+    ``torch.mul`` into a bfloat16 ``out=`` is 2-3x slower on CPU, measured)."""
     _, quads, _ = _tables(check_quant_type(quant_type), packed.device)
-    src = packed
-    if src.numel() % 2 or src.storage_offset() % 2:  # whole, aligned 16-bit words
-        src = torch.cat([src, src.new_zeros(src.numel() % 2)])
-    index = src.view(torch.int16).int().bitwise_and_(0xFFFF)  # (ceil(m/2),) in [0, 65536)
-    values = F.embedding(index, quads).view(-1)  # (4 ceil(m/2),) float32 T[q]
+    values = _pair_values(packed, quads)  # (4 ceil(m / 2),) float32 T[q]
     out = values if values.numel() == n else values[:n]
     rem = n % blocksize
     full = n - rem

@@ -288,3 +288,84 @@ def test_nf4_linear_alone_is_a_frozen_quantised_linear() -> None:
     assert layer.nbytes == expected_nbytes(64 * 8, 64, False)
     with pytest.raises(ValueError, match="quant_type"):
         NF4Linear(base, quant_type="fp4")
+
+
+def _reference_dequantize(
+    packed: torch.Tensor, absmax: torch.Tensor, n: int, blocksize: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The definition, one element at a time in spirit: T[q_i] * c_b in float32, then the cast."""
+    values = NF4_CODE[unpack_4bit(packed.clone(), n).long()]  # (n,) T[q]
+    scale = absmax.repeat_interleave(blocksize)[:n]  # (n,) c_b of each element's block
+    return (values * scale).to(dtype)
+
+
+@FAST
+@given(
+    n=st.integers(1, 700),
+    blocksize=st.sampled_from([16, 64, 128]),
+    offset=st.integers(0, 3),
+    chunk=st.sampled_from([1, 3, 1 << 24]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    seed=seeds(),
+)
+def test_dequantize_kernel_equals_the_definition(
+    n: int, blocksize: int, offset: int, chunk: int, dtype: torch.dtype, seed: int
+) -> None:
+    """The pair-table kernel (uint16 words, 16-byte rows, lookups in slices of INDEX_CHUNK words)
+    equals T[q] * c_b for odd n, partial last blocks, packed codes at an odd storage offset, and
+    every output dtype, bit for bit."""
+    from peft_zoo import nf4_codes
+
+    g = torch.Generator().manual_seed(seed)
+    packed, absmax = nf4_codes.quantize_4bit(torch.randn(n, generator=g), "nf4", blocksize)
+    shifted = torch.cat([torch.zeros(offset, dtype=torch.uint8), packed])[offset:]  # storage offset
+    saved = nf4_codes.INDEX_CHUNK
+    nf4_codes.INDEX_CHUNK = chunk
+    try:
+        got = nf4_codes.dequantize_4bit(shifted, absmax, n, "nf4", blocksize, dtype)
+    finally:
+        nf4_codes.INDEX_CHUNK = saved
+    assert got.shape == (n,) and got.dtype == dtype
+    assert torch.equal(got, _reference_dequantize(packed, absmax, n, blocksize, dtype))
+
+
+def test_dequantize_in_threads_and_after_the_workspace_is_released() -> None:
+    """Each thread reuses its own CPU index buffer: concurrent calls on tensors of different
+    sizes give the same values as one call alone, and a released buffer is rebuilt."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from peft_zoo import nf4_codes
+
+    g = torch.Generator().manual_seed(3)
+    tensors = [nf4_codes.quantize_4bit(torch.randn(n, generator=g)) for n in (4096, 1000, 64 * 513)]
+    sizes = (4096, 1000, 64 * 513)
+    alone = [nf4_codes.dequantize_4bit(p, a, n) for (p, a), n in zip(tensors, sizes, strict=True)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = [
+            pool.submit(lambda i=i: [nf4_codes.dequantize_4bit(*tensors[i], sizes[i]) for _ in range(20)])
+            for i in range(3)
+        ]
+        for i, run in enumerate(runs):
+            assert all(torch.equal(r, alone[i]) for r in run.result()), i
+    nf4_codes.release_workspace()
+    assert torch.equal(nf4_codes.dequantize_4bit(*tensors[2], sizes[2]), alone[2])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_large_lookup_split_over_threads_equals_the_definition(threads: int) -> None:
+    """Above 2^17 16-bit words the CPU lookup is split over threads (and in slices of
+    INDEX_CHUNK words): same bits as the definition, whatever the thread count."""
+    from peft_zoo import nf4_codes
+
+    n = (1 << 19) + 37  # odd, and a partial last block
+    packed, absmax = nf4_codes.quantize_4bit(torch.randn(n, generator=torch.Generator().manual_seed(5)))
+    want = _reference_dequantize(packed, absmax, n, 64, torch.bfloat16)
+    saved = torch.get_num_threads(), nf4_codes.INDEX_CHUNK
+    torch.set_num_threads(threads)
+    try:
+        for chunk in (saved[1], (1 << 17) + 3):
+            nf4_codes.INDEX_CHUNK = chunk
+            assert torch.equal(nf4_codes.dequantize_4bit(packed, absmax, n, dtype=torch.bfloat16), want)
+    finally:
+        torch.set_num_threads(saved[0])
+        nf4_codes.INDEX_CHUNK = saved[1]
