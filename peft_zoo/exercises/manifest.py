@@ -1,8 +1,9 @@
 """The list of challenges: order, difficulty, prerequisites, progressive hints, interview prompts.
 
-The entries live in two parts, :mod:`.track_foundations` (1-10: write each adapter, inject
-it) and :mod:`.track_advanced` (11-20: manage, count, test, serve, quantise, share, DoRA);
-this module joins them into the track. Adding a challenge is one entry in a part, one
+The entries live in three parts, :mod:`.track_foundations` (1-10: write each adapter, inject
+it), :mod:`.track_advanced` (11-20: manage, count, test, serve, quantise, share, DoRA) and
+:mod:`.track_real_models` (21-: the methods as real models carry them); this module joins
+them into the track. Adding a challenge is one entry in a part, one
 reference file in ``source/<track>/`` and one grader ``practice/<track>/test_<stem>.py``;
 ``peft-zoo build`` writes the stub and answer.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 from .challenge import Challenge
 from .track_advanced import ADVANCED
 from .track_foundations import FOUNDATIONS
+from .track_real_models import REAL_MODELS
 
 TRACK = "13_lora_adapters"
 
-CHALLENGES: tuple[Challenge, ...] = (*FOUNDATIONS, *ADVANCED)
+CHALLENGES: tuple[Challenge, ...] = (*FOUNDATIONS, *ADVANCED, *REAL_MODELS)
 
 BY_NUMBER = {c.number: c for c in CHALLENGES}
 

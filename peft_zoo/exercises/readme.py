@@ -22,8 +22,11 @@ existing model, merging, adapter-only checkpoints, parameter counting, the sanit
 you would want before trusting a long fine-tune, and finally serving: many adapters in one
 batch and a cache that never returns an embedding computed by an adapter's old weights.
 Each one is a stub of a few lines with `TODO` markers; you fill it in and a grader tells
-you whether it is right. The last three go beyond plain LoRA: NF4 quantisation as QLoRA
-does it, one set of weights shared by every block with a LoRA per layer, and DoRA.
+you whether it is right. Three go beyond plain LoRA: NF4 quantisation as QLoRA does it,
+one set of weights shared by every block with a LoRA per layer, and DoRA. The last three
+are what real models need: Houlsby and Pfeiffer adapters placed in a BERT layer as
+AdapterHub places them, prefix tuning through `past_key_values` with grouped-query
+attention, and `merge_and_unload` for nn.Linear and GPT-2's Conv1D.
 
 The graders are property-based (hypothesis): they draw many shapes, ranks, dtypes and
 seeds, run your code next to the reference answer, and compare. When something is off
@@ -90,6 +93,7 @@ when a committed file, or this README, differs from what the builder writes.
 def _count_word(n: int) -> str:
     words = "Zero One Two Three Four Five Six Seven Eight Nine Ten Eleven Twelve Thirteen Fourteen Fifteen"
     names = [*words.split(), "Sixteen", "Seventeen", "Eighteen", "Nineteen", "Twenty"]
+    names += ["Twenty-one", "Twenty-two", "Twenty-three", "Twenty-four", "Twenty-five"]
     return names[n] if n < len(names) else str(n)
 
 
@@ -216,6 +220,9 @@ GUIDES: dict[int, tuple[str, str]] = {
     18: ("qlora.md", "05_qlora_nf4"),
     19: ("weight_sharing.md", "06_shared_weights_lora"),
     20: ("dora_loraplus.md", "03_real_models_and_peft"),
+    21: ("bottleneck_adapters.md", "03_real_models_and_peft"),
+    22: ("prefix_tuning.md", "03_real_models_and_peft"),
+    23: ("lora.md", "03_real_models_and_peft"),
 }
 
 INDEX_INTRO = """\
