@@ -6,11 +6,14 @@ Every public building block is importable from here::
 """
 
 from .adapters import AdapterBlock, AdapterStack, BottleneckAdapter, ParallelAdapterBlock
+from .bottleneck import BnAdapter
 from .core.base import AdapterModule, merge_adapters, unmerge_adapters
 from .core.version import __version__
 from .dora import DoRALinear
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
+from .injection.bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from .injection.bottleneck_placement import adapt_bottleneck, remove_bottleneck
 from .injection.config import IA3Config, LoraConfig, ModulesToSave, adapt_model
 from .injection.inject import (
     build_lora_adapter_model,
@@ -32,6 +35,7 @@ from .injection.surgery import (
 )
 from .injection.targets import find_targets, layer_index, target_matches
 from .injection.unload import UnloadError, merge_and_unload, unload
+from .interop.adapterhub import AdapterHubFormatError, load_adapterhub, read_adapterhub, save_adapterhub
 from .interop.bnb import (
     nf4_linear_from_bnb,
     nf4_linear_from_bnb_state_dict,
@@ -74,20 +78,37 @@ from .serving.batched import (
     use_adapters,
 )
 from .serving.cache import CacheStats, EmbeddingCache
+from .serving.named import (
+    active_adapters,
+    add_adapter,
+    delete_adapter,
+    disable_adapters,
+    list_adapters,
+    load_peft_adapter,
+    named_adapter_layers,
+    set_adapter,
+    use_adapter_names,
+)
+from .serving.named_ia3 import NamedIA3Linear
+from .serving.named_layer import NamedLoRALinear
 from .sharing import share_main_matrices, shared_parameters, unique_parameter_count
 
 __all__ = [
     "NF4_CODE",
     "AdapterBank",
     "AdapterBlock",
+    "AdapterHubFormatError",
     "AdapterModule",
     "AdapterStack",
     "BankError",
     "BatchedLoRALinear",
+    "BnAdapter",
     "BottleneckAdapter",
+    "BottleneckConfig",
     "CacheStats",
     "CheckpointError",
     "DoRALinear",
+    "DoubleSeqBnConfig",
     "EmbeddingCache",
     "FusedLoRALinear",
     "IA3Config",
@@ -99,6 +120,9 @@ __all__ = [
     "ModulesToSave",
     "NF4Linear",
     "NF4Tensor",
+    "NamedIA3Linear",
+    "NamedLoRALinear",
+    "ParBnConfig",
     "ParallelAdapterBlock",
     "PeftFormatError",
     "PrefixKV",
@@ -112,17 +136,23 @@ __all__ = [
     "PromptTuningModel",
     "QLoRALinear",
     "Routing",
+    "SeqBnConfig",
     "UnloadError",
     "__version__",
+    "active_adapters",
+    "adapt_bottleneck",
     "adapt_model",
     "adapter_config",
     "adapter_named_parameters",
     "adapter_state_dict",
+    "add_adapter",
     "batched_lora_layers",
     "build_lora_adapter_model",
     "config_from_peft",
     "count_parameters",
     "create_loraplus_optimizer",
+    "delete_adapter",
+    "disable_adapters",
     "find_targets",
     "ia3_config_from_peft",
     "inject_batched_lora",
@@ -131,9 +161,12 @@ __all__ = [
     "inject_lora_recursive",
     "inject_qlora",
     "layer_index",
+    "list_adapters",
     "load_adapter",
     "load_adapter_state_dict",
+    "load_adapterhub",
     "load_peft",
+    "load_peft_adapter",
     "lora_config_from_peft",
     "lora_scale",
     "loraplus_param_groups",
@@ -141,6 +174,7 @@ __all__ = [
     "merge_adapters",
     "merge_and_unload",
     "merge_qlora",
+    "named_adapter_layers",
     "nf4_linear_from_bnb",
     "nf4_linear_from_bnb_state_dict",
     "nf4_linear_to_bnb",
@@ -151,9 +185,13 @@ __all__ = [
     "quantize_int4",
     "quantize_nf4",
     "read_adapter",
+    "read_adapterhub",
     "read_peft",
+    "remove_bottleneck",
     "save_adapter",
+    "save_adapterhub",
     "save_peft",
+    "set_adapter",
     "share_main_matrices",
     "shared_parameters",
     "target_matches",
@@ -161,5 +199,6 @@ __all__ = [
     "unique_parameter_count",
     "unload",
     "unmerge_adapters",
+    "use_adapter_names",
     "use_adapters",
 ]

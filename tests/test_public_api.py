@@ -30,6 +30,20 @@ CONTRACT = {
     "PromptEncoderConfig": ["num_virtual_tokens", "token_dim"],
     "PromptEmbedding": ["num_virtual_tokens", "token_dim"],
     "PrefixTuningConfig": ["num_virtual_tokens", "token_dim"],
+    "BottleneckConfig": ["mh_adapter", "output_adapter", "reduction_factor", "non_linearity"],  # AdapterHub's
+    "adapt_bottleneck": ["model", "config"],
+    "save_adapterhub": ["model", "directory", "name"],
+    "load_adapterhub": ["model", "directory"],
+    "add_adapter": ["model", "adapter_name", "config"],  # PEFT's names and order
+    "set_adapter": ["model", "adapter_name"],
+    "delete_adapter": ["model", "adapter_name"],
+    "disable_adapters": ["model"],
+    "use_adapter_names": ["model", "adapter_names"],
+    "active_adapters": ["model"],
+    "list_adapters": ["model"],
+    "load_peft_adapter": ["model", "path", "adapter_name"],
+    "NamedLoRALinear": ["base"],
+    "NamedIA3Linear": ["base"],
 }
 KEYWORD_ONLY = {
     ("LoRALinear", "dropout"),

@@ -40,6 +40,8 @@ from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..lora import LoRALinear
+from .bottleneck_config import BottleneckConfig
+from .bottleneck_placement import adapt_bottleneck
 from .modules_to_save import ModulesToSave, modules_to_save_names, wrap_modules_to_save
 from .prefix_model import PrefixTuningConfig, adapt_prefix_tuning
 from .prompt_model import PromptTuningConfig, adapt_prompt_tuning
@@ -354,17 +356,22 @@ def _ia3_builder(config: IA3Config, names: list[str]) -> Builder:
 
 def adapt_model(
     model: nn.Module,
-    config: LoraConfig | IA3Config | PromptTuningConfig | PromptEncoderConfig | PrefixTuningConfig,
+    config: LoraConfig
+    | IA3Config
+    | PrefixTuningConfig
+    | PromptTuningConfig
+    | PromptEncoderConfig
+    | BottleneckConfig,
 ) -> tuple[nn.Module, list[nn.Parameter]]:
-    """Adapt ``model`` in place as ``config`` says and freeze everything else; return
-    ``(model, trainable parameters)``: the adapter tensors, the ``modules_to_save`` copies,
-    and the biases ``config.bias`` asks for.
-
-    Raises ``InjectionError`` (nothing changed) when a target names nothing (with close
-    matches), a ``rank_pattern`` / ``alpha_pattern`` key matches no adapted module, or a
-    ``modules_to_save`` entry names nothing. A ``PromptTuningConfig`` / ``PromptEncoderConfig`` returns a new wrapper
-    (:class:`~peft_zoo.injection.prompt_model.PromptTuningModel`), not ``model`` itself.
+    """Adapt ``model`` in place as ``config`` says and freeze everything else; return ``(model, trainable
+    parameters)``: the adapter tensors, the ``modules_to_save`` copies, the biases ``config.bias`` asks for.
+    Raises ``InjectionError`` (nothing changed) when a target, ``rank_pattern`` / ``alpha_pattern`` key or
+    ``modules_to_save`` entry names nothing. Prompt / P-tuning / prefix configs return a new wrapper
+    (:class:`~peft_zoo.injection.prompt_model.PromptTuningModel`), not ``model``; a ``BottleneckConfig``
+    places AdapterHub's bottleneck adapters (:mod:`peft_zoo.injection.bottleneck_placement`).
     """
+    if isinstance(config, BottleneckConfig):  # SeqBnConfig, DoubleSeqBnConfig, ParBnConfig too
+        return adapt_bottleneck(model, config)
     if isinstance(config, PromptTuningConfig):
         return adapt_prompt_tuning(model, config)
     if isinstance(config, PromptEncoderConfig):
@@ -372,7 +379,9 @@ def adapt_model(
     if isinstance(config, PrefixTuningConfig):
         return adapt_prefix_tuning(model, config)
     if not isinstance(config, (LoraConfig, IA3Config)):
-        raise TypeError(f"config must be a LoraConfig or IA3Config, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a peft_zoo config (LoraConfig, IA3Config, ...), got {type(config).__name__}"
+        )
     config.validate()  # again: a field may have been set after construction
     names = config.find(model)
     save_names = modules_to_save_names(model, config.modules_to_save) if config.modules_to_save else []

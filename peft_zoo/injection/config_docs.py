@@ -15,6 +15,7 @@ import inspect
 import re
 from typing import Any
 
+from .bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from .config import IA3Config, LoraConfig
 from .prefix_model import PrefixTuningConfig
 from .prompt_model import PromptTuningConfig
@@ -25,6 +26,10 @@ __all__ = ["CONFIGS", "CONFIG_PAGE", "config_table", "field_help", "render_confi
 CONFIGS: tuple[type[Any], ...] = (
     LoraConfig,
     IA3Config,
+    BottleneckConfig,
+    SeqBnConfig,
+    DoubleSeqBnConfig,
+    ParBnConfig,
     PromptTuningConfig,
     PromptEncoderConfig,
     PrefixTuningConfig,
