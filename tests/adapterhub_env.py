@@ -67,9 +67,17 @@ def _run(cmd: list[str], what: str) -> None:
 def _build(env: Path, want: str) -> None:
     if env.exists():
         shutil.rmtree(env)
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(env)], "creating the venv")
-    pip = [str(env_python(env)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-    _run([*pip, "-r", str(CONSTRAINTS)], "installing the AdapterHub pins")
+    # No pip inside the venv: this environment's pip installs into it (``pip --python``, pip >= 22.3),
+    # which also works where the interpreter ships without ensurepip (Debian's python3 without -venv).
+    _run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)],
+        "creating the venv",
+    )
+    pip = [sys.executable, "-m", "pip", "--python", str(env_python(env)), "install"]
+    _run(
+        [*pip, "--disable-pip-version-check", "--no-input", "-r", str(CONSTRAINTS)],
+        "installing the AdapterHub pins",
+    )
     (env / MARKER).write_text(want + "\n")
 
 

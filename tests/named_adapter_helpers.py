@@ -86,3 +86,14 @@ def trainable_names(model: nn.Module, peft_side: bool) -> set[str]:
             n = n.removeprefix("base_model.model.") if peft_side else n
             out.add(n.removesuffix(".weight"))
     return out
+
+
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` token ids -> the model's logits, without autograd."""
+    with torch.no_grad():
+        return model(input_ids=x).logits
+
+
+def diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| as a float."""
+    return (a - b).abs().max().item()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from named_adapter_helpers import ARCHS, build_pair, ids, inner, trainable_names  # noqa: E402
+from named_adapter_helpers import ARCHS, build_pair, diff, ids, inner, logits, trainable_names  # noqa: E402
 from peft_format_helpers import base  # noqa: E402
 
 import peft_zoo as pz  # noqa: E402
@@ -37,15 +37,6 @@ from peft_zoo.serving.named import (  # noqa: E402
 )
 
 MIXED_ATOL = 2e-6  # float32: per-sample gathers vs sub-batch slices sum in another order (observed <= 7e-7)
-
-
-def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=x).logits
-
-
-def diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

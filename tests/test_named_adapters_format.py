@@ -16,7 +16,7 @@ import torch
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from named_adapter_helpers import ARCHS, build_pair, ids  # noqa: E402
+from named_adapter_helpers import ARCHS, build_pair, diff, ids, logits  # noqa: E402
 from peft_format_helpers import base  # noqa: E402
 
 import peft_zoo as pz  # noqa: E402
@@ -28,15 +28,6 @@ from peft_zoo.serving.named import (  # noqa: E402
     set_adapter,
     use_adapter_names,
 )
-
-
-def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=x).logits
-
-
-def diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

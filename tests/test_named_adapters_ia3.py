@@ -20,7 +20,7 @@ import torch
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from named_adapter_helpers import ARCHS, ids, inner, trainable_names  # noqa: E402
+from named_adapter_helpers import ARCHS, diff, ids, inner, logits, trainable_names  # noqa: E402
 from peft_format_helpers import base, peft_config  # noqa: E402
 
 import peft_zoo as pz  # noqa: E402
@@ -66,15 +66,6 @@ def build(arch: str, seed: int) -> tuple[torch.nn.Module, peft.PeftModel]:
                 target = inner(theirs).get_submodule(path).ia3_l[name]
                 target.copy_(vector.reshape(target.shape))
     return ours.eval(), theirs.eval()
-
-
-def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=x).logits
-
-
-def diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

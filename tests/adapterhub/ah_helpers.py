@@ -122,11 +122,13 @@ def compare(ah: nn.Module, ours: nn.Module, batch: dict[str, torch.Tensor]) -> d
     ah_params = {k: p for k, p in ah.state_dict(keep_vars=True).items() if f".adapters.{NAME}." in k}
     our_params = adapterhub_parameters(ours, NAME)
     assert set(ah_params) == set(our_params), sorted(set(ah_params) ^ set(our_params))[:6]
-    grad = 0.0
+    grad = grad_scale = 0.0
     for key, p in ah_params.items():
         assert p.grad is not None and our_params[key].grad is not None, key
         grad = max(grad, (p.grad - our_params[key].grad).abs().max().item())
-    return {"out": (out_ah - out_ours).abs().max().item(), "grad": grad, "scale": out_ah.abs().max().item()}
+        grad_scale = max(grad_scale, p.grad.abs().max().item())
+    out = (out_ah - out_ours).abs().max().item()
+    return {"out": out, "grad": grad, "scale": out_ah.abs().max().item(), "grad_scale": grad_scale}
 
 
 def config_kwargs(draw: Any, arch: str) -> dict[str, Any]:

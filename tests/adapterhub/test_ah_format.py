@@ -74,7 +74,8 @@ def test_drawn_configs_load_in_adapterhub(arch, data, tmp_path_factory):
     diff = compare(_into_adapterhub(base, directory), ours, inputs())
     exact = arch == "bert" or config.original_ln_after
     limit = 0.0 if exact else 1e-5 * max(1.0, diff["scale"])
-    assert diff["out"] <= limit and diff["grad"] <= (0.0 if exact else 1e-4), (config, diff)
+    grad_limit = 0.0 if exact else 1e-5 * max(1.0, diff["grad_scale"])  # one rounding, relative
+    assert diff["out"] <= limit and diff["grad"] <= grad_limit, (config, diff)
 
 
 def test_head_model_file_loads_in_adapterhub(tmp_path):
