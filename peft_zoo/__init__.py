@@ -84,11 +84,13 @@ from .serving.named import (
     delete_adapter,
     disable_adapters,
     list_adapters,
+    load_adapterhub_adapter,
     load_peft_adapter,
     named_adapter_layers,
     set_adapter,
     use_adapter_names,
 )
+from .serving.named_bottleneck import NamedBnSite
 from .serving.named_ia3 import NamedIA3Linear
 from .serving.named_layer import NamedLoRALinear
 from .sharing import share_main_matrices, shared_parameters, unique_parameter_count
@@ -120,6 +122,7 @@ __all__ = [
     "ModulesToSave",
     "NF4Linear",
     "NF4Tensor",
+    "NamedBnSite",
     "NamedIA3Linear",
     "NamedLoRALinear",
     "ParBnConfig",
@@ -165,6 +168,7 @@ __all__ = [
     "load_adapter",
     "load_adapter_state_dict",
     "load_adapterhub",
+    "load_adapterhub_adapter",
     "load_peft",
     "load_peft_adapter",
     "lora_config_from_peft",

@@ -30,7 +30,7 @@ from peft_zoo.interop.adapterhub import (
     save_adapterhub,
 )
 
-SIDE_TESTS = 41  # tests/adapterhub: 19 in test_ah_equivalence.py, 22 in test_ah_format.py
+SIDE_TESTS = 44  # tests/adapterhub: 19 test_ah_equivalence.py, 22 test_ah_format.py, 3 test_ah_named.py
 
 
 @pytest.mark.slow

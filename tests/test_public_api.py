@@ -42,6 +42,8 @@ CONTRACT = {
     "active_adapters": ["model"],
     "list_adapters": ["model"],
     "load_peft_adapter": ["model", "path", "adapter_name"],
+    "load_adapterhub_adapter": ["model", "path", "adapter_name"],
+    "NamedBnSite": ["base", "location"],
     "NamedLoRALinear": ["base"],
     "NamedIA3Linear": ["base"],
 }

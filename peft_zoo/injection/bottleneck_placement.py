@@ -23,7 +23,7 @@ index): a model with none of these layouts is refused with an ``InjectionError``
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from .surgery import InjectionError, mark_only_adapters_trainable, parent_of
 
 __all__ = [
     "LOCATIONS",
+    "NamedBottleneckSite",
     "PostNormSite",
     "PreNormSite",
     "ResidualSlot",
@@ -140,6 +141,22 @@ class PreNormSite(_Unloads, nn.Module):
         return (g, *out[1:]) if isinstance(out, tuple) else g
 
 
+@runtime_checkable
+class NamedBottleneckSite(Protocol):
+    """A site holding several named adapters (``peft_zoo.serving.named_bottleneck.NamedBnSite``),
+    as the AdapterHub file format reads it without importing serving: its location, whether it
+    is BERT-style (post-LN) and ``(adapter, config)`` of one name (``None``: not held here)."""
+
+    base: nn.Module
+    location: str
+    post_norm: bool
+
+    @property
+    def adapter_names(self) -> list[str]: ...
+
+    def site_adapter(self, name: str) -> tuple[BnAdapter, BottleneckConfig] | None: ...
+
+
 @dataclass
 class Site:
     """One planned adapter: the layer's path and index, the layout, the location and the adapter."""
@@ -207,7 +224,7 @@ def _hidden_size(module: nn.Module) -> tuple[int, torch.Tensor]:
 
 def build_sites(model: nn.Module, config: BottleneckConfig) -> list[Site]:
     """Plan and build every site ``config`` asks for (the model is not changed)."""
-    if bottleneck_sites(model):
+    if bottleneck_sites(model) or any(isinstance(m, NamedBottleneckSite) for m in model.modules()):
         raise InjectionError("the model already holds bottleneck adapters: remove_bottleneck(model) first")
     layers = _layers(model)
     if not layers:
@@ -269,9 +286,9 @@ def adapt_bottleneck(model: nn.Module, config: BottleneckConfig) -> tuple[nn.Mod
 
 
 def remove_bottleneck(model: nn.Module) -> nn.Module:
-    """Undo :func:`adapt_bottleneck`: every site and tap back to the module it wrapped."""
+    """Undo :func:`adapt_bottleneck`: every site (named ones too) and tap back to the module it wrapped."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, (PostNormSite, PreNormSite, ResidualTap)):
+        if isinstance(module, (PostNormSite, PreNormSite, ResidualTap, NamedBottleneckSite)):
             parent, attr = parent_of(model, name)
             setattr(parent, attr, module.base)
     return model

@@ -39,6 +39,7 @@ from ..core.checks import short_repr
 from ..core.io import atomic_write, read_torch_state_dict
 from ..injection.bottleneck_config import BottleneckConfig
 from ..injection.bottleneck_placement import (
+    NamedBottleneckSite,
     PostNormSite,
     PreNormSite,
     Site,
@@ -204,6 +205,33 @@ def _check_name(name: object) -> str:
     return name
 
 
+def _named_sites(model: nn.Module) -> dict[str, NamedBottleneckSite]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, NamedBottleneckSite)}
+
+
+def _sites_to_save(model: nn.Module, name: str) -> tuple[list[_Entry], BottleneckConfig]:
+    """The sites of the plain adapter, or of named adapter ``name``, and their one config."""
+    sites = bottleneck_sites(model)
+    named = _named_sites(model)
+    if sites:
+        entries = _entries(sites)
+        configs = [s.bottleneck_config for s in sites.values()]
+    else:
+        held = {p: pair for p, s in named.items() if (pair := s.site_adapter(name)) is not None}
+        if named and not held:
+            known = list(dict.fromkeys(n for s in named.values() for n in s.adapter_names))
+            raise AdapterHubFormatError(
+                f"save_adapterhub: no adapter named {name!r} in the model; it holds {known}"
+            )
+        entries = [(p, named[p].post_norm, named[p].location, pair[0]) for p, pair in held.items()]
+        configs = [pair[1] for pair in held.values()]
+    if not entries:
+        raise AdapterHubFormatError("save_adapterhub: the model holds no bottleneck adapters")
+    if len({json.dumps(c.to_dict(), sort_keys=True) for c in configs}) != 1:
+        raise AdapterHubFormatError("save_adapterhub: the sites were built from different configs")
+    return entries, configs[0]
+
+
 def save_adapterhub(
     model: nn.Module,
     directory: str | os.PathLike[str],
@@ -211,22 +239,17 @@ def save_adapterhub(
     *,
     weights: tuple[str, ...] = ("safetensors", "bin"),
 ) -> Path:
-    """Write the model's bottleneck adapters as AdapterHub's adapter ``name`` into
+    """Write the model's bottleneck adapters (in a model holding named adapters: adapter
+    ``name``, as AdapterHub's ``save_adapter(directory, name)``) as AdapterHub's adapter ``name`` into
     ``directory``: ``adapter.safetensors`` and/or ``pytorch_adapter.bin`` (``weights``),
     then ``adapter_config.json``. Returns the directory."""
     name = _check_name(name)
     if not weights or any(w not in ("safetensors", "bin") for w in weights):
         raise ValueError(f"weights must name 'safetensors' and/or 'bin', got {weights!r}")
-    sites = bottleneck_sites(model)
-    if not sites:
-        raise AdapterHubFormatError("save_adapterhub: the model holds no bottleneck adapters")
-    configs = {json.dumps(s.bottleneck_config.to_dict(), sort_keys=True) for s in sites.values()}
-    if len(configs) != 1:
-        raise AdapterHubFormatError("save_adapterhub: the sites were built from different configs")
-    config = next(iter(sites.values())).bottleneck_config
+    entries, config = _sites_to_save(model, name)
     tensors = {
         k: params[0].detach().to("cpu", copy=True).contiguous()
-        for k, params in _key_map(_entries(sites), name).items()
+        for k, params in _key_map(entries, name).items()
     }
     model_config = getattr(model, "config", None)
     meta = {
@@ -308,6 +331,11 @@ def load_adapterhub(
     Returns ``(model, trainable adapter parameters)``; on any error the model is unchanged."""
     meta, config, tensors = read_adapterhub(directory)
     name = meta["name"]
+    if _named_sites(model):
+        raise AdapterHubFormatError(
+            "load_adapterhub: the model holds named bottleneck adapters; add this one by name with "
+            "load_adapterhub_adapter(model, directory, adapter_name)"
+        )
     sites = bottleneck_sites(model)
     built: list[Site] = []
     if sites:

@@ -31,6 +31,13 @@ adapter activates the first remaining one (sorted, with a warning); deleting the
 leaves no active adapter. Every function checks its arguments first and changes nothing
 when it raises.
 
+Bottleneck adapters (AdapterHub's, ``SeqBnConfig`` / ``DoubleSeqBnConfig`` / ``ParBnConfig`` /
+``BottleneckConfig``) live in :class:`~peft_zoo.serving.named_bottleneck.NamedBnSite` sites,
+with AdapterHub's ``add_adapter`` / ``set_active_adapters`` / ``train_adapter`` /
+``delete_adapter`` semantics, one active at a time; :func:`load_adapterhub_adapter` loads an
+AdapterHub file by name (``load_adapter(..., load_as=)``) and :func:`~peft_zoo.save_adapterhub`
+saves one by name.
+
 Another adapter kind joins through :data:`ADDERS` (config type -> function building it) and a
 layer class that follows :class:`~peft_zoo.serving.named_layer.NamedAdapterLayer`.
 """
@@ -46,8 +53,12 @@ from typing import Any
 from torch import nn
 
 from ..core.checks import check_module, short_repr
+from ..injection.bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from ..injection.bottleneck_placement import bottleneck_sites
 from ..injection.config import IA3Config, LoraConfig, adapt_model
+from ..interop.adapterhub import load_adapterhub, read_adapterhub
 from ..interop.peft_read import load_peft, read_peft
+from .named_bottleneck import build_bottleneck_on_bases
 from .named_build import (
     DEFAULT_NAME,
     adopt_plain,
@@ -69,6 +80,7 @@ __all__ = [
     "delete_adapter",
     "disable_adapters",
     "list_adapters",
+    "load_adapterhub_adapter",
     "load_peft_adapter",
     "named_adapter_layers",
     "set_adapter",
@@ -87,7 +99,7 @@ def list_adapters(model: nn.Module) -> list[str]:
     """Every adapter name in ``model`` (PEFT's ``peft_config`` keys), in module order; a model
     adapted by ``adapt_model`` (plain ``LoRALinear`` layers) holds ``["default"]``."""
     check_module(model, "list_adapters: model")
-    if plain_layers(model):
+    if plain_layers(model) or bottleneck_sites(model):
         return [DEFAULT_NAME]
     names: dict[str, None] = {}
     for layer in named_adapter_layers(model).values():
@@ -98,7 +110,7 @@ def list_adapters(model: nn.Module) -> list[str]:
 def active_adapters(model: nn.Module) -> list[str]:
     """The active adapter names (PEFT's ``model.active_adapters``)."""
     check_module(model, "active_adapters: model")
-    if plain_layers(model):
+    if plain_layers(model) or bottleneck_sites(model):
         return [DEFAULT_NAME]
     layers = list(named_adapter_layers(model).values())
     return list(layers[0].active) if layers else []
@@ -125,16 +137,27 @@ def _add_ia3(model: nn.Module, name: str, config: IA3Config) -> list[nn.Paramete
     return build_on_bases(model, name, lambda: adapt_model(model, config))
 
 
-ADDERS: dict[type, Adder] = {LoraConfig: _add_lora, IA3Config: _add_ia3}
-_KINDS = {LoraConfig: "LORA", IA3Config: "IA3"}  # PEFT's peft_type of each config
+def _add_bottleneck(model: nn.Module, name: str, config: BottleneckConfig) -> list[nn.Parameter]:
+    config.validate()
+    return build_bottleneck_on_bases(model, name, lambda: adapt_model(model, config), default=DEFAULT_NAME)
+
+
+_BN_CONFIGS = (BottleneckConfig, SeqBnConfig, DoubleSeqBnConfig, ParBnConfig)
+ADDERS: dict[type, Adder] = {
+    LoraConfig: _add_lora,
+    IA3Config: _add_ia3,
+    **{t: _add_bottleneck for t in _BN_CONFIGS},
+}
+# PEFT's peft_type of each config ("BOTTLENECK": AdapterHub's bottleneck adapters)
+_KINDS: dict[type, str] = {LoraConfig: "LORA", IA3Config: "IA3", **{t: "BOTTLENECK" for t in _BN_CONFIGS}}
 
 
 # ----------------------------------------------------------------------------- the API
 
 
 def add_adapter(model: nn.Module, adapter_name: str, config: Any) -> list[nn.Parameter]:
-    """Add adapter ``adapter_name`` built from ``config`` (a :class:`~peft_zoo.LoraConfig` or
-    :class:`~peft_zoo.IA3Config`; one kind per model, as in PEFT);
+    """Add adapter ``adapter_name`` built from ``config`` (a :class:`~peft_zoo.LoraConfig`,
+    :class:`~peft_zoo.IA3Config` or bottleneck config; one kind per model, as in PEFT);
     return its parameters. Like PEFT's ``add_adapter`` the new adapter is neither active nor
     trainable (call :func:`set_adapter`), except in a model holding no adapter yet, where it
     becomes the active, trainable one (as ``get_peft_model(model, config, adapter_name)``)."""
@@ -147,8 +170,8 @@ def add_adapter(model: nn.Module, adapter_name: str, config: Any) -> list[nn.Par
         raise TypeError(
             f"add_adapter: config must be one of {[t.__name__ for t in ADDERS]}, got {type(config).__name__}"
         )
-    kind = kind_of(model)
-    if list_adapters(model) and kind != _KINDS[type(config)]:
+    kind, new_kind = kind_of(model), _KINDS[type(config)]
+    if kind is not None and kind != new_kind and (list_adapters(model) or "BOTTLENECK" in (kind, new_kind)):
         raise ValueError(
             f"add_adapter: cannot combine adapters with different peft types: the model holds {kind}, "
             f"the config is {_KINDS[type(config)]} (as in PEFT)"
@@ -164,6 +187,11 @@ def set_adapter(model: nn.Module, adapter_name: str | Sequence[str], *, inferenc
     if not isinstance(inference_mode, bool):
         raise TypeError(f"set_adapter: inference_mode must be a bool, got {short_repr(inference_mode)}")
     check_names_known(list_adapters(model), names, "set_adapter")
+    if len(names) > 1 and kind_of(model) == "BOTTLENECK":
+        raise ValueError(
+            f"set_adapter: bottleneck adapters run one at a time, got {names} (AdapterHub's Stack / "
+            "Parallel compositions are not supported)"
+        )
     adopt_plain(model)
     _activate(model, names, inference_mode)
 
@@ -261,4 +289,33 @@ def load_peft_adapter(
     params = build_on_bases(model, name, lambda: load_peft(model, path))
     for p in params:
         p.requires_grad_(is_trainable)  # PeftModel.load_adapter: frozen unless is_trainable
+    return params
+
+
+def load_adapterhub_adapter(
+    model: nn.Module, path: str | os.PathLike[str], adapter_name: str, *, is_trainable: bool = False
+) -> list[nn.Parameter]:
+    """Load the AdapterHub bottleneck adapter in directory ``path`` (``model.save_adapter`` in
+    ``adapters`` or :func:`~peft_zoo.save_adapterhub`) as adapter ``adapter_name``, whatever name
+    the file holds (AdapterHub's ``load_adapter(path, load_as=...)``); not activated (unless it
+    is the model's first adapter), frozen unless ``is_trainable``. Returns its parameters."""
+    model = check_model(model, "load_adapterhub_adapter")
+    name = check_name(adapter_name, "load_adapterhub_adapter")
+    if name in list_adapters(model):
+        raise ValueError(
+            f"load_adapterhub_adapter: an adapter named {name!r} already exists; pick another name"
+        )
+    if not isinstance(is_trainable, bool):
+        raise TypeError(
+            f"load_adapterhub_adapter: is_trainable must be a bool, got {short_repr(is_trainable)}"
+        )
+    read_adapterhub(path)  # its own errors first, before the model changes
+    held = kind_of(model)
+    if list_adapters(model) and held != "BOTTLENECK":
+        raise ValueError(f"load_adapterhub_adapter: the model holds {held} adapters, {path} a bottleneck one")
+    params = build_bottleneck_on_bases(
+        model, name, lambda: load_adapterhub(model, path), default=DEFAULT_NAME
+    )
+    for p in params:
+        p.requires_grad_(is_trainable)
     return params

@@ -13,11 +13,14 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from ..bottleneck import BnAdapter
 from ..core.base import outermost_adapters
 from ..core.checks import check_module, short_repr
 from ..ia3 import IA3Linear
+from ..injection.bottleneck_placement import bottleneck_sites
 from ..injection.surgery import parent_of
 from ..lora import LoRALinear
+from .named_bottleneck import NamedBnSite, adopt_bottleneck
 from .named_ia3 import NamedIA3Linear
 from .named_layer import BASE_NAME, NamedAdapterLayer, NamedLoRALinear
 
@@ -49,12 +52,14 @@ def plain_layers(model: nn.Module) -> dict[str, LoRALinear | IA3Linear]:
 
 
 def kind_of(model: nn.Module) -> str | None:
-    """``"LORA"`` or ``"IA3"``: the method of the adapters in ``model`` (``None``: none yet)."""
+    """``"LORA"``, ``"IA3"`` or ``"BOTTLENECK"``: the method of the adapters in ``model`` (``None``: none yet)."""
     for m in outermost_adapters(model).values():
         if isinstance(m, NamedLoRALinear | LoRALinear):
             return "LORA"
         if isinstance(m, NamedIA3Linear | IA3Linear):
             return "IA3"
+        if isinstance(m, NamedBnSite | BnAdapter):
+            return "BOTTLENECK"
     return None
 
 
@@ -64,17 +69,20 @@ def check_model(model: object, what: str) -> nn.Module:
     found = outermost_adapters(model)
     if "" in found:
         raise ValueError(f"{what}: the model itself is an adapter layer; pass the model that holds it")
+    in_sites = {f"{p}.adapter" for p in bottleneck_sites(model)}  # adapt_model's bottleneck adapters
     others = {
         n: type(m).__name__
         for n, m in found.items()
-        if type(m) not in PLAIN and not isinstance(m, NamedLoRALinear | NamedIA3Linear)
+        if type(m) not in PLAIN
+        and not isinstance(m, NamedLoRALinear | NamedIA3Linear | NamedBnSite)
+        and n not in in_sites
     }
     if others:
         raise ValueError(
-            f"{what}: named adapters work on LoRA and IA3 layers; the model also holds "
-            f"{dict(list(others.items())[:4])}"
+            f"{what}: named adapters work on LoRA, IA3 and bottleneck (AdapterHub site) layers; the model "
+            f"also holds {dict(list(others.items())[:4])}"
         )
-    plain = [n for n, m in found.items() if type(m) in PLAIN]
+    plain = [n for n, m in found.items() if type(m) in PLAIN or n in in_sites]
     if plain and len(plain) < len(found):
         raise ValueError(f"{what}: the model mixes plain adapter layers {plain[:3]} with named layers")
     kinds = {type(m) for m in found.values()}
@@ -148,7 +156,8 @@ def _hold(named: NamedLayer, name: str, layer: LoRALinear | IA3Linear) -> None:
 
 def adopt_plain(model: nn.Module) -> None:
     """Turn the plain layers ``adapt_model`` built into named layers holding ``"default"``
-    (active), keeping their very parameters."""
+    (active), keeping their very parameters; bottleneck sites likewise (:mod:`.named_bottleneck`)."""
+    adopt_bottleneck(model, DEFAULT_NAME)
     for path, layer in plain_layers(model).items():
         named = _named_for(layer, None)
         _hold(named, DEFAULT_NAME, layer)
