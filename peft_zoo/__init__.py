@@ -61,9 +61,14 @@ from .interop.peft_config import (
 )
 from .interop.peft_read import load_peft, read_peft
 from .interop.peft_write import save_peft
+from .loha import LoHaLinear
+from .lokr import LoKrLinear
 from .lora import LoRALinear, lora_scale
+from .lora_conv import LoRAConv
+from .lora_embedding import LoRAEmbedding
 from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .nf4 import NF4_CODE, NF4Linear, NF4Tensor, quantize_int4, quantize_nf4
+from .oft import OFTLinear
 from .prefix import LearnablePrefix, PrefixKV
 from .prefix_kv import PrefixKVEncoder
 from .prompt import PromptEmbedding
@@ -94,6 +99,7 @@ from .serving.named_bottleneck import NamedBnSite
 from .serving.named_ia3 import NamedIA3Linear
 from .serving.named_layer import NamedLoRALinear
 from .sharing import share_main_matrices, shared_parameters, unique_parameter_count
+from .vera import VeRALinear, VeraProjections
 
 __all__ = [
     "NF4_CODE",
@@ -117,6 +123,10 @@ __all__ = [
     "IA3Linear",
     "InjectionError",
     "LearnablePrefix",
+    "LoHaLinear",
+    "LoKrLinear",
+    "LoRAConv",
+    "LoRAEmbedding",
     "LoRALinear",
     "LoraConfig",
     "ModulesToSave",
@@ -125,6 +135,7 @@ __all__ = [
     "NamedBnSite",
     "NamedIA3Linear",
     "NamedLoRALinear",
+    "OFTLinear",
     "ParBnConfig",
     "ParallelAdapterBlock",
     "PeftFormatError",
@@ -141,6 +152,8 @@ __all__ = [
     "Routing",
     "SeqBnConfig",
     "UnloadError",
+    "VeRALinear",
+    "VeraProjections",
     "__version__",
     "active_adapters",
     "adapt_bottleneck",
