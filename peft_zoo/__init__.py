@@ -69,6 +69,7 @@ from .lora_embedding import LoRAEmbedding
 from .loraplus import create_loraplus_optimizer, loraplus_param_groups
 from .nf4 import NF4_CODE, NF4Linear, NF4Tensor, quantize_int4, quantize_nf4
 from .oft import OFTLinear
+from .pissa import ConvertedLoRA, olora_init_, pissa_init_, pissa_to_lora, pissa_to_lora_delta
 from .prefix import LearnablePrefix, PrefixKV
 from .prefix_kv import PrefixKVEncoder
 from .prompt import PromptEmbedding
@@ -115,6 +116,7 @@ __all__ = [
     "BottleneckConfig",
     "CacheStats",
     "CheckpointError",
+    "ConvertedLoRA",
     "DoRALinear",
     "DoubleSeqBnConfig",
     "EmbeddingCache",
@@ -196,7 +198,11 @@ __all__ = [
     "nf4_linear_from_bnb_state_dict",
     "nf4_linear_to_bnb",
     "nf4_linear_to_bnb_state_dict",
+    "olora_init_",
     "peft_dict_from_config",
+    "pissa_init_",
+    "pissa_to_lora",
+    "pissa_to_lora_delta",
     "print_trainable_parameters",
     "qlora_from_bnb",
     "quantize_int4",
