@@ -5,6 +5,8 @@ Every public building block is importable from here::
     from peft_zoo import LoRALinear, inject_lora, save_adapter
 """
 
+from .adalora import AdaLoRALinear, orthogonal_regulariser
+from .adalora_allocator import RankAllocator, adalora_budget
 from .adapters import AdapterBlock, AdapterStack, BottleneckAdapter, ParallelAdapterBlock
 from .bottleneck import BnAdapter
 from .core.base import AdapterModule, merge_adapters, unmerge_adapters
@@ -104,6 +106,7 @@ from .vera import VeRALinear, VeraProjections
 
 __all__ = [
     "NF4_CODE",
+    "AdaLoRALinear",
     "AdapterBank",
     "AdapterBlock",
     "AdapterHubFormatError",
@@ -151,6 +154,7 @@ __all__ = [
     "PromptTuningConfig",
     "PromptTuningModel",
     "QLoRALinear",
+    "RankAllocator",
     "Routing",
     "SeqBnConfig",
     "UnloadError",
@@ -158,6 +162,7 @@ __all__ = [
     "VeraProjections",
     "__version__",
     "active_adapters",
+    "adalora_budget",
     "adapt_bottleneck",
     "adapt_model",
     "adapter_config",
@@ -199,6 +204,7 @@ __all__ = [
     "nf4_linear_to_bnb",
     "nf4_linear_to_bnb_state_dict",
     "olora_init_",
+    "orthogonal_regulariser",
     "peft_dict_from_config",
     "pissa_init_",
     "pissa_to_lora",
