@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
+from .core.base import AdditiveAdapter, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_last_dim,
@@ -53,7 +53,7 @@ __all__ = ["AdaLoRALinear", "adalora_layers", "orthogonal_regulariser"]
 RANKNUM_EPS = 1e-5  # PEFT divides by ranknum + 1e-5
 
 
-class AdaLoRALinear(AdapterModule):
+class AdaLoRALinear(AdditiveAdapter):
     """A frozen ``nn.Linear`` (or GPT-2 ``Conv1D``) with an AdaLoRA update ``s · P diag(λ) Q``.
 
     Args:
@@ -136,21 +136,6 @@ class AdaLoRALinear(AdapterModule):
         delta = self._delta(torch.promote_types(self.lora_A.dtype, torch.float32))
         delta = delta.T if self.fan_in_fan_out else delta
         w.copy_((w.to(compute) + sign * delta).to(w.dtype))
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into ``base.weight``. Merging a merged layer is a no-op."""
-        if not self.merged:
-            refuse_merge_into_shared(self)
-            self._add_to_base(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update from ``base.weight`` again. No-op when not merged."""
-        if self.merged:
-            self._add_to_base(-1.0)
-            self.merged = False
 
     @property
     def weight(self) -> torch.Tensor:

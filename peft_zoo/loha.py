@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
+from .core.base import AdditiveAdapter, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_bool,
@@ -66,7 +66,7 @@ def rank_dropout_mask(rows: int, p: float, dtype: torch.dtype, rescale: bool) ->
     return drop.view(-1, 1)
 
 
-class LycorisLinear(AdapterModule):
+class LycorisLinear(AdditiveAdapter):
     """A frozen ``nn.Linear`` plus a dense update ``ΔW`` (out, in) rebuilt from trainable
     factors: what LoHa and LoKr share (forward, module and rank dropout, merge, unmerge).
 
@@ -148,21 +148,6 @@ class LycorisLinear(AdapterModule):
         w = weight_of(self.base)
         compute = torch.promote_types(w.dtype, torch.float32)
         w.copy_((w.to(compute) + sign * self._delta(compute)).to(w.dtype))
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``ΔW`` into ``base.weight``. Merging an already-merged layer is a no-op."""
-        if not self.merged:
-            refuse_merge_into_shared(self)
-            self._add_to_base(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract ``ΔW`` from ``base.weight`` again. No-op when not merged."""
-        if self.merged:
-            self._add_to_base(-1.0)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return (

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
+from .core.base import AdditiveAdapter, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_bool,
@@ -45,7 +45,7 @@ def check_lora_hyperparameters(rank: object, alpha: object, dropout: object) -> 
     return rank, alpha, check_probability(dropout, "dropout")
 
 
-class LoRALayer(AdapterModule):
+class LoRALayer(AdditiveAdapter):
     """What every LoRA-style layer holds (:class:`LoRALinear`, :class:`DoRALinear`,
     :class:`FusedLoRALinear`, :class:`QLoRALinear`): its sizes, the hyperparameters
     :func:`set_lora_hyperparameters` sets, the trainable pair ``lora_A`` / ``lora_B`` and
@@ -128,21 +128,6 @@ class LowRankAdapter(LoRALayer):
         compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._layout(self._delta(torch.promote_types(self.lora_A.dtype, torch.float32)))
         w.copy_((w.to(compute) + sign * delta).to(w.dtype))
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``scale * B A`` into ``base.weight``. Merging an already-merged layer is a no-op."""
-        if not self.merged:
-            refuse_merge_into_shared(self)
-            self._add_to_base(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract ``scale * B A`` from ``base.weight`` again. No-op when not merged."""
-        if self.merged:
-            self._add_to_base(-1.0)
-            self.merged = False
 
     def _refuse_training_merged(self) -> None:
         refuse_training_merged(self, (self.lora_A, self.lora_B), "LoRA weights")

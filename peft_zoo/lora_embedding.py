@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
+from .core.base import AdditiveAdapter, refuse_training_merged
 from .core.checks import check_bool
 from .lora import check_lora_hyperparameters, lora_scale
 
@@ -57,7 +57,7 @@ def _check_ids(x: object) -> None:
         raise TypeError(f"LoRAEmbedding expects a tensor of int64 or int32 token ids, got {what}")
 
 
-class LoRAEmbedding(AdapterModule):
+class LoRAEmbedding(AdditiveAdapter):
     """An ``nn.Embedding`` with a trainable low-rank update; the base layer is frozen.
 
     Args:
@@ -131,21 +131,6 @@ class LoRAEmbedding(AdapterModule):
         compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._delta(torch.promote_types(self.lora_embedding_A.dtype, torch.float32)).T
         w.copy_((w.to(compute) + sign * delta).to(w.dtype))
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``ΔW^T`` into ``base.weight``. Merging an already-merged layer is a no-op."""
-        if not self.merged:
-            refuse_merge_into_shared(self)
-            self._add_to_base(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract ``ΔW^T`` from ``base.weight`` again. No-op when not merged."""
-        if self.merged:
-            self._add_to_base(-1.0)
-            self.merged = False
 
     def _lookup_A(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``A^T`` (vocab, r) for the ids ``x``, with the base's lookup options."""

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdapterModule, refuse_merge_into_shared, refuse_training_merged
+from .core.base import AdditiveAdapter, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_last_dim,
@@ -155,7 +155,7 @@ class VeraProjections(nn.Module):
         return f"rank={self.rank}, in_features={self.in_features}, out_features={self.out_features}, seed={self.seed}"
 
 
-class VeRALinear(AdapterModule):
+class VeRALinear(AdditiveAdapter):
     """An ``nn.Linear`` (or GPT-2 ``Conv1D``) with a VeRA update; the base layer is frozen.
 
     Args:
@@ -170,6 +170,8 @@ class VeRALinear(AdapterModule):
     Parameters (PEFT's names): ``vera_lambda_d (rank,)`` filled with ``d_initial`` and
     ``vera_lambda_b (out_features,)`` zeros, in the base weight's dtype and device: ``rank +
     out_features`` trainable numbers. ``forward`` maps ``(..., in_features) -> (..., out_features)``.
+    ``merge()`` sums in float32 at least and rounds once (PEFT adds an already rounded delta in
+    half precision, so a bfloat16 merge may differ from PEFT's by one step).
     """
 
     adapter_param_names = ("vera_lambda_b", "vera_lambda_d")
@@ -270,23 +272,6 @@ class VeRALinear(AdapterModule):
         compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._layout(self._delta(torch.promote_types(self.vera_lambda_d.dtype, torch.float32)))
         w.copy_((w.to(compute) + sign * delta.to(w.device)).to(w.dtype))
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold ``ΔW`` into ``base.weight``, summed in float32 at least and rounded once (PEFT
-        adds a rounded delta in half precision, so a bfloat16 merge may differ from PEFT's by
-        one step). Merging an already-merged layer is a no-op."""
-        if not self.merged:
-            refuse_merge_into_shared(self)
-            self._add_to_base(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract ``ΔW`` from ``base.weight`` again. No-op when not merged."""
-        if self.merged:
-            self._add_to_base(-1.0)
-            self.merged = False
 
     def adapter_config(self) -> dict[str, object]:
         p = self.projections

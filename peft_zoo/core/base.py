@@ -67,6 +67,35 @@ def refuse_merge_into_shared(adapter: nn.Module) -> None:
         )
 
 
+class AdditiveAdapter(AdapterModule):
+    """An adapter whose update ``ΔW`` is *added* to its frozen base's weight (LoRA and its
+    variants, LoHa, LoKr, VeRA, AdaLoRA): ``merge()`` adds it, ``unmerge()`` subtracts it.
+    A subclass sets ``merged = False`` in ``__init__`` and defines ``_add_to_base(sign)``, which
+    writes ``W + sign · ΔW`` into the base weight (``sign`` is +1 or -1), summing in float32 at
+    least so that a half-precision weight is rounded once."""
+
+    merged: bool
+
+    def _add_to_base(self, sign: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define _add_to_base(sign)")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``ΔW`` into the base weight. Merging an already-merged layer is a no-op;
+        a base weight shared across blocks is refused (:func:`refuse_merge_into_shared`)."""
+        if not self.merged:
+            refuse_merge_into_shared(self)
+            self._add_to_base(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``ΔW`` from the base weight again. No-op when not merged."""
+        if self.merged:
+            self._add_to_base(-1.0)
+            self.merged = False
+
+
 def refuse_training_merged(adapter: nn.Module, params: Iterable[nn.Parameter], what: str) -> None:
     """Raise ``RuntimeError`` when a merged ``adapter`` runs a training forward pass (training
     mode, gradients enabled) while any of ``params`` wants a gradient: the merged base computes
