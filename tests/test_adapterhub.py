@@ -30,7 +30,7 @@ from peft_zoo.interop.adapterhub import (
     save_adapterhub,
 )
 
-SIDE_TESTS = 44  # tests/adapterhub: 19 test_ah_equivalence.py, 22 test_ah_format.py, 3 test_ah_named.py
+SIDE_TESTS = 46  # tests/adapterhub: 19 test_ah_equivalence.py, 22 test_ah_format.py, 3 test_ah_named.py
 
 
 @pytest.mark.slow

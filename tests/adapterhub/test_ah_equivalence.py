@@ -109,3 +109,11 @@ def test_head_model_keys_load_into_the_base_model(tmp_path):
     with torch.no_grad():
         diff = (output(ah_bare, inputs()) - output(bare_ours, inputs())).abs().max().item()
     assert diff == 0.0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_pre_ln_sites_without_original_ln_after_are_one_rounding_apart(arch, tmp_path):
+    config = BottleneckConfig.preset("seq_bn", original_ln_after=False)
+    diff = _round_trip(arch, config, tmp_path)
+    assert diff["out"] <= 1e-5 * max(1.0, diff["scale"]), diff
+    assert diff["grad"] <= 1e-5 * max(1.0, diff["grad_scale"]), diff
