@@ -63,14 +63,6 @@ class PrefixTuningConfig(VirtualTokenConfig):
     prefix_projection: bool = field(
         default=False, metadata={"help": "Train E (n, D) and an MLP to P; False trains P directly."}
     )
-    task_type: str | None = field(
-        default=None,
-        metadata={"help": '"CAUSAL_LM" or "SEQ_CLS"; None infers it from the model class name.'},
-    )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules trained and saved in full; SEQ_CLS adds classifier / score as PEFT does."},
-    )
 
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""

@@ -74,14 +74,6 @@ class PromptTuningConfig(VirtualTokenConfig):
         default=None,
         metadata={"help": "TEXT init: the text's token ids, cut or repeated to n. Not a PEFT field."},
     )
-    task_type: str | None = field(
-        default=None,
-        metadata={"help": '"CAUSAL_LM" or "SEQ_CLS"; None infers it from the model class name.'},
-    )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules trained and saved in full; SEQ_CLS adds classifier / score as PEFT does."},
-    )
 
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""

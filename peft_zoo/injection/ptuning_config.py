@@ -33,14 +33,6 @@ class PromptEncoderConfig(VirtualTokenConfig):
     )
     encoder_num_layers: int = field(default=2, metadata={"help": "LSTM layers (the MLP always has three)."})
     encoder_dropout: float = field(default=0.0, metadata={"help": "Dropout between the LSTM layers."})
-    task_type: str | None = field(
-        default=None,
-        metadata={"help": '"CAUSAL_LM" or "SEQ_CLS"; None infers it from the model class name.'},
-    )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules trained and saved in full; SEQ_CLS adds classifier / score as PEFT does."},
-    )
 
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""

@@ -45,11 +45,20 @@ class VirtualTokenConfig:
         default=None, metadata={"help": "Recorded in PEFT's config; unused by virtual-token methods."}
     )
 
+    task_type: str | None = field(
+        default=None,
+        metadata={"help": '"CAUSAL_LM" or "SEQ_CLS"; None infers it from the model class name.'},
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained and saved in full; SEQ_CLS adds classifier / score as PEFT does."},
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Check the shared fields plus ``task_type`` / ``modules_to_save`` when the subclass has them."""
+        """Check the shared fields, ``task_type`` and ``modules_to_save``; raise naming the field."""
         check_positive_int(self.num_virtual_tokens, "num_virtual_tokens")
         for name in ("token_dim", "num_attention_heads", "num_layers", "num_transformer_submodules"):
             _optional_positive(getattr(self, name), name)
@@ -58,10 +67,10 @@ class VirtualTokenConfig:
                 f"num_transformer_submodules={self.num_transformer_submodules}: only 1 (an encoder or a "
                 "decoder) is implemented; encoder-decoder virtual tokens are not"
             )
-        task: object = getattr(self, "task_type", None)
+        task: object = self.task_type
         if task is not None and task not in PROMPT_TASK_TYPES:
             raise ValueError(f"task_type must be one of {PROMPT_TASK_TYPES} or None, got {short_repr(task)}")
-        saves: object = getattr(self, "modules_to_save", None)
+        saves: object = self.modules_to_save
         if saves is not None:
             check_names(saves, "modules_to_save")
 
