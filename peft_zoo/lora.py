@@ -96,6 +96,16 @@ class LowRankAdapter(LoRALayer):
     def _delta(self, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def adapter_config(self) -> dict[str, object]:
+        """What a checkpoint records about this layer (a fused layer adds its parts)."""
+        return {
+            "method": "lora",
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "rslora": self.rslora,
+            "dropout": self.dropout_p,
+        }
+
     def delta_weight(self) -> torch.Tensor:
         """The update ``scale * B A``, shape ``(out_features, in_features)``, in the adapter dtype."""
         return self._delta(self.lora_A.dtype)
@@ -198,15 +208,6 @@ class LoRALinear(LowRankAdapter):
             return self.base(x)
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
         return self.base(x) + F.linear(h, self.lora_B) * self.scale  # (..., out)
-
-    def adapter_config(self) -> dict[str, object]:
-        return {
-            "method": "lora",
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "rslora": self.rslora,
-            "dropout": self.dropout_p,
-        }
 
     def extra_repr(self) -> str:
         return (

@@ -170,15 +170,6 @@ class LoRAConv(LowRankAdapter):
         )  # (N, r, *spatial_out)
         return b(x) + conv(h, self.lora_B, None, 1, 0, 1, self.groups) * self.scale
 
-    def adapter_config(self) -> dict[str, object]:
-        return {
-            "method": "lora",
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "rslora": self.rslora,
-            "dropout": self.dropout_p,
-        }
-
     def extra_repr(self) -> str:
         return (
             f"{type(self.base).__name__}: in_channels={self.in_features}, out_channels={self.out_features}, "
