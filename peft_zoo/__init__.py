@@ -14,9 +14,11 @@ from .core.version import __version__
 from .dora import DoRALinear
 from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
+from .injection.adalora_config import AdaLoraConfig
+from .injection.adapt import adapt_model
 from .injection.bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from .injection.bottleneck_placement import adapt_bottleneck, remove_bottleneck
-from .injection.config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from .injection.config import IA3Config, LoraConfig, ModulesToSave
 from .injection.inject import (
     build_lora_adapter_model,
     inject_ia3,
@@ -24,6 +26,8 @@ from .injection.inject import (
     inject_lora_recursive,
     inject_qlora,
 )
+from .injection.lycoris_config import LoHaConfig, LoKrConfig
+from .injection.oft_config import OFTConfig
 from .injection.prefix_model import PrefixTuningConfig, PrefixTuningModel
 from .injection.prompt_model import PromptTuningConfig, PromptTuningModel
 from .injection.ptuning_config import PromptEncoderConfig
@@ -37,6 +41,7 @@ from .injection.surgery import (
 )
 from .injection.targets import find_targets, layer_index, target_matches
 from .injection.unload import UnloadError, merge_and_unload, unload
+from .injection.vera_config import VeraConfig
 from .interop.adapterhub import AdapterHubFormatError, load_adapterhub, read_adapterhub, save_adapterhub
 from .interop.bnb import (
     nf4_linear_from_bnb,
@@ -61,6 +66,7 @@ from .interop.peft_config import (
     lora_config_from_peft,
     peft_dict_from_config,
 )
+from .interop.peft_methods import method_config_from_peft
 from .interop.peft_read import load_peft, read_peft
 from .interop.peft_write import save_peft
 from .loha import LoHaLinear
@@ -107,6 +113,7 @@ from .vera import VeRALinear, VeraProjections
 __all__ = [
     "NF4_CODE",
     "AdaLoRALinear",
+    "AdaLoraConfig",
     "AdapterBank",
     "AdapterBlock",
     "AdapterHubFormatError",
@@ -128,7 +135,9 @@ __all__ = [
     "IA3Linear",
     "InjectionError",
     "LearnablePrefix",
+    "LoHaConfig",
     "LoHaLinear",
+    "LoKrConfig",
     "LoKrLinear",
     "LoRAConv",
     "LoRAEmbedding",
@@ -140,6 +149,7 @@ __all__ = [
     "NamedBnSite",
     "NamedIA3Linear",
     "NamedLoRALinear",
+    "OFTConfig",
     "OFTLinear",
     "ParBnConfig",
     "ParallelAdapterBlock",
@@ -159,6 +169,7 @@ __all__ = [
     "SeqBnConfig",
     "UnloadError",
     "VeRALinear",
+    "VeraConfig",
     "VeraProjections",
     "__version__",
     "active_adapters",
@@ -198,6 +209,7 @@ __all__ = [
     "merge_adapters",
     "merge_and_unload",
     "merge_qlora",
+    "method_config_from_peft",
     "named_adapter_layers",
     "nf4_linear_from_bnb",
     "nf4_linear_from_bnb_state_dict",

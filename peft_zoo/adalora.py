@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .core.base import AdditiveAdapter, refuse_training_merged
+from .core.base import AdditiveAdapter, add_delta_, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_last_dim,
@@ -131,11 +131,8 @@ class AdaLoRALinear(AdditiveAdapter):
         return self._delta(self.lora_A.dtype)
 
     def _add_to_base(self, sign: float) -> None:
-        w = weight_of(self.base)
-        compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._delta(torch.promote_types(self.lora_A.dtype, torch.float32))
-        delta = delta.T if self.fan_in_fan_out else delta
-        w.copy_((w.to(compute) + sign * delta).to(w.dtype))
+        add_delta_(weight_of(self.base), delta.T if self.fan_in_fan_out else delta, sign)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdditiveAdapter, refuse_training_merged
+from .core.base import AdditiveAdapter, add_delta_, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_bool,
@@ -146,8 +146,7 @@ class LycorisLinear(AdditiveAdapter):
 
     def _add_to_base(self, sign: float) -> None:
         w = weight_of(self.base)
-        compute = torch.promote_types(w.dtype, torch.float32)
-        w.copy_((w.to(compute) + sign * self._delta(compute)).to(w.dtype))
+        add_delta_(w, self._delta(torch.promote_types(w.dtype, torch.float32)), sign)
 
     def extra_repr(self) -> str:
         return (

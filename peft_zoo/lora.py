@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdditiveAdapter, refuse_training_merged
+from .core.base import AdditiveAdapter, add_delta_, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_bool,
@@ -134,10 +134,8 @@ class LowRankAdapter(LoRALayer):
 
     def _add_to_base(self, sign: float) -> None:
         # Half-precision products lose bits; form the update and the sum in float32 at least.
-        w = weight_of(self.base)
-        compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._layout(self._delta(torch.promote_types(self.lora_A.dtype, torch.float32)))
-        w.copy_((w.to(compute) + sign * delta).to(w.dtype))
+        add_delta_(weight_of(self.base), delta, sign)
 
     def _refuse_training_merged(self) -> None:
         refuse_training_merged(self, (self.lora_A, self.lora_B), "LoRA weights")
@@ -161,6 +159,10 @@ class LoRALinear(LowRankAdapter):
     """
 
     adapter_param_names: tuple[str, ...] | None = ("lora_A", "lora_B")
+    # How the factors started, as PEFT's init_lora_weights names it. PiSSA / OLoRA (pissa.py)
+    # record themselves here: their adapter fits only the residual base they leave, so a saved
+    # file says so and a loader redoes the decomposition on the original base, as PEFT does.
+    init_lora_weights: bool | str = True
 
     def __init__(
         self,

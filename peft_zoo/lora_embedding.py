@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdditiveAdapter, refuse_training_merged
+from .core.base import AdditiveAdapter, add_delta_, refuse_training_merged
 from .core.checks import check_bool
 from .lora import check_lora_hyperparameters, lora_scale
 
@@ -127,10 +127,8 @@ class LoRAEmbedding(AdditiveAdapter):
 
     def _add_to_base(self, sign: float) -> None:
         # Half-precision products lose bits; form the update and the sum in float32 at least.
-        w = self.base.weight
-        compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._delta(torch.promote_types(self.lora_embedding_A.dtype, torch.float32)).T
-        w.copy_((w.to(compute) + sign * delta).to(w.dtype))
+        add_delta_(self.base.weight, delta, sign)
 
     def _lookup_A(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``A^T`` (vocab, r) for the ids ``x``, with the base's lookup options."""

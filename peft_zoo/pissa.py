@@ -144,6 +144,7 @@ def pissa_init_(layer: LoRALinear, niter: int | None = None) -> LoRALinear:
     lora_A = torch.diag(torch.sqrt(sr)) @ vhr  # (r, in)
     lora_B = ur @ torch.diag(torch.sqrt(sr))  # (out, r)
     _install(layer, lora_A, lora_B, w - s * lora_B @ lora_A)
+    layer.init_lora_weights = "pissa" if niter is None else f"pissa_niter_{niter}"
     return layer
 
 
@@ -167,6 +168,7 @@ def olora_init_(layer: LoRALinear) -> LoRALinear:
     lora_A = rr[: layer.rank].contiguous()  # (r, in)
     lora_B = q[:, : layer.rank].contiguous()  # (out, r)
     _install(layer, lora_A, lora_B, w - layer.scale * lora_B @ lora_A)
+    layer.init_lora_weights = "olora"
     return layer
 
 

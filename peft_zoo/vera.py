@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.base import AdditiveAdapter, refuse_training_merged
+from .core.base import AdditiveAdapter, add_delta_, refuse_training_merged
 from .core.checks import (
     bias_of,
     check_last_dim,
@@ -268,10 +268,8 @@ class VeRALinear(AdditiveAdapter):
 
     def _add_to_base(self, sign: float) -> None:
         # Half-precision products lose bits; form the update and the sum in float32 at least.
-        w = weight_of(self.base)
-        compute = torch.promote_types(w.dtype, torch.float32)
         delta = self._layout(self._delta(torch.promote_types(self.vera_lambda_d.dtype, torch.float32)))
-        w.copy_((w.to(compute) + sign * delta.to(w.device)).to(w.dtype))
+        add_delta_(weight_of(self.base), delta, sign)
 
     def adapter_config(self) -> dict[str, object]:
         p = self.projections

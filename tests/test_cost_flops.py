@@ -76,12 +76,12 @@ for first in sys.argv[1:]:
         del sys.modules[name]
     importlib.import_module(first)
     import peft_zoo.cost as cost
-    from peft_zoo.cost import counts, flops, geometry, memory, tables
+    from peft_zoo.cost import counts, flops, geometry, memory, tables, zoo_counts, zoo_tables
     assert not hasattr(cost, "__getattr__"), "peft_zoo.cost re-exports lazily"
     assert cost.serving_flops is flops.serving_flops
     assert cost.training_memory is memory.training_memory
     assert cost.LLAMA_7B is geometry.LLAMA_7B and cost.serving_table is tables.serving_table
-    homes = (geometry, counts, memory, flops, tables)
+    homes = (geometry, counts, memory, flops, tables, zoo_counts, zoo_tables)
     for n in cost.__all__:
         assert any(n in m.__all__ and getattr(m, n) is getattr(cost, n) for m in homes), n
 """

@@ -90,8 +90,18 @@ METHODS: dict[str, Callable[[nn.Module, ModelCase], tuple[nn.Module, list[nn.Par
     "ia3": _with_freeze(lambda m, c: pz.inject_ia3(m, c.linears)),
     "serial_adapter": _serial_adapter,
     "parallel_adapter": _parallel_adapter,
+    # The methods of issue 15, through adapt_model and their PEFT-named configs.
+    "loha": lambda m, c: pz.adapt_model(m, pz.LoHaConfig(r=2, alpha=4, target_modules=list(c.linears))),
+    "lokr": lambda m, c: pz.adapt_model(
+        m, pz.LoKrConfig(r=2, alpha=4, decompose_both=True, target_modules=list(c.linears))
+    ),
+    "vera": lambda m, c: pz.adapt_model(m, pz.VeraConfig(r=4, target_modules=list(c.linears))),
+    "oft": lambda m, c: pz.adapt_model(m, pz.OFTConfig(oft_block_size=4, target_modules=list(c.linears))),
+    "adalora": lambda m, c: pz.adapt_model(
+        m, pz.AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=list(c.linears))
+    ),
 }
-MERGEABLE = {"lora", "lora_rslora_dropout", "lora_recursive", "ia3"}
+MERGEABLE = {"lora", "lora_rslora_dropout", "lora_recursive", "ia3", "loha", "lokr", "vera", "oft", "adalora"}
 CASES = [(m, k) for m in MODELS for k in METHODS]
 IDS = [f"{m.name}-{k}" for m, k in CASES]
 

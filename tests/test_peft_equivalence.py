@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,8 @@ from torch import nn
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
+
+from tiny_hf import tiny_hf  # noqa: E402
 
 import peft_zoo as pz  # noqa: E402
 from peft_zoo.dora import DoRALinear  # noqa: E402
@@ -61,38 +62,8 @@ ARCHS = {
 }
 
 
-@functools.cache
 def base_model(arch: str) -> nn.Module:
-    torch.manual_seed(0)
-    if arch == "bert":
-        config = transformers.BertConfig(
-            vocab_size=32,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=24,
-            max_position_embeddings=16,
-            num_labels=3,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        return transformers.BertForSequenceClassification(config).eval()
-    if arch == "llama":
-        config = transformers.LlamaConfig(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=24,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=16,
-        )
-        return transformers.LlamaForCausalLM(config).eval()
-    config = transformers.GPT2Config(
-        vocab_size=32, n_embd=16, n_layer=2, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0
-    )
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
-    return transformers.GPT2LMHeadModel(config).eval()
+    return tiny_hf(arch)
 
 
 # ----------------------------------------------------------------------------- strategies

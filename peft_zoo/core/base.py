@@ -39,6 +39,11 @@ class AdapterModule(nn.Module):
         (stored in adapter checkpoints and compared on load). Subclasses extend it."""
         return {"method": type(self).__name__}
 
+    def never_trained(self) -> Iterator[nn.Parameter]:
+        """Parameters kept only to restore the model (a ``ModulesToSave``'s frozen original):
+        no ``bias`` mode ever trains them. None by default."""
+        return iter(())
+
 
 class MergeableAdapter(Protocol):
     """An adapter layer that can fold its update into its base weight (LoRA, DoRA, IA³)."""
@@ -94,6 +99,14 @@ class AdditiveAdapter(AdapterModule):
         if self.merged:
             self._add_to_base(-1.0)
             self.merged = False
+
+
+def add_delta_(weight: torch.Tensor, delta: torch.Tensor, sign: float) -> None:
+    """``weight += sign * delta`` in place, summed in float32 at least (or the weight's wider
+    dtype) and rounded once to the weight's dtype: what every ``_add_to_base`` does.
+    ``delta`` has the weight's shape (in its layout) and may live on another device."""
+    compute = torch.promote_types(weight.dtype, torch.float32)
+    weight.copy_((weight.to(compute) + sign * delta.to(weight.device)).to(weight.dtype))
 
 
 def refuse_training_merged(adapter: nn.Module, params: Iterable[nn.Parameter], what: str) -> None:

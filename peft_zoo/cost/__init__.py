@@ -8,7 +8,10 @@
 - :mod:`.memory`: adapter bytes and training memory (weights, gradients, Adam, master weights);
 - :mod:`.flops`: FLOPs per token of merged vs dynamic LoRA serving, the break-even point,
   tensor parallelism;
-- :mod:`.tables`: the markdown tables the docs and benchmarks print.
+- :mod:`.tables`: the markdown tables the docs and benchmarks print;
+- :mod:`.zoo_counts`: VeRA, LoHa, LoKr, OFT, AdaLoRA and LoRA on embeddings / convolutions,
+  per module and per model;
+- :mod:`.zoo_tables`: :data:`BERT_BASE` and the table of every method's count on it.
 
 Each module imports only the ones above it in this list, so any of them can be imported
 first; every name below is importable from ``peft_zoo.cost``.
@@ -54,8 +57,27 @@ from .tables import (
     serving_rows,
     serving_table,
 )
+from .zoo_counts import (
+    adalora_final_parameters,
+    adalora_layer_parameters,
+    adalora_trainable_parameters,
+    embedding_shapes,
+    loha_layer_parameters,
+    loha_trainable_parameters,
+    lokr_layer_parameters,
+    lokr_trainable_parameters,
+    lora_conv_parameters,
+    lora_embedding_parameters,
+    lora_embedding_trainable_parameters,
+    oft_layer_parameters,
+    oft_trainable_parameters,
+    vera_layer_parameters,
+    vera_trainable_parameters,
+)
+from .zoo_tables import BERT_BASE, ZooRow, zoo_rows, zoo_table
 
 __all__ = [
+    "BERT_BASE",
     "FAMILIES",
     "GENEFORMER_GF_20L_95M_I4096",
     "GENEFORMER_GF_20L_95M_I4096_AS_QUOTED",
@@ -69,18 +91,32 @@ __all__ = [
     "ServingFlops",
     "ServingRow",
     "TrainingMemory",
+    "ZooRow",
     "accounting_rows",
     "accounting_table",
+    "adalora_final_parameters",
+    "adalora_layer_parameters",
+    "adalora_trainable_parameters",
     "adapter_bytes",
     "break_even_tokens",
     "build_model",
     "count_instantiated",
     "dynamic_overhead",
+    "embedding_shapes",
     "full_parameters",
     "ia3_trainable_parameters",
     "linear_shapes",
+    "loha_layer_parameters",
+    "loha_trainable_parameters",
+    "lokr_layer_parameters",
+    "lokr_trainable_parameters",
+    "lora_conv_parameters",
+    "lora_embedding_parameters",
+    "lora_embedding_trainable_parameters",
     "lora_trainable_parameters",
     "model_linear_shapes",
+    "oft_layer_parameters",
+    "oft_trainable_parameters",
     "output_head_name",
     "parallel_style",
     "parameter_breakdown",
@@ -88,4 +124,8 @@ __all__ = [
     "serving_rows",
     "serving_table",
     "training_memory",
+    "vera_layer_parameters",
+    "vera_trainable_parameters",
+    "zoo_rows",
+    "zoo_table",
 ]

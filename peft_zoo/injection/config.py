@@ -19,161 +19,53 @@ Regexes must compile and are matched with a time bound (:mod:`peft_zoo.core.rege
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import nn
 
 from ..core.base import AdapterModule
 from ..core.checks import (
     check_int_in,
-    check_names,
-    check_optional_bool,
     check_positive_float,
     check_positive_int,
     check_probability,
     short_repr,
 )
-from ..core.regex import check_pattern, fullmatch, match, time_budget
+from ..core.regex import fullmatch, time_budget
 from ..dora import DoRALinear
 from ..fused import FusedLoRALinear
 from ..ia3 import IA3Linear
 from ..lora import LoRALinear
-from .bottleneck_config import BottleneckConfig
-from .bottleneck_placement import adapt_bottleneck
-from .modules_to_save import ModulesToSave, modules_to_save_names, wrap_modules_to_save
-from .prefix_model import PrefixTuningConfig, adapt_prefix_tuning
-from .prompt_model import PromptTuningConfig, adapt_prompt_tuning
-from .ptuning_config import PromptEncoderConfig, adapt_p_tuning
-from .surgery import InjectionError, mark_only_adapters_trainable, replace_linears
-from .targets import (
-    MATCH_BUDGET,
-    TargetSpec,
-    check_layers,
-    check_layers_pattern,
-    check_spec,
-    find_targets,
+from ..lora_conv import LoRAConv
+from ..lora_embedding import LoRAEmbedding
+from .config_base import (
+    BIAS_MODES,
+    MAX_RANK,
+    TargetingConfig,
+    check_pattern_map,
+    check_patterns_used,
+    pattern_key,
 )
+from .layer_adapt import Builder
+from .lora_init import apply_lora_init, check_init_lora_weights, check_layer_supports, rewrites_base
+from .modules_to_save import ModulesToSave
+from .surgery import InjectionError
+from .targets import MATCH_BUDGET, TargetSpec, check_spec
 
 __all__ = [
     "MAX_RANK",
     "IA3Config",
     "LoraConfig",
     "ModulesToSave",
-    "adapt_model",
     "check_pattern_map",
     "pattern_key",
 ]
 
-_BIAS_MODES = ("none", "all", "lora_only")
-MAX_RANK = 1 << 20  # a rank (or rank_pattern value) above this is a mistake, not a model
-
-
-def _key_regex(key: str) -> str:
-    return rf"(.*\.)?({key})$"
-
-
-def pattern_key(patterns: Sequence[str], name: str, what: str = "rank_pattern") -> str | None:
-    """The first key of a rank/alpha pattern that matches module ``name``: the key is a
-    regex that must match a dotted suffix of the name (PEFT's ``get_pattern_key`` rule), so
-    ``"query"`` and ``r"layer\\.3\\.attention\\.self\\.query"`` both work. Matched with a
-    time bound; a slow key raises a ``ValueError`` naming ``what``."""
-    for key in patterns:
-        if match(_key_regex(key), name, what):
-            return key
-    return None
-
-
-def check_pattern_map(value: object, what: str, check_value: Callable[[object, str], object]) -> None:
-    """Refuse, naming ``what``, a rank/alpha pattern that is not a dict of regex (a ``str``
-    that compiles, alone and inside PEFT's suffix rule) -> a value ``check_value`` accepts."""
-    if not isinstance(value, Mapping):
-        raise TypeError(
-            f"{what} must be a dict of regex -> value, got {short_repr(value)} of type {type(value).__name__}"
-        )
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise TypeError(
-                f"{what} keys must be regexes (str), got {short_repr(key)} of type {type(key).__name__}"
-            )
-        check_pattern(key, what)
-        check_pattern(_key_regex(key), what)
-        check_value(item, f"{what}[{key!r:.60}]")
-
 
 @dataclass
-class _TargetingConfig:
-    target_modules: TargetSpec | None = field(
-        default=None,
-        metadata={"help": 'The modules to adapt: names (exact or dotted suffix), a regex, or "all-linear".'},
-    )
-    exclude_modules: TargetSpec | None = field(
-        default=None, metadata={"help": "Modules never adapted, in the same forms as target_modules."}
-    )
-    layers_to_transform: int | list[int] | None = field(
-        default=None,
-        metadata={"help": "Adapt only the layers with these indices (with a list of target_modules only)."},
-    )
-    layers_pattern: str | list[str] | None = field(
-        default=None,
-        metadata={
-            "help": 'The path component before the layer index ("layer", "h"), for layers_to_transform.'
-        },
-    )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained and saved in full (a classifier head)."}
-    )
-    fan_in_fan_out: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Base weights are stored (in, out), as in GPT-2's Conv1D; None: infer it per layer."
-        },
-    )
-
-    def _check_targeting(self) -> None:
-        """Type and value of every targeting field; raises naming the field."""
-        if self.target_modules is None:
-            raise ValueError("target_modules is required: module names, a regex, or 'all-linear'")
-        check_spec(self.target_modules, "target_modules")
-        if isinstance(self.target_modules, (list, tuple, set, frozenset)) and not self.target_modules:
-            raise ValueError("target_modules is empty")
-        check_spec(self.exclude_modules, "exclude_modules", optional=True)
-        check_layers(self.layers_to_transform)
-        check_layers_pattern(self.layers_pattern)
-        if self.modules_to_save is not None:
-            check_names(self.modules_to_save, "modules_to_save")
-        check_optional_bool(self.fan_in_fan_out, "fan_in_fan_out")
-        if self.layers_to_transform is not None and isinstance(self.target_modules, str):
-            raise ValueError(
-                "layers_to_transform needs target_modules as a list of names; with a regex, put the "
-                "layer numbers into the pattern"
-            )
-
-    def find(self, model: nn.Module) -> list[str]:
-        """The module names this config adapts in ``model``."""
-        return find_targets(
-            model,
-            check_spec(self.target_modules, "target_modules"),  # a field may have been set to None since
-            exclude_modules=self.exclude_modules,
-            layers_to_transform=self.layers_to_transform,
-            layers_pattern=self.layers_pattern,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Any:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-
-@dataclass
-class LoraConfig(_TargetingConfig):
+class LoraConfig(TargetingConfig):
     """Which modules get LoRA, and with what hyperparameters.
 
     ``rank_pattern`` / ``alpha_pattern`` override ``rank`` / ``alpha`` for the modules whose
@@ -209,6 +101,21 @@ class LoraConfig(_TargetingConfig):
         default=False,
         metadata={"help": "DoRA: a learned magnitude per output feature (DoRALinear), PEFT's use_dora."},
     )
+    init_lora_weights: bool | str = field(
+        default=True,
+        metadata={
+            "help": 'True (B = 0), False (random), "gaussian", "pissa", "pissa_niter_K" or "olora" '
+            "(these two rewrite the base weights); PEFT's values."
+        },
+    )
+
+    # Besides nn.Linear and Conv1D, LoRA adapts embeddings and convolutions (by name, never "all-linear").
+    extra_target_types: ClassVar[tuple[type[nn.Module], ...]] = (
+        nn.Embedding,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -216,7 +123,7 @@ class LoraConfig(_TargetingConfig):
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field. ``adapt_model`` calls
         it again, so a field set after construction is checked too."""
-        self._check_targeting()
+        self.check_targeting()
         check_positive_int(self.rank, "rank")
         check_int_in(self.rank, "rank", 1, MAX_RANK)
         for flag in ("use_dora", "rslora"):
@@ -224,6 +131,9 @@ class LoraConfig(_TargetingConfig):
                 raise TypeError(
                     f"{flag} must be a bool (True or False), got {short_repr(getattr(self, flag))}"
                 )
+        init = check_init_lora_weights(self.init_lora_weights)
+        if init is not True and self.target_parts:
+            raise ValueError(f"init_lora_weights={init!r} with target_parts is not implemented")
         if self.use_dora and self.target_parts:
             raise ValueError(
                 "use_dora=True with target_parts: DoRA on part of a fused projection is not implemented "
@@ -234,9 +144,9 @@ class LoraConfig(_TargetingConfig):
         check_probability(self.dropout, "dropout")
         bias: object = self.bias  # whatever was assigned: checked here at run time
         if not isinstance(bias, str):
-            raise TypeError(f"bias must be one of {_BIAS_MODES}, got {short_repr(bias)}")
-        if bias not in _BIAS_MODES:
-            raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
+            raise TypeError(f"bias must be one of {BIAS_MODES}, got {short_repr(bias)}")
+        if bias not in BIAS_MODES:
+            raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
         check_pattern_map(self.rank_pattern, "rank_pattern", lambda v, n: check_int_in(v, n, 1, MAX_RANK))
         check_pattern_map(self.alpha_pattern, "alpha_pattern", check_positive_float)
         check_pattern_map(self.target_parts, "target_parts", lambda v, n: None)
@@ -246,6 +156,60 @@ class LoraConfig(_TargetingConfig):
                 raise ValueError(
                     f"target_parts[{key!r}] must be a list of booleans with one True, got {flags!r}"
                 )
+
+    def bias_mode(self) -> str:
+        return "adapter_only" if self.bias == "lora_only" else self.bias
+
+    def layer_builder(self, model: nn.Module, names: list[str]) -> Builder:
+        """Check the patterns and resolve every layer's rank, alpha and fused parts (all regex
+        matching, time-bounded) and the initialisation it can take, before anything changes."""
+        init = check_init_lora_weights(self.init_lora_weights)
+        with time_budget(MATCH_BUDGET):
+            check_patterns_used(
+                {"rank_pattern": list(self.rank_pattern), "alpha_pattern": list(self.alpha_pattern)}
+                | {"target_parts": list(self.target_parts)},
+                names,
+            )
+            layer_args = {
+                n: (*self.rank_alpha(n), pattern_key(list(self.target_parts), n, "target_parts"))
+                for n in names
+            }
+        for n in names:
+            check_layer_supports(init, model.get_submodule(n), self.use_dora, n, layer_args[n][0])
+        return lambda name, base: self._build(base, *layer_args[name], init)
+
+    def _build(
+        self, base: nn.Module, rank: int, alpha: float, parts_key: str | None, init: bool | str
+    ) -> AdapterModule:
+        options: dict[str, Any] = {"dropout": self.dropout, "rslora": self.rslora}
+        layer: AdapterModule
+        if isinstance(base, nn.Embedding):
+            # No dropout on ids: PEFT builds one for embeddings but never applies it either.
+            layer = LoRAEmbedding(base, rank, alpha, rslora=self.rslora)
+        elif isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            layer = LoRAConv(base, rank, alpha, **options)
+        elif parts_key is not None:
+            layer = FusedLoRALinear(
+                base,
+                rank,
+                alpha,
+                parts=self.target_parts[parts_key],
+                fan_in_fan_out=self.fan_in_fan_out,
+                **options,
+            )
+        else:
+            kind = DoRALinear if self.use_dora else LoRALinear
+            layer = kind(base, rank, alpha, fan_in_fan_out=self.fan_in_fan_out, **options)
+        if not rewrites_base(init):
+            apply_lora_init(layer, init)  # only the new factors: safe before installing
+        return layer
+
+    def finish_layers(self, model: nn.Module, names: list[str]) -> None:
+        """PiSSA / OLoRA: rewrite each installed layer's base weight (after every build succeeded)."""
+        init = check_init_lora_weights(self.init_lora_weights)
+        if rewrites_base(init):
+            for n in names:
+                apply_lora_init(model.get_submodule(n), init)
 
     def rank_alpha(self, name: str) -> tuple[int, float]:
         """The ``(rank, alpha)`` module ``name`` gets. Without ``alpha`` anywhere, alpha =
@@ -258,7 +222,7 @@ class LoraConfig(_TargetingConfig):
 
 
 @dataclass
-class IA3Config(_TargetingConfig):
+class IA3Config(TargetingConfig):
     """Which modules get IA³ scaling vectors. ``feedforward_modules`` (a subset of the targets,
     same forms as ``target_modules``) scale their *input*, as the IA³ paper does for the
     feed-forward down projection; the others scale their output (keys, values)."""
@@ -276,8 +240,22 @@ class IA3Config(_TargetingConfig):
 
     def validate(self) -> None:
         """Check every field (types and values); raise naming the field."""
-        self._check_targeting()
+        self.check_targeting()
         check_spec(self.feedforward_modules, "feedforward_modules", optional=True)
+
+    def layer_builder(self, model: nn.Module, names: list[str]) -> Builder:
+        """Decide which targets take the feed-forward form (refusing feedforward_modules that
+        match none of them) before anything changes."""
+        with time_budget(MATCH_BUDGET):
+            feedforward = {n: self.is_feedforward(n) for n in names}
+        ff = self.feedforward_modules
+        if ff and not any(feedforward.values()):
+            raise InjectionError(
+                f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}"
+            )
+        return lambda name, base: IA3Linear(
+            base, feedforward=feedforward[name], fan_in_fan_out=self.fan_in_fan_out
+        )
 
     def is_feedforward(self, name: str) -> bool:
         ff = self.feedforward_modules
@@ -286,114 +264,3 @@ class IA3Config(_TargetingConfig):
         if isinstance(ff, str):
             return fullmatch(ff, name, "feedforward_modules") is not None
         return name in ff or any(name.endswith(f".{f}") for f in ff)
-
-
-def _check_patterns(config: LoraConfig, names: list[str]) -> None:
-    for what, patterns in (
-        ("rank_pattern", config.rank_pattern),
-        ("alpha_pattern", config.alpha_pattern),
-        ("target_parts", config.target_parts),
-    ):
-        unused = [key for key in patterns if not any(pattern_key([key], n, what) for n in names)]
-        if unused:
-            raise InjectionError(
-                f"{what} keys {unused} match none of the adapted modules (a layer that does not "
-                f"exist, or one that is not targeted); adapted: {names[:6]}{'...' if len(names) > 6 else ''}"
-            )
-
-
-Builder = Callable[[str, nn.Linear], AdapterModule]  # (module name, its Linear) -> the adapter layer
-
-
-def _lora_builder(config: LoraConfig, names: list[str]) -> Builder:
-    """Check the patterns and resolve every layer's rank, alpha and fused parts (all regex
-    matching, time-bounded, before anything changes); return the layer builder."""
-    with time_budget(MATCH_BUDGET):
-        _check_patterns(config, names)
-        layer_args = {
-            n: (*config.rank_alpha(n), pattern_key(list(config.target_parts), n, "target_parts"))
-            for n in names
-        }
-
-    def build(name: str, base: nn.Linear) -> AdapterModule:
-        rank, alpha, parts_key = layer_args[name]
-        if parts_key is not None:
-            return FusedLoRALinear(
-                base,
-                rank,
-                alpha,
-                parts=config.target_parts[parts_key],
-                dropout=config.dropout,
-                rslora=config.rslora,
-                fan_in_fan_out=config.fan_in_fan_out,
-            )
-        return (DoRALinear if config.use_dora else LoRALinear)(
-            base,
-            rank,
-            alpha,
-            dropout=config.dropout,
-            rslora=config.rslora,
-            fan_in_fan_out=config.fan_in_fan_out,
-        )
-
-    return build
-
-
-def _ia3_builder(config: IA3Config, names: list[str]) -> Builder:
-    """Decide which targets take the feed-forward form (refusing feedforward_modules that match
-    none of them) before anything changes; return the layer builder."""
-    with time_budget(MATCH_BUDGET):
-        feedforward = {n: config.is_feedforward(n) for n in names}
-
-    def build(name: str, base: nn.Linear) -> AdapterModule:
-        return IA3Linear(base, feedforward=feedforward[name], fan_in_fan_out=config.fan_in_fan_out)
-
-    ff = config.feedforward_modules
-    if ff and not any(feedforward.values()):
-        raise InjectionError(f"feedforward_modules={ff!r} matches none of the targeted modules {names[:6]}")
-    return build
-
-
-def adapt_model(
-    model: nn.Module,
-    config: LoraConfig
-    | IA3Config
-    | PrefixTuningConfig
-    | PromptTuningConfig
-    | PromptEncoderConfig
-    | BottleneckConfig,
-) -> tuple[nn.Module, list[nn.Parameter]]:
-    """Adapt ``model`` in place as ``config`` says and freeze everything else; return ``(model, trainable
-    parameters)``: the adapter tensors, the ``modules_to_save`` copies, the biases ``config.bias`` asks for.
-    Raises ``InjectionError`` (nothing changed) when a target, ``rank_pattern`` / ``alpha_pattern`` key or
-    ``modules_to_save`` entry names nothing. Prompt / P-tuning / prefix configs return a new wrapper
-    (:class:`~peft_zoo.injection.prompt_model.PromptTuningModel`), not ``model``; a ``BottleneckConfig``
-    places AdapterHub's bottleneck adapters (:mod:`peft_zoo.injection.bottleneck_placement`).
-    """
-    if isinstance(config, BottleneckConfig):  # SeqBnConfig, DoubleSeqBnConfig, ParBnConfig too
-        return adapt_bottleneck(model, config)
-    if isinstance(config, PromptTuningConfig):
-        return adapt_prompt_tuning(model, config)
-    if isinstance(config, PromptEncoderConfig):
-        return adapt_p_tuning(model, config)
-    if isinstance(config, PrefixTuningConfig):
-        return adapt_prefix_tuning(model, config)
-    if not isinstance(config, (LoraConfig, IA3Config)):
-        raise TypeError(
-            f"config must be a peft_zoo config (LoraConfig, IA3Config, ...), got {type(config).__name__}"
-        )
-    config.validate()  # again: a field may have been set after construction
-    names = config.find(model)
-    save_names = modules_to_save_names(model, config.modules_to_save) if config.modules_to_save else []
-    clash = sorted({n for n in names for s in save_names if n == s or n.startswith(s + ".")})
-    if clash:
-        raise InjectionError(f"modules {clash} are both adapted and in modules_to_save; choose one")
-    if isinstance(config, LoraConfig):
-        build, method = _lora_builder(config, names), "adapt_model(LoraConfig)"
-    else:
-        build, method = _ia3_builder(config, names), "adapt_model(IA3Config)"
-    replace_linears(model, names, build, method)
-    wrap_modules_to_save(model, save_names)  # their copies train: mark_only_adapters_trainable
-    bias = config.bias if isinstance(config, LoraConfig) else "none"
-    params = mark_only_adapters_trainable(model, bias="adapter_only" if bias == "lora_only" else bias)
-    return model, params

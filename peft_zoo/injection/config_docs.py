@@ -15,17 +15,26 @@ import inspect
 import re
 from typing import Any
 
+from .adalora_config import AdaLoraConfig
 from .bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from .config import IA3Config, LoraConfig
+from .lycoris_config import LoHaConfig, LoKrConfig
+from .oft_config import OFTConfig
 from .prefix_model import PrefixTuningConfig
 from .prompt_model import PromptTuningConfig
 from .ptuning_config import PromptEncoderConfig
+from .vera_config import VeraConfig
 
 __all__ = ["CONFIGS", "CONFIG_PAGE", "config_table", "field_help", "render_config_reference"]
 
 CONFIGS: tuple[type[Any], ...] = (
     LoraConfig,
     IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    VeraConfig,
+    OFTConfig,
+    AdaLoraConfig,
     BottleneckConfig,
     SeqBnConfig,
     DoubleSeqBnConfig,

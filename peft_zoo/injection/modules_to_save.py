@@ -40,6 +40,10 @@ class ModulesToSave(AdapterModule):
         for name, param in self.trained_module.named_parameters():
             yield f"{dot}trained_module.{name}", param
 
+    def never_trained(self) -> Iterator[nn.Parameter]:
+        """The frozen original: ``bias="all"`` trains the copy's bias, not this one (as PEFT)."""
+        return self.original_module.parameters()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.trained_module(*args, **kwargs)
 

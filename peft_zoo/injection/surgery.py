@@ -85,10 +85,14 @@ def _unknown_name_message(name: str, all_names: Sequence[str]) -> str:
 
 
 def validate_targets(
-    model: nn.Module, names: list[str], method: str, allow_conv1d: bool = True
+    model: nn.Module,
+    names: list[str],
+    method: str,
+    allow_conv1d: bool = True,
+    extra_types: tuple[type[nn.Module], ...] = (),
 ) -> list[nn.Linear]:
-    """Resolve every name to an injectable ``nn.Linear`` (or GPT-2 ``Conv1D``) or raise one
-    error listing all problems."""
+    """Resolve every name to an injectable ``nn.Linear`` (or GPT-2 ``Conv1D``, or one of
+    ``extra_types``) or raise one error listing all problems."""
     if not names:
         raise InjectionError(f"{method}: no module names given")
     all_names = [n for n, _ in model.named_modules() if n]
@@ -111,8 +115,13 @@ def validate_targets(
                 f"{name!r} belongs to the adapter layer {owned[id(module)]!r} (for example its "
                 "frozen base); target the adapter layer's own name only once"
             )
-        elif not (isinstance(module, nn.Linear) or (allow_conv1d and is_conv1d(module))):
+        elif not (
+            isinstance(module, nn.Linear)
+            or (allow_conv1d and is_conv1d(module))
+            or (extra_types and isinstance(module, extra_types))
+        ):
             kinds = "an nn.Linear or a Conv1D" if allow_conv1d else "an nn.Linear"
+            kinds += "".join(f" or an nn.{t.__name__}" for t in extra_types)
             problems.append(f"{name!r} is a {type(module).__name__}, not {kinds}")
         elif isinstance(parent_of(model, name)[0], nn.MultiheadAttention):
             problems.append(
@@ -134,10 +143,11 @@ def replace_linears(
     build: Callable[[str, nn.Linear], AdapterModule],
     method: str,
     allow_conv1d: bool = True,
+    extra_types: tuple[type[nn.Module], ...] = (),
 ) -> list[nn.Parameter]:
-    """Swap each named Linear for ``build(name, linear)``, all or nothing; return the new
-    adapter parameters in name order."""
-    targets = validate_targets(model, names, method, allow_conv1d)
+    """Swap each named Linear (or ``extra_types`` module) for ``build(name, module)``, all or
+    nothing; return the new adapter parameters in name order."""
+    targets = validate_targets(model, names, method, allow_conv1d, extra_types)
     flags = {id(p): (p, p.requires_grad) for t in targets for p in t.parameters()}
     try:
         # Build every replacement before installing any, so a failing build changes nothing.
@@ -201,8 +211,9 @@ def mark_only_adapters_trainable(model: nn.Module, bias: str = "none") -> list[n
     for p in model.parameters():
         p.requires_grad_(id(p) in adapter_ids)
     if mode == "all":
+        kept = {id(p) for m in model.modules() if isinstance(m, AdapterModule) for p in m.never_trained()}
         for name, p in model.named_parameters():
-            if name.rsplit(".", 1)[-1] == "bias":
+            if name.rsplit(".", 1)[-1] == "bias" and id(p) not in kept:
                 p.requires_grad_(True)
     elif mode == "adapter_only":
         for module in model.modules():

@@ -184,9 +184,13 @@ def _target_hint(target: str, names: Sequence[str]) -> str:
     return f"no module named {target!r} in the model{hint}"
 
 
-def _is_target_type(module: nn.Module, types: tuple[type[nn.Module], ...] | None) -> bool:
+def _is_target_type(
+    module: nn.Module, types: tuple[type[nn.Module], ...] | None, extra: tuple[type[nn.Module], ...] = ()
+) -> bool:
     if types is None:
-        return isinstance(module, nn.Linear) or is_conv1d(module)
+        return (
+            isinstance(module, nn.Linear) or is_conv1d(module) or (bool(extra) and isinstance(module, extra))
+        )
     return isinstance(module, types)
 
 
@@ -198,6 +202,7 @@ def find_targets(
     layers_to_transform: int | Iterable[int] | None = None,
     layers_pattern: str | Sequence[str] | None = None,
     types: tuple[type[nn.Module], ...] | None = None,
+    extra_types: tuple[type[nn.Module], ...] = (),
 ) -> list[str]:
     """The dotted names of the ``types`` modules (default: ``nn.Linear`` and GPT-2's ``Conv1D``,
     what PEFT's LoRA adapts) in ``model`` that the rules select, in
@@ -206,7 +211,8 @@ def find_targets(
 
     Raises ``InjectionError`` when nothing matches, listing close names, so a typo is never
     a silent no-op. ``"all-linear"`` selects every module of ``types`` except the output head
-    and anything inside it.
+    and anything inside it. ``extra_types`` widens the default (LoRA also adapts embeddings and
+    convolutions); ``"all-linear"`` ignores it.
     """
     _check_find_args(model, target_modules, exclude_modules, layers_to_transform, layers_pattern, types)
     if layers_to_transform is not None and isinstance(target_modules, str):
@@ -215,7 +221,9 @@ def find_targets(
             "the layer numbers into the pattern"
         )
     with time_budget(MATCH_BUDGET):
-        return _find(model, target_modules, exclude_modules, layers_to_transform, layers_pattern, types)
+        return _find(
+            model, target_modules, exclude_modules, layers_to_transform, layers_pattern, types, extra_types
+        )
 
 
 def _check_find_args(
@@ -247,19 +255,21 @@ def _find(
     layers_to_transform: int | Iterable[int] | None,
     layers_pattern: str | Sequence[str] | None,
     types: tuple[type[nn.Module], ...] | None,
+    extra_types: tuple[type[nn.Module], ...] = (),
 ) -> list[str]:
     inside_adapter = adapter_owned(model)
     candidates = [
         (name, module)
         for name, module in model.named_modules()
-        if name and _is_target_type(module, types) and id(module) not in inside_adapter
+        if name and _is_target_type(module, types, extra_types) and id(module) not in inside_adapter
     ]
     if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
         heads = output_head_names(model)
         return [
             name
-            for name, _ in candidates
-            if not any(name == h or name.startswith(h + ".") for h in heads)
+            for name, module in candidates
+            if _is_target_type(module, types)
+            and not any(name == h or name.startswith(h + ".") for h in heads)
             and not _excluded(name, exclude_modules)
         ]
     chosen = [
@@ -277,7 +287,11 @@ def _find(
         all_names = [n for n, _ in candidates]
         wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
         hints = "; ".join(_target_hint(t, all_names) for t in wanted[:5])
-        kinds = "Linear/Conv1D" if types is None else "/".join(t.__name__ for t in types)
+        kinds = (
+            "/".join(["Linear", "Conv1D", *(t.__name__ for t in extra_types)])
+            if types is None
+            else "/".join(t.__name__ for t in types)
+        )
         raise InjectionError(
             f"no {kinds} module matches target_modules={target_modules!r}"
             + (

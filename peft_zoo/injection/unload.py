@@ -31,25 +31,28 @@ module such as GPT-2's ``lm_head`` and ``wte``), and a merged weight that would 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..adapters import AdapterBlock, ParallelAdapterBlock
-from ..core.base import SHARED_WEIGHT_FLAG, AdapterModule
+from ..core.base import SHARED_WEIGHT_FLAG, AdapterModule, AdditiveAdapter
 from ..core.checks import bias_of, check_module, weight_of
 from ..dora import DoRALinear
 from ..ia3 import IA3Linear
-from ..lora import LowRankAdapter
 from ..nf4 import NF4Linear
+from ..oft import OFTLinear
 from ..qlora import QLoRALinear
 from .modules_to_save import ModulesToSave
 from .surgery import parent_of
 
 __all__ = ["SelfUnloading", "UnloadError", "merge_and_unload", "unload"]
 
-FOLDABLE = (LowRankAdapter, IA3Linear)  # LoRALinear, DoRALinear, FusedLoRALinear; IA3Linear
+# Every additive update (LoRA, DoRA, fused LoRA, LoRA on embeddings / convolutions, LoHa, LoKr,
+# VeRA, AdaLoRA), IA3's scaling and OFT's rotation: each layer's ``weight`` property is the
+# weight it applies, in its base's layout.
+FOLDABLE = (AdditiveAdapter, IA3Linear, OFTLinear)
 # Why a kind of module of the rooms below cannot be merged (or, for unload, put back exactly).
 # A layer of a higher room (serving's BatchedLoRALinear, NamedLoRALinear) says it itself:
 # it follows the SelfUnloading protocol.
@@ -163,13 +166,29 @@ def _check_owned(layer: nn.Module, paths: list[str], param_paths: dict[int, list
     return None
 
 
+class Foldable(Protocol):
+    """What a :data:`FOLDABLE` layer offers: its frozen ``base``, the ``merged`` flag, and the
+    ``weight`` / ``bias`` it applies, in the base's layout."""
+
+    base: nn.Module
+    merged: bool
+
+    @property
+    def weight(self) -> torch.Tensor: ...
+
+    @property
+    def bias(self) -> torch.Tensor | None: ...
+
+
 @torch.no_grad()
-def _merged(layer: LowRankAdapter | IA3Linear | QLoRALinear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weight and bias ``layer`` applies, in its base's layout (new tensors unless merged)."""
+def _merged(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias ``layer`` (a FOLDABLE or QLoRA layer) applies, in its base's layout
+    (new tensors unless merged)."""
     if isinstance(layer, QLoRALinear):
         linear = layer.to_linear()
         return linear.weight, linear.bias
-    weight, bias = layer.weight, layer.bias  # each layer's own effective weight (a property)
+    foldable = cast(Foldable, layer)
+    weight, bias = foldable.weight, foldable.bias  # each layer's own effective weight (a property)
     return weight.detach(), None if bias is None else bias.detach()
 
 
@@ -181,16 +200,19 @@ def _check_merge(step: tuple[list[str], nn.Module], param_paths: dict[int, list[
     if isinstance(layer, SelfUnloading):  # its own refusal (non-finite merges included) ran in _visit
         why = _check_owned(layer, paths, param_paths)
         return f"{_where(paths[0])} ({type(layer).__name__}): {why}" if why else None
-    if isinstance(layer, FOLDABLE) and not layer.merged:
+    # QLoRA layers (LoRA layers too) dequantise into a new Linear: nothing is written into their base.
+    base = None if isinstance(layer, QLoRALinear) else cast(Foldable, layer).base
+    if base is not None and not cast(Foldable, layer).merged:
         why = _check_owned(layer, paths, param_paths)
         if why:
             return f"{_where(paths[0])} ({type(layer).__name__}): {why}"
-    assert isinstance(layer, (*FOLDABLE, QLoRALinear))  # what _visit plans for a merge
-    weight, bias = _merged(layer)
+    try:
+        weight, bias = _merged(layer)
+    except NotImplementedError as error:  # e.g. LoRA on a grouped convolution has no merged kernel
+        return f"{_where(paths[0])} ({type(layer).__name__}): {error}"
     # Only what the merge itself makes non-finite counts (a base that holds inf keeps it).
-    foldable = isinstance(layer, FOLDABLE)
-    if _made_non_finite(weight, weight_of(layer.base) if foldable else None) or (
-        bias is not None and _made_non_finite(bias, bias_of(layer.base) if foldable else None)
+    if _made_non_finite(weight, None if base is None else weight_of(base)) or (
+        bias is not None and _made_non_finite(bias, None if base is None else bias_of(base))
     ):
         return f"{_where(paths[0])} ({type(layer).__name__}): its merged weight has NaN or inf entries"
     return None
@@ -242,33 +264,36 @@ def _fold(layer: nn.Module) -> nn.Module:
     if isinstance(layer, SelfUnloading):
         return layer.unload_replacement(True)
     assert isinstance(layer, FOLDABLE)  # _visit plans nothing else for a merge
-    if not layer.merged:  # a merged layer's base already holds W': never fold twice
+    foldable = cast(Foldable, layer)
+    if not foldable.merged:  # a merged layer's base already holds W': never fold twice
         norm = layer.weight_norm() if isinstance(layer, DoRALinear) else None
         weight, bias = _merged(layer)
-        weight_of(layer.base).copy_(weight)
-        base_bias = bias_of(layer.base)
+        weight_of(foldable.base).copy_(weight)
+        base_bias = bias_of(foldable.base)
         if bias is not None and base_bias is not None:
             base_bias.copy_(bias)
         # The dropped layer stays consistent (its base now holds W'), should anyone still hold it.
         if isinstance(layer, DoRALinear):
             layer.merged_norm = norm
-        layer.merged = True
-    return layer.base
+        foldable.merged = True
+    return foldable.base
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into its weights and return the plain model.
 
-    Every ``LoRALinear``, ``DoRALinear``, ``FusedLoRALinear`` and ``IA3Linear`` is replaced by
-    its own base ``nn.Linear`` / ``Conv1D``, whose weight (and, for IA³, bias) now holds what
-    the layer applied (a layer merged before is not merged again); every ``QLoRALinear`` by a
+    Every ``LoRALinear``, ``DoRALinear``, ``FusedLoRALinear``, ``LoRAEmbedding``, ``LoRAConv``,
+    ``LoHaLinear``, ``LoKrLinear``, ``VeRALinear``, ``AdaLoRALinear``, ``OFTLinear`` and
+    ``IA3Linear`` is replaced by its own base (``nn.Linear``, ``Conv1D``, ``nn.Embedding``,
+    ``nn.Conv*``), whose weight (and, for IA³, bias) now holds what the layer applied (a layer merged before is not merged again); every ``QLoRALinear`` by a
     float ``nn.Linear``; every ``ModulesToSave`` by its trained copy. Dropout on the LoRA path
     goes with its layer. The model is changed in place and returned (a new object only when
     ``model`` itself was an adapter layer); its outputs equal the adapted model's up to float
     rounding, and no peft_zoo class is left in it.
 
     Raises :class:`UnloadError` naming every layer that cannot be merged (bottleneck adapters,
-    prefixes, batched layers, shared or tied base weights, non-finite merged weights), and
+    prefixes, batched layers, shared or tied base weights (an embedding tied to the output head),
+    LoRA on a grouped convolution, non-finite merged weights), and
     ``TypeError`` when ``model`` is not an ``nn.Module``; either way nothing was changed.
     """
     plan = _plan(model, merge=True)

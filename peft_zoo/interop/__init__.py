@@ -10,7 +10,11 @@ reads tensors with safetensors or ``torch.load(weights_only=True)``, never a pic
 - :mod:`.peft_read`: ``read_peft``, ``load_peft``, a PEFT adapter -> peft_zoo layers;
 - :mod:`.peft_match`: PEFT's rules for which modules an adapter names, on this model's names;
 - :mod:`.peft_config`: ``adapter_config.json`` <-> ``LoraConfig`` / ``IA3Config``;
-- :mod:`.peft_checks`: the type and range of every config field, a bounded JSON reader.
+- :mod:`.peft_checks`: the type and range of every config field, a bounded JSON reader;
+- :mod:`.peft_parts`: the LoRA (linear, embedding, convolution) and IA³ parts of a file;
+- :mod:`.peft_methods`, :mod:`.peft_method_load`: LoHa, LoKr, VeRA, OFT and AdaLoRA files;
+- :mod:`.peft_pissa`: PiSSA / OLoRA files (the decomposition redone on load, as PEFT does;
+  conversion to plain LoRA on save).
 
 The public names are also importable from here (``from peft_zoo.interop import save_peft``)
 and from :mod:`peft_zoo` itself.
@@ -33,6 +37,7 @@ from .peft_config import (
     peft_dict_from_config,
 )
 from .peft_keys import PEFT_PREFIX
+from .peft_methods import method_config_from_peft
 from .peft_read import load_peft, read_peft
 from .peft_write import save_peft
 
@@ -48,6 +53,7 @@ __all__ = [
     "load_adapter_state_dict",
     "load_peft",
     "lora_config_from_peft",
+    "method_config_from_peft",
     "peft_dict_from_config",
     "read_adapter",
     "read_peft",

@@ -22,7 +22,7 @@ from ..core.checks import (
     check_probability,
     short_repr,
 )
-from ..injection.config import MAX_RANK, check_pattern_map
+from ..injection.config_base import MAX_RANK, check_pattern_map
 from ..injection.targets import check_layers, check_layers_pattern, check_spec
 
 __all__ = [
@@ -79,7 +79,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "lora_dropout": check_probability,
     "use_rslora": check_bool,
     "use_dora": check_optional_bool,
-    "bias": _one_of(("none", "all", "lora_only")),
+    "bias": _one_of(("none", "all", "lora_only", "vera_only", "oft_only")),  # each method checks its own
     "layers_to_transform": check_layers,
     "layers_pattern": check_layers_pattern,
     "rank_pattern": _optional(
@@ -95,11 +95,20 @@ FIELD_CHECKS: dict[str, Check] = {
 }
 
 
+# Where a method gives a field another meaning: OFT's r = 0 means "from oft_block_size"; AdaLoRA's
+# rank_pattern holds masks (module -> kept triplets), checked by its loader (.peft_method_load).
+_BY_TYPE: dict[str, dict[str, Check]] = {
+    "OFT": {"r": lambda v, n: check_int_in(v, n, 0, MAX_RANK)},
+    "ADALORA": {"rank_pattern": lambda v, n: None},
+}
+
+
 def field_problems(data: Mapping[str, Any]) -> list[str]:
     """One message per field of ``data`` whose type or range is wrong, each naming the field
     (empty: every known field is well-typed; unknown fields are judged by the caller)."""
     problems = []
-    for name, check in FIELD_CHECKS.items():
+    checks = {**FIELD_CHECKS, **_BY_TYPE.get(str(data.get("peft_type")), {})}
+    for name, check in checks.items():
         if name in data:
             try:
                 check(data[name], name)

@@ -12,6 +12,7 @@ directory layout are read by :mod:`peft_zoo.interop.peft_read` and written by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,14 +26,20 @@ from .checkpoint import CheckpointError
 from .peft_checks import TASK_TYPES, field_problems, read_json_object
 
 __all__ = [
+    "COMMON_FIELDS",
+    "LORA_IGNORED",
+    "LORA_MUST_BE_OFF",
     "PeftFormatError",
     "common_fields",
     "config_from_peft",
     "ia3_config_from_peft",
+    "is_off",
     "json_number",
     "lora_config_from_peft",
     "peft_dict_from_config",
     "read_config_file",
+    "saves_list",
+    "target_spec",
 ]
 
 
@@ -62,7 +69,7 @@ class PeftFormatError(CheckpointError):
 _IGNORED_COMMON = frozenset(
     {"task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode"}
 )
-_COMMON = _IGNORED_COMMON | {"peft_type"}
+COMMON_FIELDS = _IGNORED_COMMON | {"peft_type"}
 _TARGETING = frozenset({"target_modules", "exclude_modules", "modules_to_save", "fan_in_fan_out"})
 _LORA_TRANSLATED = _TARGETING | {
     "r",
@@ -77,7 +84,7 @@ _LORA_TRANSLATED = _TARGETING | {
     "use_dora",
 }
 # Only used while *initialising* fresh adapter weights (or at run time); a load replaces the weights.
-_LORA_IGNORED = frozenset(
+LORA_IGNORED = frozenset(
     {
         "init_lora_weights",  # checked below: some initialisations rewrite the base weights
         "loftq_config",
@@ -90,7 +97,7 @@ _LORA_IGNORED = frozenset(
     }
 )
 # Features that change the function or the layer types; accepted only when off (None/False/empty).
-_LORA_MUST_BE_OFF = {
+LORA_MUST_BE_OFF = {
     "lora_bias": "a bias on lora_B is not implemented in peft_zoo",
     "target_parameters": "LoRA on raw nn.Parameters (target_parameters) is not implemented in peft_zoo",
     "layer_replication": "layer replication changes the model's layer stack; not implemented in peft_zoo",
@@ -109,12 +116,14 @@ _IA3_TRANSLATED = _TARGETING | {"feedforward_modules"}
 _IA3_IGNORED = frozenset({"init_ia3_weights"})
 _IA3_MUST_BE_OFF: dict[str, str] = {}
 
-# init_lora_weights values whose adapters fit the *unchanged* base model. The others rewrite the
-# base weights at initialisation (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA keep a residual base), so
-# their adapter only fits the rewritten base; PEFT converts them to plain LoRA on request
-# (save_pretrained(path_initial_model_for_weight_conversion=...)), which loads fine.
+# init_lora_weights values whose adapters fit the *unchanged* base model (the initialisation is
+# replaced by the loaded weights). PiSSA and OLoRA rewrite the base weights when the adapter is
+# created, and PEFT's from_pretrained does that again on the base it is given (the decomposition
+# of the ORIGINAL weights gives the residual the adapter was trained on): LoraConfig does the
+# same. CorDA, LoftQ and LoRA-GA need data or quantisation peft_zoo does not have: refused
+# (PEFT converts any of them to plain LoRA: save_pretrained(path_initial_model_for_weight_conversion=...)).
 _PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
-_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+_REDONE_INITS = re.compile(r"pissa|pissa_niter_\d{1,6}|olora")
 
 
 def read_config_file(file: str | Path) -> dict[str, Any]:
@@ -123,7 +132,7 @@ def read_config_file(file: str | Path) -> dict[str, Any]:
     return read_json_object(file, PeftFormatError)
 
 
-def _is_off(value: object) -> bool:
+def is_off(value: object) -> bool:
     return value is None or value is False or (isinstance(value, (list, tuple, dict, str)) and not value)
 
 
@@ -134,13 +143,14 @@ def _check_peft_dict(data: object) -> list[str]:
     peft_type = data.get("peft_type")
     if peft_type not in ("LORA", "IA3"):
         return [
-            f"peft_type={peft_type!r}: peft_zoo reads PEFT's 'LORA', 'IA3', 'PROMPT_TUNING', "
-            "'P_TUNING' and 'PREFIX_TUNING' adapters only"
+            f"peft_type={peft_type!r}: peft_zoo reads PEFT's 'LORA', 'IA3', 'LOHA', 'LOKR', 'VERA', 'OFT', "
+            "'ADALORA', 'PROMPT_TUNING', 'P_TUNING' and 'PREFIX_TUNING' adapters only (this translation: "
+            "LORA and IA3; the layer methods: peft_zoo.interop.peft_methods.method_config_from_peft)"
         ]
     if peft_type == "LORA":
-        known, off = _COMMON | _LORA_TRANSLATED | _LORA_IGNORED, _LORA_MUST_BE_OFF
+        known, off = COMMON_FIELDS | _LORA_TRANSLATED | LORA_IGNORED, LORA_MUST_BE_OFF
     else:
-        known, off = _COMMON | _IA3_TRANSLATED | _IA3_IGNORED, _IA3_MUST_BE_OFF
+        known, off = COMMON_FIELDS | _IA3_TRANSLATED | _IA3_IGNORED, _IA3_MUST_BE_OFF
     problems = field_problems(data)  # every field's type and range, by name
     unknown = sorted(set(data) - known - set(off))
     if unknown:
@@ -149,18 +159,17 @@ def _check_peft_dict(data: object) -> list[str]:
             "rather than load a different function (the fields it knows are listed in peft_zoo/interop/peft_config.py)"
         )
     for name, why in off.items():
-        if name in data and not _is_off(data[name]):
+        if name in data and not is_off(data[name]):
             problems.append(f"{name}={data[name]!r}: {why}")
     init = data.get("init_lora_weights", True)
-    if peft_type == "LORA" and isinstance(init, (bool, str)) and init not in _PLAIN_INITS:
-        if isinstance(init, str) and init.startswith(_BASE_REWRITING_INITS):
-            problems.append(
-                f"init_lora_weights={init!r} rewrites the base weights when the adapter is created, so "
-                "this adapter only fits that rewritten base model; convert it to plain LoRA when saving "
-                "(save_pretrained(..., path_initial_model_for_weight_conversion=...))"
-            )
-        else:
-            problems.append(f"init_lora_weights={init!r} is not supported (plain ones: {_PLAIN_INITS})")
+    redone = isinstance(init, str) and _REDONE_INITS.fullmatch(init)
+    if peft_type == "LORA" and isinstance(init, (bool, str)) and init not in _PLAIN_INITS and not redone:
+        problems.append(
+            f"init_lora_weights={init!r} is not supported: it rewrites the base weights from data or "
+            "a quantisation peft_zoo does not have (convert it to plain LoRA when saving: "
+            "save_pretrained(..., path_initial_model_for_weight_conversion=...)); supported: "
+            f"{_PLAIN_INITS} and 'pissa', 'pissa_niter_K', 'olora'"
+        )
     if data.get("target_modules") is None:
         problems.append(
             "target_modules is missing: PEFT fills it in from the model type when it saves; this "
@@ -169,7 +178,7 @@ def _check_peft_dict(data: object) -> list[str]:
     return problems
 
 
-def _spec(value: object, what: str) -> TargetSpec | None:
+def target_spec(value: object, what: str) -> TargetSpec | None:
     """A PEFT target spec (a list, a set saved as a list, or a regex string) as peft_zoo's."""
     if value is None or isinstance(value, str):
         return value
@@ -196,10 +205,16 @@ def _checked(data: object, peft_type: str) -> dict[str, Any]:
     return dict(data)
 
 
-def _saves(value: object) -> list[str] | None:
+def saves_list(value: object) -> list[str] | None:
     """PEFT's modules_to_save: a list of names. A bare string is refused (by the field checks):
     PEFT would read it one character at a time, and guessing one name would differ from PEFT."""
     return list(check_names(value, "modules_to_save")) if value else None
+
+
+def _init_of(init: object) -> bool | str:
+    """The ``init_lora_weights`` a loaded adapter needs: PiSSA / OLoRA (they rewrite the base,
+    so loading redoes it, as PEFT does); any other one is replaced by the loaded weights."""
+    return init if isinstance(init, str) and _REDONE_INITS.fullmatch(init) else True
 
 
 def lora_config_from_peft(data: PeftConfigData) -> LoraConfig:
@@ -216,11 +231,11 @@ def lora_config_from_peft(data: PeftConfigData) -> LoraConfig:
     data = _checked(data, "LORA")
     try:
         return LoraConfig(
-            target_modules=_spec(data.get("target_modules"), "target_modules"),
-            exclude_modules=_spec(data.get("exclude_modules"), "exclude_modules"),
+            target_modules=target_spec(data.get("target_modules"), "target_modules"),
+            exclude_modules=target_spec(data.get("exclude_modules"), "exclude_modules"),
             layers_to_transform=data.get("layers_to_transform"),
             layers_pattern=data.get("layers_pattern"),
-            modules_to_save=_saves(data.get("modules_to_save")),
+            modules_to_save=saves_list(data.get("modules_to_save")),
             fan_in_fan_out=None,
             rank=data.get("r", 8),
             alpha=float(data.get("lora_alpha", 8)),  # a number: checked above
@@ -230,6 +245,7 @@ def lora_config_from_peft(data: PeftConfigData) -> LoraConfig:
             rank_pattern=dict(data.get("rank_pattern") or {}),
             alpha_pattern={k: float(v) for k, v in (data.get("alpha_pattern") or {}).items()},
             use_dora=False if data.get("use_dora") is None else data["use_dora"],
+            init_lora_weights=_init_of(data.get("init_lora_weights", True)),
         )
     except (TypeError, ValueError) as err:
         raise PeftFormatError(f"invalid PEFT LoRA config: {err}") from err
@@ -245,10 +261,10 @@ def ia3_config_from_peft(data: PeftConfigData) -> IA3Config:
     data = _checked(data, "IA3")
     try:
         return IA3Config(
-            target_modules=_spec(data.get("target_modules"), "target_modules"),
-            exclude_modules=_spec(data.get("exclude_modules"), "exclude_modules"),
-            feedforward_modules=_spec(data.get("feedforward_modules"), "feedforward_modules"),
-            modules_to_save=_saves(data.get("modules_to_save")),
+            target_modules=target_spec(data.get("target_modules"), "target_modules"),
+            exclude_modules=target_spec(data.get("exclude_modules"), "exclude_modules"),
+            feedforward_modules=target_spec(data.get("feedforward_modules"), "feedforward_modules"),
+            modules_to_save=saves_list(data.get("modules_to_save")),
             fan_in_fan_out=None,
         )
     except (TypeError, ValueError) as err:
@@ -309,7 +325,7 @@ def _lora_fields(config: LoraConfig) -> dict[str, Any]:
         "alpha_pattern": {k: json_number(v) for k, v in alpha_pattern.items()},
         "layers_to_transform": config.layers_to_transform,
         "layers_pattern": config.layers_pattern,
-        "init_lora_weights": True,
+        "init_lora_weights": config.init_lora_weights,
         "use_dora": config.use_dora,
         "lora_bias": False,
     }

@@ -27,8 +27,18 @@ files:
                                                                      with V = W0 + s B A, row norms
       base_model.model.<module>.ia3_l           (out, 1)    l        y = l ⊙ (W0 x + b)
                                                  (1, in)     (feed-forward modules: y = W0 (l ⊙ x) + b)
+      base_model.model.<module>.lora_embedding_A (r, vocab)  LoRA on an nn.Embedding:
+      base_model.model.<module>.lora_embedding_B (dim, r)      y = W0[x] + s (A^T[x]) B^T
+      base_model.model.<module>.base_layer.weight            (PEFT also saves a targeted embedding's table)
+      base_model.model.<module>.lora_A.weight   (r, in, *k)  LoRA on an nn.Conv1d/2d/3d: A convolves,
+      base_model.model.<module>.lora_B.weight   (out, r / groups, 1, ...)   B mixes pointwise
       base_model.model.<module>.<param>                      a modules_to_save copy, in full
       base_model.model.<module>.base_layer.bias              a trained bias (bias="lora_only")
+
+LoHa, LoKr, VeRA, OFT and AdaLoRA (``peft_type`` "LOHA", "LOKR", "VERA", "OFT", "ADALORA")
+keep each layer's tensors under its PEFT name (``hada_w1_a``, ``lokr_w1``, ``vera_lambda_b``,
+``oft_R.weight``, ``lora_E``...; VeRA's shared pair once, as ``base_model.vera_A`` /
+``base_model.vera_B``): :mod:`.peft_methods` lists them with their shapes.
 
 The scale ``s`` is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``), with
 per-module exceptions in ``rank_pattern`` / ``alpha_pattern`` (a key is a regex that must

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +24,20 @@ from torch import nn
 from ..core.checks import is_conv1d, linear_features
 from ..core.regex import fullmatch, match
 from ..injection.config import IA3Config, LoraConfig
+from ..injection.config_base import TargetingConfig
 from ..injection.targets import TargetSpec, output_head_names, target_matches
 from .peft_config import PeftFormatError
 
-__all__ = ["Expected", "SavedNames", "expected_tensors", "resolve_names", "select_modules"]
+__all__ = [
+    "Expected",
+    "SavedNames",
+    "expected_bias",
+    "expected_saves",
+    "expected_tensors",
+    "regex_of",
+    "resolve_names",
+    "select_modules",
+]
 
 # PEFT's task wrappers add these to modules_to_save (PeftModelForSequenceClassification...).
 _TASK_SAVES = {
@@ -86,6 +96,11 @@ def _name_mapping(model: nn.Module, saved_modules: set[str]) -> SavedNames | Non
     return None
 
 
+def regex_of(names: Sequence[str]) -> str:
+    """A target regex (full match) selecting exactly ``names``."""
+    return "(?:" + "|".join(re.escape(n) for n in names) + ")"
+
+
 def _unknown_modules_message(model: nn.Module, missing: list[str]) -> str:
     names = [n for n, _ in model.named_modules() if n]
     first = missing[0]
@@ -108,19 +123,22 @@ def _peft_ff(spec: TargetSpec | None, saved_name: str) -> bool:
 
 
 def _selected_targets(
-    model: nn.Module, config: LoraConfig | IA3Config, names: SavedNames, saves: list[str]
+    model: nn.Module, config: TargetingConfig, names: SavedNames, saves: list[str]
 ) -> list[str]:
-    """The Linear/Conv1D modules (model names) PEFT's rules select for ``config``, judged on the
+    """The Linear/Conv1D modules (and the config's ``extra_target_types``: LoRA's embeddings and
+    convolutions, never with "all-linear") PEFT's rules select for ``config``, judged on the
     names as saved; never a modules_to_save module or one inside it (PEFT's guard)."""
     spec = config.target_modules
     if spec is None:  # refused by config_from_peft already; selects nothing
         return []
     heads = output_head_names(model) if isinstance(spec, str) and spec.lower() == "all-linear" else None
+    extra = () if heads is not None else tuple(getattr(config, "extra_target_types", ()))
     guard = list(config.modules_to_save or [])
     chosen = []
     for name, module in model.named_modules():
         saved = names.to_saved(name)
-        if not name or saved is None or not (isinstance(module, nn.Linear) or is_conv1d(module)):
+        kind_ok = isinstance(module, (nn.Linear, *extra)) or is_conv1d(module)
+        if not name or saved is None or not kind_ok:
             continue
         if any(name == s or name.startswith(s + ".") for s in saves):
             continue
@@ -167,18 +185,30 @@ class Expected:
     ranks: dict[str, int] = field(default_factory=dict)  # LoRA: module -> rank
     alphas: dict[str, float] = field(default_factory=dict)  # LoRA: module -> alpha
     feedforward: list[str] = field(default_factory=list)  # IA3: feed-forward modules
+    # saved key -> how its value becomes the adapted model's tensor (AdaLoRA: pruned triplets back in)
+    reshape: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     base_paths: dict[str, str] = field(
         default_factory=dict
     )  # base-model tensors overwritten: new -> old path
 
 
-def resolve_names(model: nn.Module, config: LoraConfig | IA3Config, saved: Mapping[str, Any]) -> SavedNames:
-    """Map the saved module names onto this model's, or raise naming what does not exist."""
-    suffixes = (
-        (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")
-        if isinstance(config, LoraConfig)
-        else (".ia3_l",)
-    )
+_LORA_SUFFIXES = (
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora_magnitude_vector",
+    ".lora_embedding_A",
+    ".lora_embedding_B",
+    ".base_layer.weight",  # PEFT saves a targeted embedding's own table too
+)
+
+
+def resolve_names(
+    model: nn.Module, config: object, saved: Mapping[str, Any], suffixes: Sequence[str] | None = None
+) -> SavedNames:
+    """Map the saved module names onto this model's, or raise naming what does not exist.
+    ``suffixes``: the method's tensor names after the module's (default: LoRA's or IA3's)."""
+    if suffixes is None:
+        suffixes = _LORA_SUFFIXES if isinstance(config, LoraConfig) else (".ia3_l",)
     owners = set()
     for key in saved:
         if _WRAPPED_BIAS.fullmatch(key):
@@ -197,7 +227,7 @@ def resolve_names(model: nn.Module, config: LoraConfig | IA3Config, saved: Mappi
 
 def select_modules(
     model: nn.Module,
-    config: LoraConfig | IA3Config,
+    config: TargetingConfig,
     task_type: object,
     saved: Mapping[str, Any],
     names: SavedNames,
@@ -237,24 +267,82 @@ def expected_tensors(
     for name in targets:
         key = names.saved_name(name)
         module = model.get_submodule(name)
-        d_in, d_out, _ = linear_features(module, name)
         if isinstance(config, LoraConfig):
             rank, out.alphas[name] = config.rank_alpha(key)  # PEFT matches patterns on its own names
             out.ranks[name] = rank
-            out.tensors[f"{key}.lora_A.weight"] = ((rank, d_in), f"{name}.lora_A")  # (r, in)
-            out.tensors[f"{key}.lora_B.weight"] = ((d_out, rank), f"{name}.lora_B")  # (out, r)
-            if config.use_dora:
-                out.tensors[f"{key}.lora_magnitude_vector"] = ((d_out,), f"{name}.magnitude")  # (out,)
-        elif _peft_ff(config.feedforward_modules, key):
+            out.tensors.update(_lora_expected(module, name, key, rank, config.use_dora))
+            if isinstance(module, nn.Embedding) and f"{key}.base_layer.weight" in saved:
+                # PEFT saves a targeted embedding's table and loads it back over the base's
+                out.tensors[f"{key}.base_layer.weight"] = (tuple(module.weight.shape), f"{name}.base.weight")
+                out.base_paths[f"{name}.base.weight"] = f"{name}.weight"
+            expected_bias(out, bias, module, name, key)
+            continue
+        d_in, d_out, _ = linear_features(module, name)
+        if _peft_ff(config.feedforward_modules, key):
             out.feedforward.append(name)
             out.tensors[f"{key}.ia3_l"] = ((1, d_in), f"{name}.scale")
             out.other_form[f"{key}.ia3_l"] = (d_out, 1)
         else:
             out.tensors[f"{key}.ia3_l"] = ((d_out, 1), f"{name}.scale")
             out.other_form[f"{key}.ia3_l"] = (1, d_in)
-        if bias != "none" and isinstance(module.bias, torch.Tensor):
-            out.tensors[f"{key}.base_layer.bias"] = (tuple(module.bias.shape), f"{name}.base.bias")
-            out.base_paths[f"{name}.base.bias"] = f"{name}.bias"
+        expected_bias(out, bias, module, name, key)
+    expected_saves(out, model, config, names, targets, saves, saved)
+    return out
+
+
+def _lora_expected(
+    module: nn.Module, name: str, key: str, rank: int, dora: bool
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The LoRA tensors of one module: saved key -> (shape, path in the adapted model)."""
+    if dora and not (isinstance(module, nn.Linear) or is_conv1d(module)):
+        raise PeftFormatError(
+            f"use_dora on {name!r}, a {type(module).__name__}: DoRA is implemented for linear layers only"
+        )
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and any(d != 1 for d in module.dilation):
+        raise PeftFormatError(
+            f"{name!r} is a dilated convolution: PEFT 0.21.2's LoRA path ignores the dilation (and its merged "
+            "weight disagrees with it), peft_zoo's follows it; the function would differ, so it is refused"
+        )
+    if isinstance(module, nn.Embedding):  # A (r, vocab), B (dim, r)
+        return {
+            f"{key}.lora_embedding_A": ((rank, module.num_embeddings), f"{name}.lora_embedding_A"),
+            f"{key}.lora_embedding_B": ((module.embedding_dim, rank), f"{name}.lora_embedding_B"),
+        }
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):  # A (r, in, *k), B (out, r / groups, 1, ...)
+        ones = (1,) * len(module.kernel_size)
+        return {
+            f"{key}.lora_A.weight": ((rank, module.in_channels, *module.kernel_size), f"{name}.lora_A"),
+            f"{key}.lora_B.weight": ((module.out_channels, rank // module.groups, *ones), f"{name}.lora_B"),
+        }
+    d_in, d_out, _ = linear_features(module, name)
+    found: dict[str, tuple[tuple[int, ...], str]] = {
+        f"{key}.lora_A.weight": ((rank, d_in), f"{name}.lora_A"),  # (r, in)
+        f"{key}.lora_B.weight": ((d_out, rank), f"{name}.lora_B"),  # (out, r)
+    }
+    if dora:
+        found[f"{key}.lora_magnitude_vector"] = ((d_out,), f"{name}.magnitude")  # (out,)
+    return found
+
+
+def expected_bias(out: Expected, bias: str, module: nn.Module, name: str, key: str) -> None:
+    """A trained bias of an adapted layer (any ``bias`` but "none"), saved on PEFT's base_layer."""
+    module_bias = getattr(module, "bias", None)
+    if bias != "none" and isinstance(module_bias, torch.Tensor):
+        out.tensors[f"{key}.base_layer.bias"] = (tuple(module_bias.shape), f"{name}.base.bias")
+        out.base_paths[f"{name}.base.bias"] = f"{name}.bias"
+
+
+def expected_saves(
+    out: Expected,
+    model: nn.Module,
+    config: object,
+    names: SavedNames,
+    targets: list[str],
+    saves: list[str],
+    saved: Mapping[str, Any],
+) -> None:
+    """Add the ``modules_to_save`` copies and, with ``bias="all"``, every other bias to ``out``."""
+    bias = getattr(config, "bias", "none")
     for name in saves:
         key = names.saved_name(name)
         for k, v in model.get_submodule(name).state_dict().items():
@@ -269,4 +357,3 @@ def expected_tensors(
         for name in saves:
             prefix = f"{names.saved_name(name)}."
             out.ignorable.update(k for k in saved if k.startswith(prefix) and _WRAPPED_BIAS.fullmatch(k))
-    return out

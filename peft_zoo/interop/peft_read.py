@@ -17,8 +17,7 @@ and a failure halfway puts every module, flag and value back.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,18 @@ from torch import nn
 from ..core.base import AdapterModule
 from ..core.io import read_torch_state_dict
 from ..core.regex import PatternError, time_budget
-from ..injection.config import IA3Config, LoraConfig, ModulesToSave, adapt_model
+from ..injection.adapt import adapt_model
+from ..injection.config import IA3Config, LoraConfig, ModulesToSave
 from ..injection.surgery import mark_only_adapters_trainable, parent_of
 from ..injection.targets import MATCH_BUDGET
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, find_weights_file, read_safetensors
 from .peft_checks import field_problems
 from .peft_config import PeftFormatError, config_from_peft, read_config_file
 from .peft_keys import LEGACY_WEIGHTS_NAME, PEFT_PREFIX, exact_pattern
-from .peft_match import Expected, SavedNames, expected_tensors, resolve_names, select_modules
+from .peft_match import Expected, SavedNames, expected_tensors, regex_of, resolve_names, select_modules
+from .peft_method_load import plan_method
+from .peft_methods import METHODS, method_config_from_peft
+from .peft_pissa import check_redo_init
 from .peft_prefix import load_prefix_peft
 from .peft_prompt import PROMPT_PEFT_TYPES, load_prompt_peft
 
@@ -80,7 +83,7 @@ def read_peft(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
 class _Plan:
     """Everything :func:`load_peft` will do, worked out before it does any of it."""
 
-    config: LoraConfig | IA3Config  # for adapt_model: exactly the targets, in this model's names
+    config: Any  # for adapt_model (a LayerMethodConfig): exactly the targets, in this model's names
     targets: list[str]
     saves: list[str]
     bias: str
@@ -90,7 +93,6 @@ class _Plan:
 
 _UNEXPECTED_HINTS = {
     "lora_magnitude_vector": "DoRA magnitudes, but the config has use_dora off",
-    "lora_embedding_": "LoRA on an Embedding (not implemented)",
     "lora_A.bias": "lora_bias",
     "lora_B.bias": "lora_bias",
     "lora_": "a LoRA layer the config does not target",
@@ -133,6 +135,8 @@ def _compare(
             problems.append(f"{PEFT_PREFIX}{key}: contains NaN or inf")
         else:
             copies[dest] = t.reshape(-1) if key.endswith(".ia3_l") else t  # IA3: (out, 1) -> (out,)
+            if key in expected.reshape:  # AdaLoRA: the kept triplets back at their places
+                copies[dest] = expected.reshape[key](t)
     if problems:
         note = names.describe()
         raise PeftFormatError(
@@ -144,22 +148,17 @@ def _compare(
     return copies
 
 
-def _regex_of(names: Sequence[str]) -> str:
-    """A target regex (full match) selecting exactly ``names``."""
-    return "(?:" + "|".join(re.escape(n) for n in names) + ")"
-
-
 def _adapt_config(
     config: LoraConfig | IA3Config, expected: Expected, targets: list[str]
 ) -> LoraConfig | IA3Config:
     """The peft_zoo config that builds exactly these layers: exact names, ranks and alphas."""
     if isinstance(config, IA3Config):
         ff = expected.feedforward
-        return IA3Config(target_modules=_regex_of(targets), feedforward_modules=_regex_of(ff) if ff else None)
+        return IA3Config(target_modules=regex_of(targets), feedforward_modules=regex_of(ff) if ff else None)
     r = config.rank
     alpha = float(r if config.alpha is None else config.alpha)  # lora_config_from_peft always sets it
     return LoraConfig(
-        target_modules=_regex_of(targets),
+        target_modules=regex_of(targets),
         rank=r,
         alpha=alpha,
         dropout=config.dropout,
@@ -168,18 +167,24 @@ def _adapt_config(
         rank_pattern={exact_pattern(n): v for n, v in expected.ranks.items() if v != r},
         alpha_pattern={exact_pattern(n): v for n, v in expected.alphas.items() if v != alpha},
         use_dora=config.use_dora,
+        init_lora_weights=config.init_lora_weights,
     )
 
 
 def _plan(model: nn.Module, data: dict[str, Any], state: dict[str, torch.Tensor]) -> _Plan:
     """Check everything against ``model`` without changing it; raise listing every problem."""
-    config = config_from_peft(data)
     adapted = [n for n, m in model.named_modules() if isinstance(m, AdapterModule)]
     if adapted:
         raise PeftFormatError(
             f"the model already has adapter layers {adapted[:4]}; load_peft adapts the plain base model "
             "(to add this adapter by name beside them: peft_zoo.load_peft_adapter(model, path, name))"
         )
+    if data.get("peft_type") in METHODS:  # LoHa, LoKr, VeRA, OFT, AdaLoRA: .peft_method_load
+        method = plan_method(model, data, state)
+        copies = _compare(method.expected, method.saved, method.names)
+        bias = getattr(method.config, "bias", "none")
+        return _Plan(method.config, method.targets, method.saves, bias, copies, method.expected.base_paths)
+    config = config_from_peft(data)
     outside = sorted(k for k in state if not k.startswith(PEFT_PREFIX))
     if outside:
         raise PeftFormatError(f"tensor names {outside[:4]} lack PEFT's prefix {PEFT_PREFIX!r}")
@@ -190,6 +195,8 @@ def _plan(model: nn.Module, data: dict[str, Any], state: dict[str, torch.Tensor]
         expected = expected_tensors(model, config, names, targets, saves, saved)
     copies = _compare(expected, saved, names)
     adapt = _adapt_config(config, expected, targets)
+    if isinstance(adapt, LoraConfig):  # PiSSA / OLoRA: checked here, the base snapshotted for a rollback
+        check_redo_init(model, adapt, targets, expected)
     if adapt.find(model) != targets:  # cannot happen: exact names; checked so it never mutates on it
         raise PeftFormatError(f"internal: the translated config does not select exactly {targets[:4]}...")
     bias = getattr(config, "bias", "none")
@@ -217,9 +224,7 @@ def _apply(model: nn.Module, plan: _Plan) -> list[nn.Parameter]:
         for name in plan.saves:
             parent, attr = parent_of(model, name)
             setattr(parent, attr, ModulesToSave(originals[name]))
-        params = mark_only_adapters_trainable(
-            model, bias="adapter_only" if plan.bias == "lora_only" else plan.bias
-        )
+        params = mark_only_adapters_trainable(model, bias=plan.config.bias_mode())
         with torch.no_grad():
             for path, value in plan.copies.items():
                 tensor_at(model, path).copy_(value)
@@ -240,10 +245,12 @@ def load_peft(model: nn.Module, path: str | os.PathLike[str]) -> tuple[nn.Module
     """Adapt the plain base ``model`` as the PEFT adapter in directory ``path`` says (saved by
     ``peft_model.save_pretrained(path)`` or :func:`save_peft`) and load its tensors.
 
-    The layers are peft_zoo's (``LoRALinear``, ``DoRALinear`` with ``use_dora``, ``IA3Linear``;
-    ``ModulesToSave`` for the ``modules_to_save`` modules), built by :func:`~peft_zoo.adapt_model` with a config
-    translated from ``adapter_config.json`` and matched by PEFT's own rules on the names
-    as saved. A checkpoint saved on the task model (``bert.encoder...``) loads into the bare
+    The layers are peft_zoo's (LoRA on linear, embedding and convolution layers, DoRA with
+    ``use_dora``, IA³, LoHa, LoKr, VeRA, OFT, AdaLoRA; ``ModulesToSave`` for the
+    ``modules_to_save`` modules), built by :func:`~peft_zoo.adapt_model` with a config
+    translated from ``adapter_config.json`` and matched by PEFT's own rules on the names as
+    saved (the layer methods: :mod:`.peft_method_load`). A PiSSA / OLoRA adapter redoes its
+    decomposition on the given base, as PEFT does (:mod:`.peft_pissa`): give it the ORIGINAL base. A checkpoint saved on the task model (``bert.encoder...``) loads into the bare
     base model and the other way round (the model's ``base_model_prefix``). Tensors are
     cast to the dtype of the layer they go into. Returns ``(model, trainable parameters)``.
 
@@ -258,8 +265,9 @@ def load_peft(model: nn.Module, path: str | os.PathLike[str]) -> tuple[nn.Module
     if data.get("peft_type") == "PREFIX_TUNING":  # a wrapper with a key/value prefix: .peft_prefix
         return load_prefix_peft(model, data, state, path)
     config_file = (Path(path).parent if Path(path).is_file() else Path(path)) / CONFIG_NAME
+    translate = method_config_from_peft if data.get("peft_type") in METHODS else config_from_peft
     try:
-        config_from_peft(data)  # what the config asks for, checked before the model is looked at
+        translate(data)  # what the config asks for, checked before the model is looked at
     except PeftFormatError as err:
         raise PeftFormatError(f"{config_file}: {err}") from None
     try:

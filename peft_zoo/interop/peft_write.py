@@ -13,14 +13,11 @@ then write both files atomically (``_write``).
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeGuard, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import torch
 from torch import nn
@@ -32,19 +29,17 @@ from ..ia3 import IA3Linear
 from ..injection.config import ModulesToSave
 from ..injection.prefix_model import PrefixTuningModel
 from ..injection.prompt_model import PromptTuningModel
-from ..lora import LoRALinear, lora_scale
-from ..qlora import QLoRALinear
-from .peft_config import PeftFormatError, common_fields, json_number
-from .peft_keys import PEFT_PREFIX, exact_pattern, write_adapter_dir
+from .peft_config import PeftFormatError, common_fields
+from .peft_keys import PEFT_PREFIX, write_adapter_dir
+from .peft_methods import METHODS, method_layer_types, method_part
+from .peft_parts import LORA_TYPES, LoraLayer, ia3_part, lora_part
+from .peft_pissa import convert_pissa_layers
 from .peft_prefix import save_prefix_peft
 from .peft_prompt import save_prompt_peft
 
 __all__ = ["NamedAdapterHolder", "held_adapter_names", "save_peft"]
 
-# A layer PEFT's format holds as lora_A / lora_B (a DoRALinear is a LoRALinear).
-LoraLayer = LoRALinear | QLoRALinear
-Layer = LoRALinear | QLoRALinear | IA3Linear
-T = TypeVar("T")
+Layer = LoraLayer | IA3Linear | AdapterModule
 
 _HINTS = {
     "BatchedLoRALinear": "a BatchedLoRALinear holds many adapters; save one slot by putting "
@@ -53,9 +48,8 @@ _HINTS = {
 
 
 def _is_lora(module: AdapterModule) -> TypeGuard[LoraLayer]:
-    """Written as PEFT's LoRA as it is. Exact types: a subclass may compute something else. A
-    QLoRA layer's adapter is a plain LoRA: PEFT loads it onto a (4-bit or float) base."""
-    return type(module) in (LoRALinear, DoRALinear, QLoRALinear)
+    """Written as PEFT's LoRA as it is (linear, DoRA, QLoRA, embedding, convolution layers)."""
+    return type(module) in LORA_TYPES
 
 
 @dataclass
@@ -66,10 +60,11 @@ class _Adapters:
     ia3: dict[str, IA3Linear]
     saves: dict[str, ModulesToSave]
     others: dict[str, str]  # name -> class name: layers the format cannot hold
+    methods: dict[str, dict[str, AdapterModule]]  # LoHa, LoKr, VeRA, OFT, AdaLoRA: peft_type -> layers
 
     @property
     def layers(self) -> dict[str, Layer]:
-        return {**self.lora, **self.ia3}
+        return {**self.lora, **self.ia3, **{n: m for ms in self.methods.values() for n, m in ms.items()}}
 
 
 @runtime_checkable
@@ -115,10 +110,14 @@ def _sort_adapters(model: nn.Module, adapter_name: str | None = None) -> _Adapte
     lora.update({n: m.as_lora() for n, m in found.items() if type(m) is FusedLoRALinear})
     ia3 = {n: m for n, m in found.items() if type(m) is IA3Linear}
     saves = {n: m for n, m in found.items() if type(m) is ModulesToSave}
-    others = {
-        n: type(m).__name__ for n, m in found.items() if n not in lora and n not in ia3 and n not in saves
-    }
-    return _Adapters(lora, ia3, saves, others)
+    kinds = method_layer_types()
+    methods: dict[str, dict[str, AdapterModule]] = {}
+    for n, m in found.items():
+        if type(m) in kinds:
+            methods.setdefault(kinds[type(m)].peft_type, {})[n] = m
+    sorted_ = {*lora, *ia3, *saves, *(n for ms in methods.values() for n in ms)}
+    others = {n: type(m).__name__ for n, m in found.items() if n not in sorted_}
+    return _Adapters(lora, ia3, saves, others, methods)
 
 
 def _refusals(adapters: _Adapters, bias: str | None) -> list[str]:
@@ -128,13 +127,13 @@ def _refusals(adapters: _Adapters, bias: str | None) -> list[str]:
     if others:
         why = "; ".join(h for kind, h in _HINTS.items() if kind in others.values())
         problems.append(
-            f"PEFT's LoRA/IA3 format cannot hold these adapter layers: {others}"
-            + (f" ({why})" if why else "")
+            f"PEFT's format cannot hold these adapter layers: {others}" + (f" ({why})" if why else "")
         )
-    if lora and ia3:
+    kinds: dict[str, Mapping[str, object]] = {"LoRA": lora, "IA3": ia3, **adapters.methods}
+    mixed = [f"{kind} {sorted(layers)[:3]}" for kind, layers in kinds.items() if layers]
+    if len(mixed) > 1:
         problems.append(
-            f"the model mixes LoRA {sorted(lora)[:3]} and IA3 {sorted(ia3)[:3]} layers; a PEFT adapter "
-            "is one method: save them as two models"
+            f"the model mixes {' and '.join(mixed)} layers; a PEFT adapter is one method: save them as separate models"
         )
     dora = [n for n, m in lora.items() if type(m) is DoRALinear]
     if dora and len(dora) < len(lora):
@@ -143,8 +142,11 @@ def _refusals(adapters: _Adapters, bias: str | None) -> list[str]:
             f"the model mixes DoRA {dora[:3]} and plain LoRA {plain[:3]} layers; PEFT's use_dora holds for "
             "every layer of an adapter: save them as two models"
         )
-    if not lora and not ia3 and not others:
-        problems.append("the model has no LoRALinear, DoRALinear or IA3Linear layers to save")
+    if not adapters.layers and not others:
+        problems.append(
+            "the model has no LoRALinear, DoRALinear or IA3Linear layers (nor LoRA embedding / convolution, "
+            "LoHa, LoKr, VeRA, OFT or AdaLoRA ones) to save"
+        )
     merged = [n for n, m in adapters.layers.items() if m.merged]
     if merged:
         problems.append(f"layers {merged[:5]} are merged; unmerge_adapters(model) before saving")
@@ -154,7 +156,7 @@ def _refusals(adapters: _Adapters, bias: str | None) -> list[str]:
 
 
 def _base_bias(layer: Layer) -> torch.Tensor | None:
-    bias = layer.base.bias
+    bias = getattr(layer.base, "bias", None)  # an embedding has none
     return bias if isinstance(bias, torch.Tensor) else None
 
 
@@ -181,68 +183,6 @@ def _infer_bias(model: nn.Module, layers: Mapping[str, Layer], saves: Iterable[n
     if others_bias and all(others_bias) and not any(others_weight):
         return "all"
     return "lora_only"
-
-
-def _peft_alpha(layer: LoraLayer, rslora: bool) -> float:
-    """The ``lora_alpha`` that gives ``layer`` its scale under PEFT's global ``use_rslora``."""
-    r = layer.rank
-    if lora_scale(r, layer.alpha, layer.rslora) == layer.scale:  # the usual case: clean numbers
-        return layer.alpha * math.sqrt(r) if layer.rslora and not rslora else layer.alpha
-    return layer.scale * (math.sqrt(r) if rslora else r)  # someone set .scale directly
-
-
-def _most_common(values: Iterable[T]) -> T:
-    return Counter(values).most_common(1)[0][0]
-
-
-def _lora_part(lora: Mapping[str, LoraLayer], bias: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The LoRA fields of the config and the LoRA tensors: the most common rank and alpha as
-    ``r`` / ``lora_alpha``, every other module's under an anchored key in the patterns."""
-    rslora = all(m.rslora for m in lora.values())
-    ranks = {n: m.rank for n, m in lora.items()}
-    alphas = {n: _peft_alpha(m, rslora) for n, m in lora.items()}
-    r, alpha = _most_common(ranks.values()), _most_common(alphas.values())
-    dropouts = sorted({m.dropout_p for m in lora.values()})
-    if len(dropouts) > 1:
-        warnings.warn(
-            f"save_peft: the layers use different dropouts {dropouts}; PEFT keeps one, "
-            f"lora_dropout={dropouts[-1]} (dropout only matters while training)",
-            stacklevel=3,  # save_peft's caller
-        )
-    fields = {
-        "r": r,
-        "lora_alpha": json_number(alpha),
-        "lora_dropout": dropouts[-1],
-        "use_rslora": rslora,
-        "bias": bias,
-        "rank_pattern": {exact_pattern(n): v for n, v in ranks.items() if v != r},
-        "alpha_pattern": {exact_pattern(n): json_number(v) for n, v in alphas.items() if v != alpha},
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "init_lora_weights": True,
-        "use_dora": any(isinstance(m, DoRALinear) for m in lora.values()),
-        "lora_bias": False,
-    }
-    tensors: dict[str, torch.Tensor] = {}
-    for n, m in lora.items():
-        tensors[f"{n}.lora_A.weight"] = m.lora_A  # (r, in)
-        tensors[f"{n}.lora_B.weight"] = m.lora_B  # (out, r)
-        if isinstance(m, DoRALinear):
-            tensors[f"{n}.lora_magnitude_vector"] = m.magnitude  # (out,)
-    return fields, tensors
-
-
-def _ia3_part(ia3: Mapping[str, IA3Linear], bias: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The IA3 fields of the config and the ``ia3_l`` tensors."""
-    if bias != "none":
-        raise PeftFormatError(
-            f"save_peft: bias={bias!r}, but PEFT's IA3 format saves no biases; freeze the adapted "
-            "layers' biases or pass bias='none'. Nothing was written."
-        )
-    fields = {"feedforward_modules": [n for n, m in ia3.items() if m.feedforward], "init_ia3_weights": True}
-    # (1, in) for feed-forward layers, else (out, 1)
-    tensors = {f"{n}.ia3_l": m.scale[None, :] if m.feedforward else m.scale[:, None] for n, m in ia3.items()}
-    return fields, tensors
 
 
 def _whole_tensors(model: nn.Module, adapters: _Adapters, bias: str) -> dict[str, torch.Tensor]:
@@ -287,11 +227,11 @@ def save_peft(
     task_type: str | None = None,
     bias: str | None = None,
     adapter_name: str | None = None,
+    path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write the adapters of a peft_zoo model (``LoRALinear``, ``DoRALinear`` or ``IA3Linear`` layers, plus
-    ``ModulesToSave`` copies) as a PEFT adapter directory: ``adapter_config.json`` and
-    ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained(base, path)`` loads
-    into the unadapted base model. Returns the directory.
+    """Write the adapters of a peft_zoo model (LoRA, DoRA, IA³, LoHa, LoKr, VeRA, OFT or AdaLoRA
+    layers, plus ``ModulesToSave`` copies) as a PEFT adapter directory, which
+    ``peft.PeftModel.from_pretrained(base, path)`` loads into the unadapted base. Returns it.
 
     The config names the adapted modules exactly (``target_modules`` lists their full
     names), takes the most common rank and alpha as ``r`` / ``lora_alpha`` and writes every
@@ -300,15 +240,12 @@ def save_peft(
     LoRA with ``alpha * sqrt(r)`` for the rsLoRA ones). ``bias`` (PEFT's ``"none"``,
     ``"lora_only"``, ``"all"``) defaults to what the trainable flags show.
 
-    A :class:`~peft_zoo.FusedLoRALinear` (LoRA on some slices of a fused projection) is
-    written as the plain LoRA of rank ``k * r`` it equals (:meth:`FusedLoRALinear.as_lora`).
-
-    ``DoRALinear`` layers are written as PEFT writes DoRA: ``use_dora: true`` and a
-    ``lora_magnitude_vector`` tensor per layer besides ``lora_A`` / ``lora_B``.
-
-    A :class:`~peft_zoo.QLoRALinear` is written as the plain LoRA it carries: PEFT applies it
-    to the same base quantised with bitsandbytes, or to a float base (equal outputs when that
-    base holds the dequantised NF4 weights). ``load_peft`` builds float ``LoRALinear`` layers.
+    Fused LoRA and QLoRA are written as the plain LoRA they carry, DoRA with ``use_dora``; the
+    other methods with PEFT's keys and fields (:mod:`.peft_methods`: settings that decide
+    shapes must agree across layers). PiSSA / OLoRA layers fit the residual base the model holds;
+    ``path_initial_model_for_weight_conversion`` (the adapter saved right after the
+    initialisation) writes them as PEFT does with that argument, rank-``2r`` plain LoRA on the
+    ORIGINAL weights (:mod:`.peft_pissa`).
 
     Named adapters (:func:`~peft_zoo.add_adapter`): ``adapter_name="x"`` writes adapter ``x``
     alone into ``path`` (``PeftModel.from_pretrained(base, path)`` or
@@ -316,9 +253,9 @@ def save_peft(
     written in PEFT's ``save_pretrained`` layout: ``"default"`` in ``path``, each other one in
     ``path/<name>``.
 
-    Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: LoRA and
-    IA³ in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per adapter),
-    ``BatchedLoRALinear``, any other adapter kind, merged layers.
+    Raises :class:`PeftFormatError` (nothing written) for what PEFT cannot express: two
+    methods in one model, DoRA and plain LoRA in one model (PEFT's ``use_dora`` is per
+    adapter), ``BatchedLoRALinear``, any other adapter kind, merged layers.
     """
     no_bias = bias in (None, "none") and adapter_name is None
     if isinstance(model, (PromptTuningModel, PrefixTuningModel)) and no_bias:
@@ -334,7 +271,10 @@ def save_peft(
         )
     todo: list[str | None] = [adapter_name] if adapter_name is not None or not held else list(held)
     # Everything is checked and built before anything is written.
-    parts = [(name, _prepare(model, name, bias, task_type, base_model_name_or_path)) for name in todo]
+    initial = path_initial_model_for_weight_conversion
+    parts = [
+        (name, _prepare(model, name, bias, (task_type, base_model_name_or_path), initial)) for name in todo
+    ]
     for name, (config, tensors) in parts:
         where = Path(path) if adapter_name is not None or name in (None, "default") else Path(path) / name
         write_adapter_dir(where, config, tensors)
@@ -345,8 +285,8 @@ def _prepare(
     model: nn.Module,
     adapter_name: str | None,
     bias: str | None,
-    task_type: str | None,
-    base_model_name_or_path: str | None,
+    names: tuple[str | None, str | None],  # task_type, base_model_name_or_path
+    initial: str | os.PathLike[str] | None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The config and the file's tensors for one adapter (the model's only one, or a named one)."""
     adapters = _sort_adapters(model, adapter_name)
@@ -356,19 +296,30 @@ def _prepare(
         raise PeftFormatError(f"save_peft{what}: " + "; ".join(problems) + ". Nothing was written.")
     layers = adapters.layers
     bias = _infer_bias(model, layers, adapters.saves.values()) if bias is None else bias
+    if initial is not None:
+        if not adapters.lora:
+            raise PeftFormatError(
+                "save_peft: path_initial_model_for_weight_conversion converts LoRA layers only"
+            )
+        adapters.lora = dict(convert_pissa_layers(adapters.lora, initial))
+    top: dict[str, torch.Tensor] = {}
     if adapters.lora:
-        fields, tensors = _lora_part(adapters.lora, bias)
-        config = common_fields("LORA", task_type, base_model_name_or_path)
+        peft_type, (fields, tensors) = "LORA", lora_part(adapters.lora, bias)
+    elif adapters.ia3:
+        peft_type, (fields, tensors) = "IA3", ia3_part(adapters.ia3, bias)
     else:
-        fields, tensors = _ia3_part(adapters.ia3, bias)
-        config = common_fields("IA3", task_type, base_model_name_or_path)
+        peft_type, layers = next(iter(adapters.methods.items()))
+        fields, tensors, top = method_part(METHODS[peft_type], layers, bias)
+    config = common_fields(peft_type, *names)
     config.update(
-        fields,
         target_modules=list(layers),
         exclude_modules=None,
         modules_to_save=list(adapters.saves) or None,
-        fan_in_fan_out=any(m.fan_in_fan_out for m in layers.values()),
+        fan_in_fan_out=any(getattr(m, "fan_in_fan_out", False) for m in layers.values()),
         inference_mode=True,
     )
+    config.update(fields)
+    for absent in METHODS[peft_type].absent if peft_type in METHODS else ():
+        config.pop(absent, None)  # PEFT's config of this type has no such field
     tensors.update(_whole_tensors(model, adapters, bias))
-    return config, {PEFT_PREFIX + k: v for k, v in tensors.items()}
+    return config, {PEFT_PREFIX + k: v for k, v in tensors.items()} | top

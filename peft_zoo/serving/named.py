@@ -53,9 +53,10 @@ from typing import Any
 from torch import nn
 
 from ..core.checks import check_module, short_repr
+from ..injection.adapt import adapt_model
 from ..injection.bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from ..injection.bottleneck_placement import bottleneck_sites
-from ..injection.config import IA3Config, LoraConfig, adapt_model
+from ..injection.config import IA3Config, LoraConfig
 from ..interop.adapterhub import load_adapterhub, read_adapterhub
 from ..interop.peft_read import load_peft, read_peft
 from .named_bottleneck import build_bottleneck_on_bases
