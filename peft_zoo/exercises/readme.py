@@ -23,10 +23,17 @@ you would want before trusting a long fine-tune, and finally serving: many adapt
 batch and a cache that never returns an embedding computed by an adapter's old weights.
 Each one is a stub of a few lines with `TODO` markers; you fill it in and a grader tells
 you whether it is right. Three go beyond plain LoRA: NF4 quantisation as QLoRA does it,
-one set of weights shared by every block with a LoRA per layer, and DoRA. The last three
-are what real models need: Houlsby and Pfeiffer adapters placed in a BERT layer as
-AdapterHub places them, prefix tuning through `past_key_values` with grouped-query
-attention, and `merge_and_unload` for nn.Linear and GPT-2's Conv1D.
+one set of weights shared by every block with a LoRA per layer, and DoRA. Three more are
+what real models need: Houlsby and Pfeiffer adapters placed in a BERT layer as AdapterHub
+places them, prefix tuning through `past_key_values` with grouped-query attention, and
+`merge_and_unload` for nn.Linear and GPT-2's Conv1D. Four rebuild the other weight-update
+methods PEFT ships: VeRA (one frozen random pair shared by every layer, two trainable
+vectors), LoHa (a Hadamard product of two low-rank products), LoKr (a Kronecker product)
+and OFT (a block-diagonal rotation through the Cayley transform). The last three look
+inside LoRA's relatives: AdaLoRA's SVD-form update with its orthogonality penalty, smoothed
+importance scores and cubic rank budget; PiSSA and OLoRA, which start the adapter from the
+weight's principal part (and turning a trained PiSSA adapter back into a plain LoRA); and
+LoRA on nn.Embedding and nn.Conv2d.
 
 The graders are property-based (hypothesis): they draw many shapes, ranks, dtypes and
 seeds, run your code next to the reference answer, and compare. When something is off
@@ -94,6 +101,7 @@ def _count_word(n: int) -> str:
     words = "Zero One Two Three Four Five Six Seven Eight Nine Ten Eleven Twelve Thirteen Fourteen Fifteen"
     names = [*words.split(), "Sixteen", "Seventeen", "Eighteen", "Nineteen", "Twenty"]
     names += ["Twenty-one", "Twenty-two", "Twenty-three", "Twenty-four", "Twenty-five"]
+    names += ["Twenty-six", "Twenty-seven", "Twenty-eight", "Twenty-nine", "Thirty"]
     return names[n] if n < len(names) else str(n)
 
 
@@ -223,6 +231,13 @@ GUIDES: dict[int, tuple[str, str]] = {
     21: ("bottleneck_adapters.md", "03_real_models_and_peft"),
     22: ("prefix_tuning.md", "03_real_models_and_peft"),
     23: ("lora.md", "03_real_models_and_peft"),
+    24: ("vera.md", "08_leaderboard"),
+    25: ("loha_lokr.md", "08_leaderboard"),
+    26: ("loha_lokr.md", "08_leaderboard"),
+    27: ("oft.md", "08_leaderboard"),
+    28: ("adalora.md", "08_leaderboard"),
+    29: ("pissa_olora.md", "08_leaderboard"),
+    30: ("lora_embedding_conv.md", "01_lora_from_scratch"),
 }
 
 INDEX_INTRO = """\
