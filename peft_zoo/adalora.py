@@ -70,6 +70,10 @@ class AdaLoRALinear(AdditiveAdapter):
     """
 
     adapter_param_names: tuple[str, ...] | None = ("lora_A", "lora_E", "lora_B")
+    # The budget schedule of the config that built the layer (target_r, total_step, tinit, tfinal,
+    # deltaT, beta1, beta2, orth_reg_weight), kept so that a saved PEFT file carries it; None when
+    # the layer was built by hand. Training state lives in the RankAllocator, not here.
+    schedule: tuple[tuple[str, float], ...] | None = None
     lora_A: nn.Parameter  # Q (r, in): right singular vectors
     lora_E: nn.Parameter  # λ (r, 1): singular values, pruned to zero by the allocator
     lora_B: nn.Parameter  # P (out, r): left singular vectors

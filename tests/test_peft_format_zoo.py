@@ -284,3 +284,23 @@ def test_lora_on_embeddings_and_convolutions_both_ways(case: str, tmp_path: Path
     round_trip(case, arch, ours, theirs, tmp_path, "LORA")
     keys = read_peft(tmp_path / "ours")[1]
     assert any(k.endswith((".lora_embedding_A", ".c2.lora_A.weight")) for k in keys)
+
+
+def test_adalora_schedule_travels_with_the_file(tmp_path: Path) -> None:
+    """The budget schedule of the config is written as PEFT writes it, PEFT reads it back, and
+    a load gives layers that carry it again (so saving once more writes the same config)."""
+    schedule = {"target_r": 3, "total_step": 50, "tinit": 5, "tfinal": 7, "deltaT": 2, "beta1": 0.8}
+    schedule |= {"beta2": 0.9, "orth_reg_weight": 0.3}
+    config = AdaLoraConfig(init_r=6, lora_alpha=4, target_modules=["q_proj", "v_proj"], **schedule)
+    ours, _ = pz.adapt_model(fresh("llama"), config)
+    save_peft(ours, tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert {k: written[k] for k in schedule} == schedule
+    theirs = peft.PeftModel.from_pretrained(fresh("llama"), tmp_path / "a")
+    assert {k: getattr(theirs.peft_config["default"], k) for k in schedule} == schedule
+    loaded, _ = load_peft(fresh("llama"), tmp_path / "a")
+    save_peft(loaded, tmp_path / "b")
+    again = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    assert {k: again[k] for k in schedule} == schedule
+    by_hand = pz.AdaLoRALinear(nn.Linear(4, 4), 2)
+    assert by_hand.schedule is None  # built without a config: save_peft falls back to PEFT's defaults

@@ -97,6 +97,28 @@ def learner_code(seconds: float = DEFAULT_CALL_SECONDS) -> Callable[[F], F]:
     return decorate
 
 
+def run_learner(
+    fn: Callable[[], Any],
+    what: str,
+    drawn: Mapping[str, Any],
+    hint: str | None,
+    errors: tuple[type[Exception], ...] = (RuntimeError, IndexError),
+) -> Any:
+    """``fn()`` (learner code); one of ``errors`` (a shape mismatch, a wrong index...) becomes
+    a failure that names ``what``, shows the drawn example and says where to look (``hint``).
+    ``NotImplementedError`` passes through: an unfinished stub is reported as such."""
+    from peft_zoo.testing import explain
+
+    try:
+        return fn()
+    except NotImplementedError:
+        raise
+    except errors as err:
+        raise AssertionError(
+            explain(f"{what} raised {type(err).__name__}: {err}", drawn=dict(drawn), hint=hint)
+        ) from None
+
+
 def load_module(path: Path, tag: str, seconds: float = DEFAULT_IMPORT_SECONDS) -> ModuleType:
     """Import the Python file at ``path`` under a private module name and return it.
 

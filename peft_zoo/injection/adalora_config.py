@@ -58,6 +58,10 @@ def _check_beta(value: object, name: str) -> float:
     return beta
 
 
+# The fields that drive training (the allocator and the regulariser), recorded on each layer.
+SCHEDULE_FIELDS = ("target_r", "total_step", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
+
+
 @dataclass
 class AdaLoraConfig(TargetingConfig):
     """Which modules get AdaLoRA, its rank budget schedule and its regulariser (PEFT's fields).
@@ -131,6 +135,14 @@ class AdaLoraConfig(TargetingConfig):
         return lambda name, base: AdaLoRALinear(
             base, rank, alpha, dropout=dropout, fan_in_fan_out=fan_in_fan_out
         )
+
+    def finish_layers(self, model: nn.Module, names: list[str]) -> None:
+        """Record this config's schedule on every new layer, so ``save_peft`` writes it."""
+        schedule = tuple((name, getattr(self, name)) for name in SCHEDULE_FIELDS)
+        for name in names:
+            layer = model.get_submodule(name)
+            if isinstance(layer, AdaLoRALinear):
+                layer.schedule = schedule
 
     def allocator(self, model: nn.Module) -> RankAllocator:
         """A :class:`~peft_zoo.adalora_allocator.RankAllocator` over every ``AdaLoRALinear`` of

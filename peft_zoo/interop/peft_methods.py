@@ -168,18 +168,22 @@ def _oft_fields(layers: Mapping[str, Any]) -> Fields:
 
 def _adalora_fields(layers: Mapping[str, Any]) -> Fields:
     init_r = _one(layers, "rank", "rank (init_r)")
+    # The schedule the config recorded on its layers; layers built by hand have none: then
+    # nothing is left to prune (target_r = init_r) and PEFT's defaults, with some total_step > 0.
+    recorded = _one(layers, "schedule")
+    schedule = dict(recorded) if recorded is not None else {}
     return {
         "init_r": init_r,
-        "target_r": init_r,  # the schedule is training state, not in the layers: nothing left to prune
+        "target_r": schedule.get("target_r", init_r),
         "lora_alpha": json_number(_one(layers, "alpha", "alpha (lora_alpha)")),
         "lora_dropout": _largest(layers, "dropout_p"),
-        "total_step": 1,  # PEFT requires some total_step > 0; it only drives training
-        "tinit": 0,
-        "tfinal": 0,
-        "deltaT": 1,
-        "beta1": 0.85,
-        "beta2": 0.85,
-        "orth_reg_weight": 0.5,
+        "total_step": schedule.get("total_step", 1),
+        "tinit": schedule.get("tinit", 0),
+        "tfinal": schedule.get("tfinal", 0),
+        "deltaT": schedule.get("deltaT", 1),
+        "beta1": schedule.get("beta1", 0.85),
+        "beta2": schedule.get("beta2", 0.85),
+        "orth_reg_weight": schedule.get("orth_reg_weight", 0.5),
         "rank_pattern": None,  # every triplet saved at its place: a pruned one has lora_E = 0
         "init_lora_weights": True,
         "use_dora": False,

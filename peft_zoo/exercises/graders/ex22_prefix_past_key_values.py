@@ -12,7 +12,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import require
+from peft_zoo.exercises.grading import require, run_learner
 from peft_zoo.testing import explain, seeds
 
 # The bugs' names, as the "likely:" lines give them.
@@ -67,14 +67,7 @@ def args(spec: dict[str, Any]) -> tuple[Any, ...]:
 
 def call_learner(fn: Callable[[], Any], what: str, spec: dict[str, Any], hint: str | None = None) -> Any:
     """Run learner code; a shape error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, IndexError, AttributeError, TypeError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
+    return run_learner(fn, what, spec, hint, (RuntimeError, IndexError, AttributeError, TypeError))
 
 
 def expected_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -13,6 +13,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
+from peft_zoo.exercises.grading import run_learner
 from peft_zoo.testing import explain, seeds
 
 # The bugs' names, as the "likely:" lines give them.
@@ -105,15 +106,10 @@ def paths(spec: dict[str, Any]) -> list[str]:
 
 
 def call_learner(fn: Callable[[], Any], what: str, spec: dict[str, Any], hint: str | None = None) -> Any:
-    """Run learner code; an unexpected error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, IndexError, AttributeError, TypeError, ValueError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
+    """Run learner code; a shape error becomes a failure that says where to look."""
+    return run_learner(
+        fn, what, spec, hint, (RuntimeError, IndexError, AttributeError, TypeError, ValueError)
+    )
 
 
 def delta_bugs(layer: Any) -> dict[str, Callable[[], torch.Tensor]]:

@@ -15,7 +15,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import require
+from peft_zoo.exercises.grading import require, run_learner
 from peft_zoo.testing import explain, leading_shapes, seeds
 from peft_zoo.vera import VeRALinear as LibraryVeRA
 from peft_zoo.vera import VeraProjections, vera_projection_pair
@@ -87,14 +87,7 @@ STACK = {"shapes": [(5, 2), (3, 6), (4, 4)], "rank": 3, "d_initial": 0.1, "seed"
 
 def call_learner(fn: Callable[[], Any], what: str, drawn: dict[str, Any], hint: str) -> Any:
     """Run learner code; a shape error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise  # an unfinished stub: reported as "not implemented yet"
-    except (RuntimeError, IndexError, ValueError, TypeError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=drawn, hint=hint)
-        ) from None
+    return run_learner(fn, what, drawn, hint, (RuntimeError, IndexError, ValueError, TypeError))
 
 
 SHAPE_HINT = "A_s = A[:, :in] is (r, in), B_s = B[:out, :] is (out, r); lambda_d is (r,), lambda_b (out,)"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import require
+from peft_zoo.exercises.grading import require, run_learner
 from peft_zoo.loha import LoHaLinear as LibraryLoHa
 from peft_zoo.testing import explain, leading_shapes, seeds
 
@@ -66,14 +66,7 @@ def base_layer(spec: dict[str, Any]) -> nn.Linear:
 
 def call_learner(fn: Callable[[], Any], what: str, spec: dict[str, Any], hint: str = SHAPE_HINT) -> Any:
     """Run learner code; a shape error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise  # an unfinished stub: reported as "not implemented yet"
-    except (RuntimeError, IndexError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
+    return run_learner(fn, what, spec, hint, (RuntimeError, IndexError))
 
 
 def build(impl: ModuleType, base: nn.Linear, spec: dict[str, Any]) -> Any:

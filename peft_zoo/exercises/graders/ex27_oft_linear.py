@@ -16,7 +16,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import require
+from peft_zoo.exercises.grading import require, run_learner
 from peft_zoo.oft import OFTLinear as LibraryOFT
 from peft_zoo.oft import oft_blocks, skew_symmetric
 from peft_zoo.testing import explain, leading_shapes, seeds, tolerance
@@ -62,14 +62,7 @@ SHAPE_HINT = (
 
 def call_learner(fn: Callable[[], Any], what: str, drawn: dict[str, Any], hint: str = SHAPE_HINT) -> Any:
     """Run learner code; a shape error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise  # an unfinished stub: reported as "not implemented yet"
-    except (RuntimeError, IndexError, ValueError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=drawn, hint=hint)
-        ) from None
+    return run_learner(fn, what, drawn, hint, (RuntimeError, IndexError, ValueError))
 
 
 def same(a: Any, b: torch.Tensor) -> bool:

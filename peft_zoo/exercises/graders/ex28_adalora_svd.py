@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from peft_zoo.adalora import AdaLoRALinear
-from peft_zoo.exercises.grading import require
-from peft_zoo.testing import explain, leading_shapes, seeds
+from peft_zoo.exercises.grading import require, run_learner
+from peft_zoo.testing import leading_shapes, seeds
 
 PARAMS = ("lora_A", "lora_E", "lora_B")
 EPS = 1e-5
@@ -78,15 +78,10 @@ STACK = {"widths": [4, 3, 5], "ranks": [3, 2], "beta1": 0.7, "beta2": 0.3, "step
 
 
 def call_learner(fn: Callable[[], Any], what: str, spec: dict[str, Any], hint: str | None = None) -> Any:
-    """Run learner code; an unexpected error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, IndexError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
+    """Run learner code; a shape error becomes a failure that says where to look."""
+    return run_learner(
+        fn, what, spec, hint, (RuntimeError, IndexError, KeyError, TypeError, ValueError, AttributeError)
+    )
 
 
 def _randomise(layers: list[Any], seed: int) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from peft_zoo.core.checks import weight_of
+from peft_zoo.exercises.grading import run_learner
 from peft_zoo.lora import LoRALinear
 from peft_zoo.pissa import olora_init_, pissa_init_
 from peft_zoo.testing import explain, seeds
@@ -55,15 +56,8 @@ TALL = {"in": 3, "out": 5, "rank": 2, "alpha": 8.0, "rslora": True, "seed": 1}
 
 
 def call_learner(fn: Callable[[], Any], what: str, spec: dict[str, Any], hint: str | None = SHAPES) -> Any:
-    """Run learner code; an unexpected error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, IndexError, TypeError, ValueError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
+    """Run learner code; a shape error becomes a failure that says where to look."""
+    return run_learner(fn, what, spec, hint, (RuntimeError, IndexError, TypeError, ValueError))
 
 
 def library_layer(spec: dict[str, Any]) -> LoRALinear:

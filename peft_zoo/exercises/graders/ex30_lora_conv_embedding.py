@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-from peft_zoo.exercises.grading import require
+from peft_zoo.exercises.grading import require, run_learner
 from peft_zoo.lora_conv import LoRAConv
 from peft_zoo.lora_embedding import LoRAEmbedding
 from peft_zoo.testing import explain, seeds
@@ -86,15 +86,10 @@ CONV = {
 
 
 def call_learner(fn: Callable[[], Any], what: str, spec: dict[str, Any], hint: str | None = None) -> Any:
-    """Run learner code; an unexpected error becomes a failure that says where to look."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, IndexError, TypeError, ValueError, AttributeError) as err:
-        raise AssertionError(
-            explain(f"{what} raised {type(err).__name__}: {err}", drawn=spec, hint=hint)
-        ) from None
+    """Run learner code; a shape error becomes a failure that says where to look."""
+    return run_learner(
+        fn, what, spec, hint, (RuntimeError, IndexError, TypeError, ValueError, AttributeError)
+    )
 
 
 def check_shapes(
