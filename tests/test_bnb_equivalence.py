@@ -103,11 +103,12 @@ def test_statistics_quantiser_matches_bnb_up_to_native_near_ties(n: int, seed: i
     scaled = x / absmax.repeat_interleave(256)[:n]
     ours, theirs = code[q.long()], code[q_bnb.long()]
     # peft_zoo takes the nearest level everywhere; bnb's native kernel sometimes a neighbour
-    # (never further than one widest step of the table), for well under 2% of the values (one
-    # such value in a short vector, e.g. 1 of n=24, is still a near tie, not a pattern).
+    # (never further than one widest step of the table) for a few values: measured over 300
+    # seeds each, at most 1 of n=24, 2 of 90, 3 of 200, 6 of 1000, 11 of 3000 (~0.3%). A
+    # systematic mistake moves a large share; a few near ties are not a pattern.
     assert bool(((scaled - ours).abs() <= (scaled - theirs).abs()).all())
     assert float((ours - theirs).abs().max()) <= WIDEST_STEP
-    assert int((q != q_bnb).sum()) <= max(1, 0.02 * n)
+    assert int((q != q_bnb).sum()) <= 3 + 0.01 * n
 
 
 def make_bnb_linear(d_in: int, d_out: int, bias: bool, dq: bool, seed: int) -> tuple[nn.Linear, nn.Module]:
