@@ -178,6 +178,19 @@ CASES: dict[str, tuple[str, type, Callable[..., Any], dict[str, Any]]] = {
         lambda: peft.AdaLoraConfig,
         dict(init_r=4, target_r=2, total_step=10, lora_alpha=6, target_modules=["q_proj", "v_proj"]),
     ),
+    "bert-adalora": (
+        "bert",
+        AdaLoraConfig,
+        lambda: peft.AdaLoraConfig,
+        dict(
+            init_r=3,
+            target_r=1,
+            total_step=20,
+            tinit=2,
+            target_modules=["query", "value", "output.dense"],
+            modules_to_save=["classifier"],
+        ),
+    ),
     "gpt2-adalora": (
         "gpt2",
         AdaLoraConfig,
