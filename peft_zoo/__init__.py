@@ -8,6 +8,7 @@ Every public building block is importable from here::
 from .adalora import AdaLoRALinear, orthogonal_regulariser
 from .adalora_allocator import RankAllocator, adalora_budget
 from .adapters import AdapterBlock, AdapterStack, BottleneckAdapter, ParallelAdapterBlock
+from .boft import BOFTLinear
 from .bottleneck import BnAdapter
 from .core.base import AdapterModule, merge_adapters, unmerge_adapters
 from .core.version import __version__
@@ -16,6 +17,7 @@ from .fused import FusedLoRALinear
 from .ia3 import IA3Linear
 from .injection.adalora_config import AdaLoraConfig
 from .injection.adapt import adapt_model
+from .injection.boft_config import BOFTConfig
 from .injection.bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from .injection.bottleneck_placement import adapt_bottleneck, remove_bottleneck
 from .injection.config import IA3Config, LoraConfig, ModulesToSave
@@ -119,6 +121,8 @@ __all__ = [
     "AdapterHubFormatError",
     "AdapterModule",
     "AdapterStack",
+    "BOFTConfig",
+    "BOFTLinear",
     "BankError",
     "BatchedLoRALinear",
     "BnAdapter",

@@ -97,11 +97,25 @@ METHODS: dict[str, Callable[[nn.Module, ModelCase], tuple[nn.Module, list[nn.Par
     ),
     "vera": lambda m, c: pz.adapt_model(m, pz.VeraConfig(r=4, target_modules=list(c.linears))),
     "oft": lambda m, c: pz.adapt_model(m, pz.OFTConfig(oft_block_size=4, target_modules=list(c.linears))),
+    "boft": lambda m, c: pz.adapt_model(
+        m, pz.BOFTConfig(boft_block_size=2, boft_n_butterfly_factor=2, target_modules=list(c.linears))
+    ),
     "adalora": lambda m, c: pz.adapt_model(
         m, pz.AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=list(c.linears))
     ),
 }
-MERGEABLE = {"lora", "lora_rslora_dropout", "lora_recursive", "ia3", "loha", "lokr", "vera", "oft", "adalora"}
+MERGEABLE = {
+    "lora",
+    "lora_rslora_dropout",
+    "lora_recursive",
+    "ia3",
+    "loha",
+    "lokr",
+    "vera",
+    "oft",
+    "boft",
+    "adalora",
+}
 CASES = [(m, k) for m in MODELS for k in METHODS]
 IDS = [f"{m.name}-{k}" for m, k in CASES]
 

@@ -67,6 +67,14 @@ CONTRACT = {
         "num_cayley_neumann_terms",
         "init_weights",
     ],
+    "BOFTLinear": [
+        "base",
+        "boft_block_size",
+        "boft_block_num",
+        "boft_n_butterfly_factor",
+        "boft_dropout",
+        "init_weights",
+    ],
     "LoHaLinear": ["base", "rank", "alpha", "rank_dropout", "module_dropout", "init_weights"],
     "LoKrLinear": [
         "base",
@@ -108,6 +116,8 @@ KEYWORD_ONLY = {
     ("LoHaLinear", "rank_dropout"),
     ("LoHaLinear", "module_dropout"),
     ("LoHaLinear", "init_weights"),
+    ("BOFTLinear", "boft_dropout"),
+    ("BOFTLinear", "init_weights"),
     ("LoKrLinear", "decompose_both"),
     ("LoKrLinear", "decompose_factor"),
     ("LoKrLinear", "rank_dropout"),

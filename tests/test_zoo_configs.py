@@ -26,6 +26,7 @@ PAIRS = {
     pz.VeraConfig: "VeraConfig",
     pz.OFTConfig: "OFTConfig",
     pz.AdaLoraConfig: "AdaLoraConfig",
+    pz.BOFTConfig: "BOFTConfig",
 }
 
 
@@ -78,6 +79,7 @@ def test_adapt_model_refuses_what_is_not_a_config(config: object) -> None:
         pz.LoKrConfig(r=2, target_modules=["0"]),
         pz.VeraConfig(r=2, target_modules=["0"]),
         pz.OFTConfig(oft_block_size=2, target_modules=["0"]),
+        pz.BOFTConfig(boft_block_size=2, target_modules=["0"]),
         pz.AdaLoraConfig(init_r=2, target_r=1, total_step=5, target_modules=["0"]),
         pz.LoraConfig(rank=2, target_modules=["0"]),
     ],

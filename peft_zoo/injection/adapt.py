@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from .adalora_config import AdaLoraConfig
+from .boft_config import BOFTConfig
 from .bottleneck_config import BottleneckConfig
 from .bottleneck_placement import adapt_bottleneck
 from .config import IA3Config, LoraConfig
@@ -35,6 +36,7 @@ Adapted = tuple[nn.Module, list[nn.Parameter]]
 # config class -> what applies it; one row per method (a subclass uses its parent's row)
 ADAPTERS: dict[type, Callable[[nn.Module, Any], Adapted]] = {
     AdaLoraConfig: adapt_layers,
+    BOFTConfig: adapt_layers,
     BottleneckConfig: adapt_bottleneck,
     IA3Config: adapt_layers,
     LoHaConfig: adapt_layers,

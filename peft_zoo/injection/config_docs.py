@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from .adalora_config import AdaLoraConfig
+from .boft_config import BOFTConfig
 from .bottleneck_config import BottleneckConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from .config import IA3Config, LoraConfig
 from .lycoris_config import LoHaConfig, LoKrConfig
@@ -34,6 +35,7 @@ CONFIGS: tuple[type[Any], ...] = (
     LoKrConfig,
     VeraConfig,
     OFTConfig,
+    BOFTConfig,
     AdaLoraConfig,
     BottleneckConfig,
     SeqBnConfig,

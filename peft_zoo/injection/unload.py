@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..adapters import AdapterBlock, ParallelAdapterBlock
+from ..boft import BOFTLinear
 from ..core.base import SHARED_WEIGHT_FLAG, AdapterModule, AdditiveAdapter
 from ..core.checks import bias_of, check_module, weight_of
 from ..dora import DoRALinear
@@ -50,9 +51,9 @@ from .surgery import parent_of
 __all__ = ["SelfUnloading", "UnloadError", "merge_and_unload", "unload"]
 
 # Every additive update (LoRA, DoRA, fused LoRA, LoRA on embeddings / convolutions, LoHa, LoKr,
-# VeRA, AdaLoRA), IA3's scaling and OFT's rotation: each layer's ``weight`` property is the
+# VeRA, AdaLoRA), IA3's scaling, OFT's rotation and BOFT's rotation and scale: each layer's ``weight`` property is the
 # weight it applies, in its base's layout.
-FOLDABLE = (AdditiveAdapter, IA3Linear, OFTLinear)
+FOLDABLE = (AdditiveAdapter, IA3Linear, OFTLinear, BOFTLinear)
 # Why a kind of module of the rooms below cannot be merged (or, for unload, put back exactly).
 # A layer of a higher room (serving's BatchedLoRALinear, NamedLoRALinear) says it itself:
 # it follows the SelfUnloading protocol.
@@ -283,7 +284,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into its weights and return the plain model.
 
     Every ``LoRALinear``, ``DoRALinear``, ``FusedLoRALinear``, ``LoRAEmbedding``, ``LoRAConv``,
-    ``LoHaLinear``, ``LoKrLinear``, ``VeRALinear``, ``AdaLoRALinear``, ``OFTLinear`` and
+    ``LoHaLinear``, ``LoKrLinear``, ``VeRALinear``, ``AdaLoRALinear``, ``OFTLinear``, ``BOFTLinear`` and
     ``IA3Linear`` is replaced by its own base (``nn.Linear``, ``Conv1D``, ``nn.Embedding``,
     ``nn.Conv*``), whose weight (and, for IA³, bias) now holds what the layer applied (a layer merged before is not merged again); every ``QLoRALinear`` by a
     float ``nn.Linear``; every ``ModulesToSave`` by its trained copy. Dropout on the LoRA path
