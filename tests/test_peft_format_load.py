@@ -120,7 +120,7 @@ def test_refuses_adapters_for_a_rewritten_base(bert_adapter: Path, tmp_path: Pat
 
 
 def test_refuses_other_peft_types(bert_adapter: Path, tmp_path: Path) -> None:
-    path = edited(bert_adapter, tmp_path / "a", config=lambda d: d.update(peft_type="BOFT"))
+    path = edited(bert_adapter, tmp_path / "a", config=lambda d: d.update(peft_type="HRA"))
     refused(path, r"'LORA', 'IA3', 'LOHA', .* and 'PREFIX_TUNING' adapters only")
 
 

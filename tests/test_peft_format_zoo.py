@@ -1,5 +1,5 @@
 """PEFT's on-disk format for the newer methods, both ways: LoRA on embeddings and convolutions,
-LoHa, LoKr, VeRA, OFT, AdaLoRA (peft_zoo.interop.peft_methods / peft_method_load), and PiSSA /
+LoHa, LoKr, VeRA, OFT, BOFT, AdaLoRA (peft_zoo.interop.peft_methods / peft_method_load), and PiSSA /
 OLoRA (peft_zoo.interop.peft_pissa).
 
 Each case adapts a small model with peft_zoo's config and the same one with PEFT's (the field
@@ -14,13 +14,16 @@ from the same file (through the files they save). Max |logits diff| observed on 
     case                   save_peft -> PEFT      PEFT -> load_peft      gradients
                            unmerged  merged       unmerged  merged
     llama-oft              0         4.5e-08      0         4.5e-08      2.2e-08
+    llama-boft             4.5e-08   6.0e-08      4.5e-08   5.2e-08      7.6e-08
+    bert-boft-bias         1.5e-08   0            0         0            7.5e-09
     every other case       0         0            0         0            0
     (llama/bert LoHa, LoKr (decompose_both), VeRA (bias, GPT-2 without saved projection),
      OFT (COFT, block_share, exact Cayley), AdaLoRA (LLaMA, GPT-2 Conv1D), LoRA on BERT /
      LLaMA embeddings and on Conv1d / Conv2d)
 
 Zero: the same float32 operations in the same order. OFT merged: ``W0 R^T`` is formed with
-another rounding for LLaMA's 16 -> 8 projections. The tests allow ``1e-6`` / ``1e-5``.
+another rounding for LLaMA's 16 -> 8 projections. BOFT: PEFT forms the exact Cayley transform
+with another solve (boft_n_butterfly_factor 1, the one PEFT builds on a CPU). The tests allow ``1e-6`` / ``1e-5``.
 PiSSA / OLoRA and AdaLoRA's rank pattern: test_peft_format_pissa.py. Bad files: test_peft_format_zoo_bad.py.
 """
 
@@ -43,6 +46,7 @@ from peft_format_helpers import IDS, base, logits, max_diff, perturb  # noqa: E4
 
 import peft_zoo as pz  # noqa: E402
 from peft_zoo.injection.adalora_config import AdaLoraConfig  # noqa: E402
+from peft_zoo.injection.boft_config import BOFTConfig  # noqa: E402
 from peft_zoo.injection.lycoris_config import LoHaConfig, LoKrConfig  # noqa: E402
 from peft_zoo.injection.oft_config import OFTConfig  # noqa: E402
 from peft_zoo.injection.vera_config import VeraConfig  # noqa: E402
@@ -170,6 +174,24 @@ CASES: dict[str, tuple[str, type, Callable[..., Any], dict[str, Any]]] = {
             coft=True,
             eps=1e-3,
             bias="oft_only",
+        ),
+    ),
+    "llama-boft": (  # boft_n_butterfly_factor 1: what PEFT builds on a CPU (test_peft_format_zoo_bad.py)
+        "llama",
+        BOFTConfig,
+        lambda: peft.BOFTConfig,
+        dict(boft_block_size=4, target_modules=T_LLAMA),
+    ),
+    "bert-boft-bias": (
+        "bert",
+        BOFTConfig,
+        lambda: peft.BOFTConfig,
+        dict(
+            boft_block_size=0,
+            boft_block_num=2,
+            target_modules=["query", "value", "intermediate.dense"],
+            bias="boft_only",
+            modules_to_save=["classifier"],
         ),
     ),
     "llama-adalora": (

@@ -1,4 +1,4 @@
-"""Bad PEFT files of the newer methods (LoHa, LoKr, VeRA, OFT, AdaLoRA, LoRA on embeddings) and
+"""Bad PEFT files of the newer methods (LoHa, LoKr, VeRA, OFT, BOFT, AdaLoRA, LoRA on embeddings) and
 saves PEFT's format cannot express: a clear error naming the problem, and nothing changed (the
 model's every tensor and flag, checked by fingerprint) or written.
 
@@ -18,12 +18,14 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from peft_format_helpers import base, edited, perturb, refused  # noqa: E402
+from peft_format_helpers import base, edited, logits, max_diff, perturb, refused  # noqa: E402
 
 import peft_zoo as pz  # noqa: E402
+from peft_zoo.injection.boft_config import BOFTConfig  # noqa: E402
 from peft_zoo.injection.lycoris_config import LoHaConfig  # noqa: E402
 from peft_zoo.injection.oft_config import OFTConfig  # noqa: E402
-from peft_zoo.interop import PeftFormatError, save_peft  # noqa: E402
+from peft_zoo.interop import PeftFormatError, load_peft, save_peft  # noqa: E402
+from peft_zoo.testing import assert_model_unchanged, fingerprint  # noqa: E402
 
 P = "base_model.model.model.layers.0.self_attn.q_proj"
 T = ["q_proj", "v_proj"]
@@ -32,6 +34,7 @@ CONFIGS = {
     "lokr": lambda: peft.LoKrConfig(r=2, alpha=4, target_modules=T),
     "vera": lambda: peft.VeraConfig(r=4, target_modules=T),
     "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=T),
+    "boft": lambda: peft.BOFTConfig(boft_block_size=4, target_modules=T),
     "adalora": lambda: peft.AdaLoraConfig(init_r=3, target_r=2, total_step=10, target_modules=T),
     "lora-embedding": lambda: peft.LoraConfig(r=2, target_modules=["embed_tokens", "q_proj"]),
 }
@@ -40,6 +43,7 @@ ONE_KEY = {  # a tensor of each file
     "lokr": f"{P}.lokr_w1",
     "vera": f"{P}.vera_lambda_d",
     "oft": f"{P}.oft_R.weight",
+    "boft": f"{P}.boft_R",
     "adalora": f"{P}.lora_E",
     "lora-embedding": "base_model.model.model.embed_tokens.lora_embedding_A",
 }
@@ -93,6 +97,9 @@ def test_refuses_an_unknown_field_and_a_mistyped_one(
         ("oft", "oft_block_size", 5, r"does not divide|divid"),
         ("oft", "coft", 1, r"coft must be True or False"),
         ("oft", "peft_version", "0.17.1", r"PEFT changed this parameterisation in 0.18"),
+        ("boft", "boft_block_size", 5, r"boft_block_size=5 does not divide"),
+        ("boft", "bias", "lora_only", r"bias must be one of \('none', 'all', 'boft_only'\)"),
+        ("boft", "boft_n_butterfly_factor", 0, r"boft_n_butterfly_factor"),
         ("adalora", "init_r", 0, r"init_r"),
         ("adalora", "use_dora", True, r"use_dora=True: AdaLoRA has no DoRA"),
         ("lora-embedding", "use_dora", True, r"missing tensors|DoRA"),
@@ -108,6 +115,39 @@ def test_refuses_field_values(
 def test_refuses_an_oft_file_from_before_block_sizes(files: dict[str, Path], tmp_path: Path) -> None:
     path = edited(files["oft"], tmp_path / "a", config=lambda d: d.pop("oft_block_size"))
     llama_refuses(path, r"without oft_block_size is from PEFT < 0.14")
+
+
+def test_boft_scale_must_be_there(files: dict[str, Path], tmp_path: Path) -> None:
+    path = edited(files["boft"], tmp_path / "a", tensors=lambda s: s.pop(f"{P}.boft_s"))
+    assert f"{P.removeprefix('base_model.model.')}.boft_s" in llama_refuses(path, r"missing tensors \[")
+    path = edited(files["boft"], tmp_path / "b", tensors=lambda s: s.update({f"{P}.boft_s": torch.ones(16)}))
+    llama_refuses(path, rf"{P}.boft_s: shape \(16,\) in file, \(16, 1\) expected")
+
+
+def test_boft_butterfly_factor_is_what_peft_builds_on_a_cpu(files: dict[str, Path], tmp_path: Path) -> None:
+    """PEFT without its CUDA extension builds one butterfly factor whatever the config says:
+    such a file (factor 2 said, boft_R (1, D, b, b)) loads as PEFT computes it, with a warning;
+    a file with two factors' tensors (PEFT's kernel path) is refused, nothing changed."""
+    theirs = peft.get_peft_model(
+        base("llama"), peft.BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2, target_modules=T)
+    )
+    if not torch.cuda.is_available():  # the evidence: PEFT on a CPU stores one factor
+        assert tuple(theirs.base_model.model.model.layers[0].self_attn.q_proj.boft_R["default"].shape) == (
+            1,
+            4,
+            4,
+            4,
+        )
+    said_two = edited(files["boft"], tmp_path / "a", config=lambda d: d.update(boft_n_butterfly_factor=2))
+    with pytest.warns(UserWarning, match=r"boft_n_butterfly_factor=2 with boft_R of shape \(1, D, b, b\)"):
+        here, _ = load_peft(base("llama"), said_two)
+    assert max_diff(logits(here), logits(peft.PeftModel.from_pretrained(base("llama"), said_two))) <= 1e-6
+    two = edited(
+        said_two, tmp_path / "b", tensors=lambda s: s.update({f"{P}.boft_R": torch.zeros(2, 4, 4, 4)})
+    )
+    llama_refuses(
+        two, rf"boft_n_butterfly_factor=2 with {P}.boft_R of shape \(2, 4, 4, 4\): written by PEFT's CUDA"
+    )
 
 
 def test_vera_pair_must_be_there_when_the_config_says_it_was_saved(
@@ -150,6 +190,20 @@ def test_save_refuses_what_one_peft_adapter_cannot_hold(tmp_path: Path) -> None:
     pz.adapt_model(two_sizes, OFTConfig(oft_block_size=8, target_modules=["v_proj"]))
     with pytest.raises(PeftFormatError, match=r"differ in oft_block_size"):
         save_peft(two_sizes, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_refuses_boft_with_several_butterfly_factors(tmp_path: Path) -> None:
+    """PEFT on a CPU would build one factor from the file, so the save is refused; the model is
+    left as it was and nothing is written."""
+    model, _ = pz.adapt_model(
+        base("llama"), BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2, target_modules=T)
+    )
+    model = perturb(model, 1)
+    before = fingerprint(model)
+    with pytest.raises(PeftFormatError, match=r"boft_n_butterfly_factor=2: PEFT without its CUDA extension"):
+        save_peft(model, tmp_path / "out")
+    assert_model_unchanged(model, before, what="a refused save_peft")
     assert not (tmp_path / "out").exists()
 
 

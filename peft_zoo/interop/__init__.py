@@ -12,7 +12,7 @@ reads tensors with safetensors or ``torch.load(weights_only=True)``, never a pic
 - :mod:`.peft_config`: ``adapter_config.json`` <-> ``LoraConfig`` / ``IA3Config``;
 - :mod:`.peft_checks`: the type and range of every config field, a bounded JSON reader;
 - :mod:`.peft_parts`: the LoRA (linear, embedding, convolution) and IA³ parts of a file;
-- :mod:`.peft_methods`, :mod:`.peft_method_load`: LoHa, LoKr, VeRA, OFT and AdaLoRA files;
+- :mod:`.peft_methods`, :mod:`.peft_method_load`: LoHa, LoKr, VeRA, OFT, BOFT and AdaLoRA files;
 - :mod:`.peft_pissa`: PiSSA / OLoRA files (the decomposition redone on load, as PEFT does;
   conversion to plain LoRA on save).
 

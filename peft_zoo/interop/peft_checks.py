@@ -79,7 +79,8 @@ FIELD_CHECKS: dict[str, Check] = {
     "lora_dropout": check_probability,
     "use_rslora": check_bool,
     "use_dora": check_optional_bool,
-    "bias": _one_of(("none", "all", "lora_only", "vera_only", "oft_only")),  # each method checks its own
+    # each method checks its own
+    "bias": _one_of(("none", "all", "lora_only", "vera_only", "oft_only", "boft_only")),
     "layers_to_transform": check_layers,
     "layers_pattern": check_layers_pattern,
     "rank_pattern": _optional(

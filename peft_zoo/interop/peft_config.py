@@ -144,7 +144,7 @@ def _check_peft_dict(data: object) -> list[str]:
     if peft_type not in ("LORA", "IA3"):
         return [
             f"peft_type={peft_type!r}: peft_zoo reads PEFT's 'LORA', 'IA3', 'LOHA', 'LOKR', 'VERA', 'OFT', "
-            "'ADALORA', 'PROMPT_TUNING', 'P_TUNING' and 'PREFIX_TUNING' adapters only (this translation: "
+            "'BOFT', 'ADALORA', 'PROMPT_TUNING', 'P_TUNING' and 'PREFIX_TUNING' adapters only (this translation: "
             "LORA and IA3; the layer methods: peft_zoo.interop.peft_methods.method_config_from_peft)"
         ]
     if peft_type == "LORA":

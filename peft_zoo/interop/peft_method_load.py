@@ -1,4 +1,4 @@
-"""Loading a PEFT adapter of a layer method (LoHa, LoKr, VeRA, OFT, AdaLoRA; the table is
+"""Loading a PEFT adapter of a layer method (LoHa, LoKr, VeRA, OFT, BOFT, AdaLoRA; the table is
 :data:`~peft_zoo.interop.peft_methods.METHODS`) without changing the model until it fits.
 
 One path for every method: translate the config, select the modules by PEFT's rules on the
@@ -43,7 +43,7 @@ from .peft_match import (
     resolve_names,
     select_modules,
 )
-from .peft_methods import METHODS, Method, method_config_from_peft, tensor_key
+from .peft_methods import METHODS, Method, boft_effective, method_config_from_peft, tensor_key
 
 __all__ = ["MethodPlan", "plan_method"]
 
@@ -53,6 +53,7 @@ _SUFFIXES = {  # the tensor names after a module's, to find the modules a file n
     "LOKR": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
     "VERA": ("vera_lambda_b", "vera_lambda_d"),
     "OFT": ("oft_R.weight",),
+    "BOFT": ("boft_R", "boft_s"),
     "ADALORA": ("lora_A", "lora_E", "lora_B"),
 }
 
@@ -194,6 +195,7 @@ def plan_method(model: nn.Module, data: Mapping[str, Any], state: Mapping[str, t
     """Check a layer-method adapter against ``model`` without changing it; raise
     :class:`PeftFormatError` listing what does not fit."""
     method = METHODS[str(data["peft_type"])]
+    data = boft_effective(data, state)  # BOFT: the butterfly factor PEFT builds (else unchanged)
     config = method_config_from_peft(data)
     saved = _split_top(state, method)
     suffixes = (*(f".{s}" for s in _SUFFIXES[method.peft_type]), ".base_layer.bias")

@@ -1,4 +1,4 @@
-"""PEFT's format for the layer methods beyond LoRA and IA³: LoHa, LoKr, VeRA, OFT, AdaLoRA.
+"""PEFT's format for the layer methods beyond LoRA and IA³: LoHa, LoKr, VeRA, OFT, BOFT, AdaLoRA.
 
 Every one of them is a layer per adapted module whose trainable tensors PEFT saves under the
 module's name and the tensor's (``base_model.model.<module>.<tensor>``), so one table,
@@ -12,12 +12,20 @@ the layers' settings become the config's fields::
     VERA     <module>.vera_lambda_b (out,)  .vera_lambda_d (r,);   once: base_model.vera_A (r, in_max),
              base_model.vera_B (out_max, r)   (with save_projection; else drawn from projection_prng_key)
     OFT      <module>.oft_R.weight (r, b (b - 1) / 2)   ((1, ...) with block_share)
+    BOFT     <module>.boft_R (1, D, b, b)  .boft_s (out, 1)   (boft_n_butterfly_factor 1 only, below)
     ADALORA  <module>.lora_A (r, in)  .lora_E (r, 1)  .lora_B (out, r); rank_pattern: module -> kept mask
 
 :func:`method_config_from_peft` reads a config of one of these types (every field sorted:
 translated, ignored, or accepted only when off; anything else refused by name);
 :func:`method_part` writes one (:func:`~peft_zoo.save_peft`). Loading the tensors is
 :mod:`.peft_method_load`.
+
+BOFT with ``boft_n_butterfly_factor`` m > 1: PEFT without its CUDA extension (any CPU) silently
+builds ONE factor, ``boft_R (1, D, b, b)``, whatever its config says (and writes the config's m).
+So a save of m > 1 layers is refused (PEFT on a CPU would refuse the ``(m, D, b, b)`` tensors or
+compute another function), and :func:`boft_effective` turns a file's m > 1 with ``(1, D, b, b)``
+tensors into m = 1, what PEFT computes from it; ``(m, D, b, b)`` tensors (PEFT's CUDA kernel)
+are refused, since PEFT's kernel path cannot be checked here.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from typing import Any
 import torch
 
 from ..adalora import AdaLoRALinear
+from ..boft import BOFTLinear
 from ..core.base import AdapterModule
 from ..injection.adalora_config import AdaLoraConfig
+from ..injection.boft_config import BOFTConfig
 from ..injection.config_base import TargetingConfig
 from ..injection.lycoris_config import LoHaConfig, LoKrConfig
 from ..injection.oft_config import OFTConfig
@@ -53,7 +63,15 @@ from .peft_config import (
 )
 from .peft_keys import exact_pattern
 
-__all__ = ["METHODS", "Method", "method_config_from_peft", "method_layer_types", "method_part", "tensor_key"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "boft_effective",
+    "method_config_from_peft",
+    "method_layer_types",
+    "method_part",
+    "tensor_key",
+]
 
 Fields = dict[str, Any]
 
@@ -166,6 +184,29 @@ def _oft_fields(layers: Mapping[str, Any]) -> Fields:
     }
 
 
+def _boft_fields(layers: Mapping[str, Any]) -> Fields:
+    factor = _one(layers, "boft_n_butterfly_factor")
+    if factor != 1:
+        raise PeftFormatError(
+            f"save_peft: boft_n_butterfly_factor={factor}: PEFT without its CUDA extension (any CPU) "
+            "silently builds one butterfly factor, boft_R (1, D, b, b), so it would refuse these tensors "
+            "or compute another function; only boft_n_butterfly_factor=1 is written"
+        )
+    sizes = {m.boft_block_size for m in layers.values()}
+    blocks = {"boft_block_size": sizes.pop(), "boft_block_num": 0} if len(sizes) == 1 else {}
+    if not blocks:  # PEFT derives the size per layer from one block number
+        blocks = {
+            "boft_block_size": 0,
+            "boft_block_num": _one(layers, "boft_block_num", "block size and number"),
+        }
+    return {
+        **blocks,
+        "boft_n_butterfly_factor": 1,
+        "boft_dropout": _largest(layers, "boft_dropout"),
+        "init_weights": True,
+    }
+
+
 def _adalora_fields(layers: Mapping[str, Any]) -> Fields:
     init_r = _one(layers, "rank", "rank (init_r)")
     # The schedule the config recorded on its layers; layers built by hand have none: then
@@ -214,6 +255,7 @@ METHODS: dict[str, Method] = {
         ),
         Method("VERA", VeraConfig, VeRALinear, _vera_fields, absent=frozenset({"exclude_modules"})),
         Method("OFT", OFTConfig, OFTLinear, _oft_fields, renamed={"oft_R": "oft_R.weight"}),
+        Method("BOFT", BOFTConfig, BOFTLinear, _boft_fields),
         Method(
             "ADALORA",
             AdaLoraConfig,
@@ -268,9 +310,39 @@ def _oft_problems(data: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def boft_effective(data: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The BOFT config dict ``data`` with the butterfly factor PEFT computes from the file's
+    tensors ``state`` (``boft_R`` of shape ``(m, D, b, b)``): PEFT without its CUDA extension
+    uses 1 whatever ``boft_n_butterfly_factor`` says (with a warning here); a file with m > 1
+    (PEFT's CUDA kernel) is refused, naming a tensor."""
+    out = dict(data)
+    factor = data.get("boft_n_butterfly_factor", 1)
+    if (
+        data.get("peft_type") != "BOFT"
+        or isinstance(factor, bool)
+        or not isinstance(factor, int)
+        or factor <= 1
+    ):
+        return out  # 1, or an invalid value, which the config's own checks refuse
+    several = sorted(k for k, v in state.items() if k.endswith(".boft_R") and v.dim() == 4 and v.shape[0] > 1)
+    if several:
+        raise PeftFormatError(
+            f"boft_n_butterfly_factor={factor} with {several[0]} of shape {tuple(state[several[0]].shape)}: "
+            "written by PEFT's CUDA kernel path, which peft_zoo cannot check here; PEFT without the "
+            "kernel refuses it too"
+        )
+    warnings.warn(
+        f"boft_n_butterfly_factor={factor} with boft_R of shape (1, D, b, b): PEFT without its CUDA "
+        "extension built one butterfly factor, so one is loaded (the function PEFT computes from this file)",
+        stacklevel=3,
+    )
+    out["boft_n_butterfly_factor"] = 1
+    return out
+
+
 def method_config_from_peft(data: Mapping[str, Any]) -> TargetingConfig:
     """peft_zoo's config (:class:`~peft_zoo.LoHaConfig`, ``LoKrConfig``, ``VeraConfig``,
-    ``OFTConfig``, ``AdaLoraConfig``) for a PEFT config dict of that ``peft_type``: the fields
+    ``OFTConfig``, ``BOFTConfig``, ``AdaLoraConfig``) for a PEFT config dict of that ``peft_type``: the fields
     carry over by name, ``fan_in_fan_out`` is inferred per layer. Raises
     :class:`PeftFormatError` listing every field peft_zoo cannot honour."""
     method = METHODS.get(str(data.get("peft_type")))
@@ -303,7 +375,7 @@ def method_part(
     fields_ = method.fields_of(layers)
     ours = {f.name for f in fields(method.config_class)}
     if "bias" in ours:  # PEFT's name for "the adapted layers' biases" differs per method
-        own = {"VERA": "vera_only", "OFT": "oft_only"}.get(method.peft_type, "lora_only")
+        own = {"VERA": "vera_only", "OFT": "oft_only", "BOFT": "boft_only"}.get(method.peft_type, "lora_only")
         fields_["bias"] = own if bias == "lora_only" else bias
     elif bias != "none":
         raise PeftFormatError(

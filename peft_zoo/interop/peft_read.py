@@ -179,7 +179,7 @@ def _plan(model: nn.Module, data: dict[str, Any], state: dict[str, torch.Tensor]
             f"the model already has adapter layers {adapted[:4]}; load_peft adapts the plain base model "
             "(to add this adapter by name beside them: peft_zoo.load_peft_adapter(model, path, name))"
         )
-    if data.get("peft_type") in METHODS:  # LoHa, LoKr, VeRA, OFT, AdaLoRA: .peft_method_load
+    if data.get("peft_type") in METHODS:  # LoHa, LoKr, VeRA, OFT, BOFT, AdaLoRA: .peft_method_load
         method = plan_method(model, data, state)
         copies = _compare(method.expected, method.saved, method.names)
         bias = getattr(method.config, "bias", "none")
