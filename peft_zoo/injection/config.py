@@ -47,6 +47,7 @@ from .config_base import (
     check_pattern_map,
     check_patterns_used,
     pattern_key,
+    pattern_value,
 )
 from .layer_adapt import Builder
 from .lora_init import apply_lora_init, check_init_lora_weights, check_layer_supports, rewrites_base
@@ -214,10 +215,8 @@ class LoraConfig(TargetingConfig):
     def rank_alpha(self, name: str) -> tuple[int, float]:
         """The ``(rank, alpha)`` module ``name`` gets. Without ``alpha`` anywhere, alpha =
         that module's rank (scale 1), as :class:`~peft_zoo.LoRALinear` defaults."""
-        r_key = pattern_key(list(self.rank_pattern), name, "rank_pattern")
-        rank = self.rank_pattern[r_key] if r_key is not None else self.rank
-        a_key = pattern_key(list(self.alpha_pattern), name, "alpha_pattern")
-        alpha = self.alpha_pattern[a_key] if a_key is not None else self.alpha
+        rank: int = pattern_value(self.rank_pattern, name, self.rank, "rank_pattern")
+        alpha = pattern_value(self.alpha_pattern, name, self.alpha, "alpha_pattern")
         return rank, float(rank if alpha is None else alpha)
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "check_pattern_map",
     "check_patterns_used",
     "pattern_key",
+    "pattern_value",
 ]
 
 BIAS_MODES = ("none", "all", "lora_only")
@@ -46,6 +47,13 @@ def pattern_key(patterns: Sequence[str], name: str, what: str = "rank_pattern") 
         if match(key_regex(key), name, what):
             return key
     return None
+
+
+def pattern_value(patterns: Mapping[str, Any], name: str, default: Any, what: str) -> Any:
+    """The value of the first key of ``patterns`` (a rank / alpha pattern) matching module
+    ``name`` (:func:`pattern_key`), else ``default``."""
+    key = pattern_key(list(patterns), name, what)
+    return default if key is None else patterns[key]
 
 
 def check_pattern_map(value: object, what: str, check_value: Callable[[object, str], object]) -> None:

@@ -30,7 +30,7 @@ from ..core.checks import check_bool, check_int_in, check_positive_float, check_
 from ..core.regex import time_budget
 from ..loha import LoHaLinear
 from ..lokr import LoKrLinear, check_decompose_factor, check_init_weights
-from .config_base import MAX_RANK, TargetingConfig, check_pattern_map, check_patterns_used, pattern_key
+from .config_base import MAX_RANK, TargetingConfig, check_pattern_map, check_patterns_used, pattern_value
 from .layer_adapt import Builder
 from .surgery import InjectionError, adapter_owned
 from .targets import ALL_LINEAR, MATCH_BUDGET, check_spec, target_matches
@@ -85,10 +85,8 @@ class LycorisConfig(TargetingConfig):
     def rank_alpha(self, name: str) -> tuple[int, float]:
         """The ``(r, alpha)`` module ``name`` gets: the first matching pattern key, else the
         config's ``r`` / ``alpha`` (each looked up on its own, as PEFT does)."""
-        r_key = pattern_key(list(self.rank_pattern), name, "rank_pattern")
-        a_key = pattern_key(list(self.alpha_pattern), name, "alpha_pattern")
-        rank = self.rank_pattern[r_key] if r_key is not None else self.r
-        alpha = self.alpha_pattern[a_key] if a_key is not None else self.alpha
+        rank = pattern_value(self.rank_pattern, name, self.r, "rank_pattern")
+        alpha = pattern_value(self.alpha_pattern, name, self.alpha, "alpha_pattern")
         return int(rank), float(alpha)
 
     def find(self, model: nn.Module) -> list[str]:
