@@ -19,6 +19,7 @@ from .commands import cmd_build, cmd_check, cmd_hint, cmd_list, cmd_reset, cmd_s
 from .constants import DEFAULT_TIMEOUT, ROOT_ENV, RunnerError
 from .output import emit
 from .paths import Paths, find_root
+from .practice import cmd_practice_status
 from .watch import cmd_watch
 
 COMMANDS = ("status", "list", "check", "hint", "watch", "solution", "reset", "build")
@@ -63,6 +64,10 @@ def _timeout(args: argparse.Namespace) -> float:
 
 def run_status(args: argparse.Namespace) -> int:
     return cmd_status(_paths(args), timeout=_timeout(args))
+
+
+def run_practice_status(args: argparse.Namespace) -> int:
+    return cmd_practice_status(_paths(args), timeout=_timeout(args))
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -114,9 +119,18 @@ def add_arguments(parser: argparse.ArgumentParser, sub: Any) -> None:
         p.add_argument("n", metavar="N", type=challenge_arg, help="challenge number (see `peft-zoo list`)")
 
     p = sub.add_parser(
-        "status", parents=[common, timed], help="progress bar, every challenge's status, what next"
+        "status",
+        parents=[common, timed],
+        help="your practice log: per challenge passed, tries, hints, time spent, estimate",
+        description=(
+            "The practice log, one row per challenge: status, grading runs (tries), hints revealed, "
+            "time from the first try to the first pass (or how long it is in progress), 'no hints' "
+            "when it passed before any hint was revealed, difficulty and a time estimate "
+            "(★ 10, ★★ 20, ★★★ 35 min). A bare `peft-zoo` shows the short dashboard. Colour only on "
+            "a terminal and never when NO_COLOR is set."
+        ),
     )
-    p.set_defaults(func=run_status)
+    p.set_defaults(func=run_practice_status)
     p = sub.add_parser(
         "list", parents=[common, timed], help="challenges with difficulty, prerequisites, status"
     )

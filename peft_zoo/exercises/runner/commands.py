@@ -19,6 +19,7 @@ from .constants import DEFAULT_TIMEOUT, LEVELS, NOT_IMPLEMENTED, RunnerError
 from .grade import grade_one
 from .output import dot, emit, marks, progress_bar
 from .paths import Paths, grader_fingerprint, pristine_stub, sha256_bytes, sha256_file
+from .practice import guide_link
 from .progress import Progress
 from .status import next_line, next_status, statuses
 
@@ -38,7 +39,7 @@ def cmd_status(paths: Paths, *, timeout: float = DEFAULT_TIMEOUT) -> int:
     emit()
     emit(next_line(paths, next_status(all_statuses), all_statuses))
     emit(
-        "Commands: peft-zoo check N | hint N | watch | solution N | reset N | list | build   "
+        "Commands: peft-zoo status | check N | hint N | watch | solution N | reset N | list | build   "
         "(new here? peft-zoo tour)"
     )
     return 0
@@ -106,8 +107,12 @@ def check(
     fingerprint = grader_fingerprint(paths, ch)
     messages: list[str] = []
     passed = grade_one(paths, ch, timeout=timeout, full=full, messages=messages)
+    if passed is not None:
+        progress.note_attempt(ch.stem, passed)  # an attempt, even if its result is not kept
     if sha256_file(exercise) != sha256_bytes(data):
         emit("(the file changed while it was being graded: this result is not recorded)")
+        if passed is not None:
+            progress.save()
         if watching:
             return None
     elif passed is not None:
@@ -127,6 +132,7 @@ def _report_pass(ch: Challenge) -> None:
         emit("Interview practice: can you now answer these out loud?")
         for question in ch.interview:
             emit(f"  - {question}")
+    emit(f"Worked interview answers: {guide_link(ch)}")
     emit(f"Compare with the reference answer: `peft-zoo solution {ch.number}`")
 
 
@@ -213,8 +219,10 @@ def verified_pass(paths: Paths, progress: Progress, ch: Challenge, *, timeout: f
         return recorded
     emit(f"Your {ch.stem}.py changed since it was last graded; grading it first...")
     passed = grade_one(paths, ch, timeout=timeout, stream=False)
-    if passed is not None and sha256_file(paths.exercise(ch)) == sha:
-        progress.record(ch.stem, passed, sha, fingerprint)
+    if passed is not None:
+        progress.note_attempt(ch.stem, passed)
+        if sha256_file(paths.exercise(ch)) == sha:
+            progress.record(ch.stem, passed, sha, fingerprint)
         progress.save()
     return bool(passed)
 

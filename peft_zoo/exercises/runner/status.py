@@ -60,6 +60,8 @@ def statuses(
         emit(f"Grading {len(to_grade)} changed file(s) ({names}) in one pytest run...")
         results = grade_many(paths, [ch for ch, _, _ in to_grade], timeout=timeout)
         for ch, sha, fingerprint in to_grade:
+            if ch.stem in results:
+                progress.note_attempt(ch.stem, results[ch.stem])
             if ch.stem in results and sha256_file(paths.exercise(ch)) == sha:  # unchanged meanwhile
                 progress.record(ch.stem, results[ch.stem], sha, fingerprint)
         progress.save()
