@@ -61,6 +61,7 @@ Run these from the repository root, after `python -m pip install -c constraints.
 | command | what it does |
 |---|---|
 | `peft-zoo` | progress bar, every challenge's status, and exactly what to do next |
+| `peft-zoo status` | your practice log: per challenge passed, tries, hints used, time from first try to pass, a "no hints" mark and a time estimate (★ 10, ★★ 20, ★★★ 35 min) |
 | `peft-zoo check N` | grade challenge N now, print the grader's feedback, record the result |
 | `peft-zoo watch` | re-grade the current challenge every time you save; moves on when it passes |
 | `peft-zoo hint N` | reveal one more hint for N (`--all` shows every hint) |
