@@ -215,6 +215,7 @@ def test_pass_message_links_the_worked_answers_and_asks_the_questions(root, caps
     code, out = cli(capsys, root, "check", "1")
     assert code == 0, out
     assert "Worked interview answers: docs/lora.md#interview-questions" in out
+    assert "peft-zoo interview --topic lora" in out
     for question in CH1.interview:
         assert f"  - {question}" in out
 

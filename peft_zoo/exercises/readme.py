@@ -251,7 +251,17 @@ answer and names the classic bug when your output matches one. Start with
 and the next challenge; `peft-zoo check N` grades one, `peft-zoo hint N` reveals a hint.
 
 Levels: ★☆☆ warm-up, ★★☆ core, ★★★ interview-hard. *Needs* lists the challenges whose ideas
-a challenge reuses; doing them in number order always satisfies it.
+a challenge reuses; doing them in number order always satisfies it. `peft-zoo status` keeps
+your practice log, and `peft-zoo interview` runs a timed mock interview: concept questions
+from the guides, numeric questions graded by the cost model, and one challenge against the
+clock.
+
+**Reference answers are published here on purpose.** The site is built from the repository,
+and anyone who clones it has `solutions/`; hiding the answers on the site would not stop
+anyone who wants to look. The runner is where the discipline lives: `peft-zoo solution N`
+opens only after N passes, and the interview's coding question is written from the stub in
+a separate folder and graded by the same grader. The links below are marked *spoiler*: open
+one after your own attempt passes, to compare.
 """
 
 
@@ -271,7 +281,7 @@ def render_challenge_index() -> str:
         needs = ", ".join(f"{n:02d}" for n in ch.prerequisites) or "-"
         files = (
             f"[stub]({practice}/{ch.stem}.py) · [grader]({practice}/test_{ch.stem}.py) · "
-            f"[solution]({solutions}/{ch.stem}.py)"
+            f"[solution (spoiler)]({solutions}/{ch.stem}.py)"
         )
         guide, notebook = GUIDES[ch.number]
         learn = f"[guide]({guide}) · [notebook](../notebooks/{notebook}.ipynb)"

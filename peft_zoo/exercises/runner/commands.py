@@ -19,6 +19,7 @@ from .constants import DEFAULT_TIMEOUT, LEVELS, NOT_IMPLEMENTED, RunnerError
 from .grade import grade_one
 from .output import dot, emit, marks, progress_bar
 from .paths import Paths, grader_fingerprint, pristine_stub, sha256_bytes, sha256_file
+from ..interview.coding import TOPIC_OF
 from .practice import guide_link
 from .progress import Progress
 from .status import next_line, next_status, statuses
@@ -133,6 +134,7 @@ def _report_pass(ch: Challenge) -> None:
         for question in ch.interview:
             emit(f"  - {question}")
     emit(f"Worked interview answers: {guide_link(ch)}")
+    emit(f"Rehearse them against the clock: `peft-zoo interview --topic {TOPIC_OF[ch.number]}`")
     emit(f"Compare with the reference answer: `peft-zoo solution {ch.number}`")
 
 

@@ -129,6 +129,7 @@ def grade_one(
     stream: bool = True,
     full: bool = False,
     messages: list[str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> bool | None:
     """Grade ``ch`` now (printing pytest's output when ``stream``); None when undecided.
 
@@ -137,9 +138,10 @@ def grade_one(
     never counts. By default pytest stops at the first failing property and the grader's
     conftest prints the teaching message (drawn / expected / got / likely); ``full`` runs
     every property with pytest's detailed output. The failure messages are appended to
-    ``messages`` when given.
+    ``messages`` when given; ``extra_args`` go to pytest (``--impl=DIR`` grades another folder).
     """
     extra = ["--full"] if full else ["-x", "-W", "ignore::DeprecationWarning"]
+    extra += list(extra_args)
     if stream and sys.stdout.isatty():
         extra.append("--color=yes")
     with tempfile.TemporaryDirectory(prefix="peft_zoo_check_") as tmp:

@@ -1,0 +1,1 @@
+"""Interview mode: the question bank, numeric questions, the timed coding question, sessions and review."""

@@ -1,0 +1,36 @@
+"""The three kinds of interview question and the topics they belong to.
+
+A concept question is a worked answer from a guide with its key points as a checklist; a
+numeric question is drawn from a seeded generator and graded exactly by the library's cost
+model; a coding question is a challenge (or a variant of one) graded by its own grader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The topics `peft-zoo interview --topic` accepts ("all" means every one of them).
+TOPICS: tuple[str, ...] = ("lora", "adapters", "quantisation", "serving")
+
+
+@dataclass(frozen=True)
+class ConceptQuestion:
+    id: str  # stable key for the history file: "<guide stem>.<slug>", e.g. "lora.b-zero-init"
+    topic: str  # one of TOPICS
+    guide: str  # the docs page whose "Interview questions" section shows it, e.g. "lora.md"
+    prompt: str  # the question, Markdown on one line (shown bold in the guide)
+    answer: str  # the worked answer, Markdown, may span lines (shown under the prompt)
+    points: tuple[str, ...]  # 2-5 key points a good answer covers; the candidate ticks them
+    challenges: tuple[int, ...] = ()  # challenge numbers that prepare for it
+
+
+@dataclass(frozen=True)
+class NumericQuestion:
+    id: str  # "<kind>:<seed>": regenerates the same question, e.g. for `peft-zoo review`
+    kind: str  # generator name, e.g. "lora_trainable"
+    topic: str  # one of TOPICS
+    prompt: str  # the question with its geometry spelled out and the unit asked for
+    answer: float  # the exact value, computed by peft_zoo.cost and friends
+    unit: str  # "parameters", "MB", "bits", "GFLOPs", "tokens", ...
+    rel_tol: float  # relative tolerance a typed answer must meet (0.0 for exact integers)
+    worked: str  # the worked computation, shown after a wrong answer
