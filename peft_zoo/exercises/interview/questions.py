@@ -7,10 +7,22 @@ model; a coding question is a challenge (or a variant of one) graded by its own 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The topics `peft-zoo interview --topic` accepts ("all" means every one of them).
 TOPICS: tuple[str, ...] = ("lora", "adapters", "quantisation", "serving")
+
+
+# A sentence ends at . ! or ? followed by space and a capital, a digit, maths or code; not
+# after the usual abbreviations.
+_SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<!\bal\.)(?<=[.!?])\s+(?=[A-Z0-9$`(*])")
+
+
+def split_sentences(text: str) -> tuple[str, ...]:
+    """``text``'s sentences, each on one line (Markdown line breaks become spaces)."""
+    flat = " ".join(text.split())
+    return tuple(s.strip() for s in _SENTENCE_END.split(flat) if s.strip())
 
 
 @dataclass(frozen=True)
@@ -20,8 +32,12 @@ class ConceptQuestion:
     guide: str  # the docs page whose "Interview questions" section shows it, e.g. "lora.md"
     prompt: str  # the question, Markdown on one line (shown bold in the guide)
     answer: str  # the worked answer, Markdown, may span lines (shown under the prompt)
-    points: tuple[str, ...]  # 2-5 key points a good answer covers; the candidate ticks them
     challenges: tuple[int, ...] = ()  # challenge numbers that prepare for it
+    points: tuple[str, ...] = ()  # key points a good answer covers; () means the answer's sentences
+
+    def checklist(self) -> tuple[str, ...]:
+        """The key points the candidate ticks: ``points``, or else the answer's sentences."""
+        return self.points or split_sentences(self.answer)
 
 
 @dataclass(frozen=True)

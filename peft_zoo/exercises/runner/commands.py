@@ -20,6 +20,7 @@ from .grade import grade_one
 from .output import dot, emit, marks, progress_bar
 from .paths import Paths, grader_fingerprint, pristine_stub, sha256_bytes, sha256_file
 from ..interview.coding import TOPIC_OF
+from ..interview.guides import GuideSyncError, guide_pages
 from .practice import guide_link
 from .progress import Progress
 from .status import next_line, next_status, statuses
@@ -330,6 +331,7 @@ def cmd_build(root: Path, *, check_only: bool = False) -> int:
     paths = Paths(root)
     pages = {root / rel: text for rel, text in generated_pages().items()}
     try:
+        pages.update(guide_pages(root))
         if check_only:
             drifted = builder.check(root)
             for path, text in pages.items():
@@ -351,7 +353,7 @@ def cmd_build(root: Path, *, check_only: bool = False) -> int:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, text.encode("utf-8"))
                 written.append(path)
-    except builder.BuildError as err:
+    except (builder.BuildError, GuideSyncError) as err:
         emit(f"build failed: {err}", stream=sys.stderr)
         return 1
     for path in written:

@@ -1,0 +1,73 @@
+"""The interview questions of docs/oft.md; the guide's section is generated from here."""
+
+from __future__ import annotations
+
+from ..questions import ConceptQuestion
+
+GUIDE = "oft.md"
+TOPIC = "lora"
+
+QUESTIONS = (
+    ConceptQuestion(
+        id="oft.oft-preserve-hyperspherical-energy",
+        topic=TOPIC,
+        guide=GUIDE,
+        prompt="Why does OFT preserve hyperspherical energy?",
+        answer=(
+            "The hyperspherical energy of a layer's neurons (Liu et al., 2018,\n"
+            "[arXiv:1805.09298](https://arxiv.org/abs/1805.09298)) is\n"
+            "$\\sum_{i \\ne j} \\lVert \\hat w_i - \\hat w_j \\rVert^{-1}$ over the normalised neurons\n"
+            "$\\hat w_i = w_i / \\lVert w_i \\rVert$: it depends only on the pairwise angles. OFT replaces every\n"
+            "$w_i$ by $R w_i$ with the same orthogonal $R$, so\n"
+            "$\\langle R w_i, R w_j \\rangle = w_i^\\top R^\\top R\\, w_j = \\langle w_i, w_j \\rangle$ and\n"
+            "$\\lVert R w_i \\rVert = \\lVert w_i \\rVert$: every angle, hence the energy, is unchanged. An\n"
+            "additive update $W_0 + \\Delta W$ has no such guarantee. Two caveats: with the Neumann\n"
+            "approximation $R$ is only nearly orthogonal, and the guarantee is about the neurons *within* a\n"
+            "layer, not about the function of the network."
+        ),
+    ),
+    ConceptQuestion(
+        id="oft.cayley-transform-skew-symmetric",
+        topic=TOPIC,
+        guide=GUIDE,
+        prompt="Why the Cayley transform, and why skew-symmetric?",
+        answer=(
+            "The map $Q \\mapsto (I - Q)(I + Q)^{-1}$ sends every skew-symmetric matrix to an orthogonal one\n"
+            "(without eigenvalue $-1$), and $Q = 0$ to $I$. Skew matrices form a vector space, so they can be\n"
+            "trained with any optimizer without projection, and $b(b-1)/2$ numbers parameterise each block\n"
+            "exactly. Alternatives: the matrix exponential (exact, costlier) or Householder products."
+        ),
+    ),
+    ConceptQuestion(
+        id="oft.many-parameters-oft-add-compare",
+        topic=TOPIC,
+        guide=GUIDE,
+        prompt="How many parameters does OFT add, and how does it compare with LoRA?",
+        answer=(
+            "$d_\\text{in}(b - 1)/2$ per layer: 11,904 for a $768$-input layer with $b = 32$, against LoRA's\n"
+            "12,288 at $r = 8$ on a square layer. Unlike LoRA, the count does not grow with $d_\\text{out}$."
+        ),
+    ),
+    ConceptQuestion(
+        id="oft.lose-block-diagonal-r-boft",
+        topic=TOPIC,
+        guide=GUIDE,
+        prompt="What do you lose with block-diagonal $R$, and what does BOFT do about it?",
+        answer=(
+            "Features in different blocks never mix, so the reachable rotations are a small subgroup. BOFT\n"
+            "composes several sparse orthogonal factors in a butterfly pattern, so information from every\n"
+            "input feature can reach every other, at $O(d \\log d)$ parameters."
+        ),
+    ),
+    ConceptQuestion(
+        id="oft.oft-merged-unmerging-exact",
+        topic=TOPIC,
+        guide=GUIDE,
+        prompt="Can OFT be merged? Is unmerging exact?",
+        answer=(
+            "Yes: $W_0 R^\\top$ is an ordinary weight. Unmerging needs $R^{-\\top}$; for an exactly\n"
+            "orthogonal $R$ that is $R$ itself, but PEFT's default Neumann form is only approximately\n"
+            "orthogonal, so peft_zoo inverts, and the result is $W_0$ up to rounding."
+        ),
+    ),
+)
