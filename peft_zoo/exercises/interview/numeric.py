@@ -1,0 +1,304 @@
+"""Numeric interview questions: a seeded generator draws a real model's geometry and a setup,
+and the library's own cost model computes the exact answer.
+
+Every question is reproducible from its id ``<kind>:<seed>``: :func:`generate` draws with
+``random.Random(seed)`` only. Grading (:func:`grade`) accepts what a candidate would say out
+loud: ``16777216``, ``16,777,216``, ``16.8M``, ``~16.8 M``, ``1.68e7``. The tolerance is per kind:
+
+- counts (parameters): 0.5 %, so that three significant figures pass ("16.8M" for 16,777,216)
+  while a forgotten factor (layers, the two matrices, the kv width under GQA) fails;
+- sizes in MB / GB and FLOPs: 1 %;
+- NF4 bits per parameter: 0.002 bits absolute-ish (0.05 %), because 4.127 and 4.125 differ in
+  the answer's meaning (double quantisation's second-level constants);
+- the break-even token count: 2 %, since whether the elementwise scale-and-add is counted
+  moves it by about 1 %.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+from ...cost.counts import IA3_DEFAULT_TARGETS, ia3_trainable_parameters, lora_trainable_parameters
+from ...cost.flops import serving_flops
+from ...cost.geometry import ModelGeometry, model_linear_shapes
+from ...cost.memory import adapter_bytes, training_memory
+from .numeric_parts import GEOMETRIES, draw_lora_setup, fmt, layer0, lora_worked, nf4_bits, nf4_worked
+from .questions import TOPICS, NumericQuestion
+
+Kind = Callable[[random.Random, str], NumericQuestion]
+
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_NUMBER = re.compile(
+    r"^(?P<num>[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*(?P<suffix>[kKmMbBgGtT])?\b\s*(?P<unit>[A-Za-z%/ ]*)$"
+)
+
+
+def parse_number(text: str) -> float | None:
+    """The number ``text`` states, or None. Accepts thousands separators (``,``, ``_``, thin or
+    plain spaces between digit groups), a k / M / B / G / T suffix, a leading ``~``, ``≈`` or
+    ``about``, and a trailing unit word (``MB``, ``bits``, ``parameters``), which is ignored."""
+    if not isinstance(text, str):
+        return None
+    s = text.strip().lower().removeprefix("about").strip().lstrip("~≈").strip()
+    s = re.sub(r"(?<=\d)[,_\u2009\u202f ](?=\d{3}(?!\d))", "", s)
+    for word, letter in (("thousand", "k"), ("million", "m"), ("billion", "b")):
+        s = s.replace(f" {word}", letter).replace(word, letter)
+    match = _NUMBER.match(s)
+    if match is None:
+        return None
+    value = float(match["num"])
+    suffix, unit = match["suffix"], match["unit"].strip()
+    if suffix is not None:
+        if unit and suffix in "mgt" and unit[0] == "b":  # "4.5 GB", "13 MB": a unit, not a multiplier
+            return value
+        value *= _SUFFIX[suffix.lower()]
+    return value
+
+
+def grade(q: NumericQuestion, text: str) -> bool:
+    """Whether ``text`` states ``q.answer`` within ``q.rel_tol`` (the question's own unit may
+    follow the number: "12.6 MFLOPs" for a question in MFLOPs)."""
+    if not isinstance(text, str):
+        return False
+    stripped = text.strip()
+    if stripped.lower().endswith(q.unit.lower()):
+        stripped = stripped[: -len(q.unit)]
+    value = parse_number(stripped)
+    if value is None:
+        return False
+    return abs(value - q.answer) <= q.rel_tol * abs(q.answer)
+
+
+def _geometry(rng: random.Random, families: tuple[str, ...] = ("bert", "gpt2", "llama")) -> ModelGeometry:
+    return rng.choice([g for g in GEOMETRIES if g.family in families])
+
+
+def lora_trainable(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry, targets, rank = draw_lora_setup(rng)
+    n = lora_trainable_parameters(geometry, targets, rank)
+    return NumericQuestion(
+        id=qid,
+        kind="lora_trainable",
+        topic="lora",
+        prompt=f"{geometry.name}: LoRA at rank {rank} on {', '.join(targets)} in every layer. "
+        "How many trainable parameters?",
+        answer=float(n),
+        unit="parameters",
+        rel_tol=0.005,
+        worked=lora_worked(geometry, targets, rank) + f" = {fmt(n)} parameters",
+    )
+
+
+def adapter_mb(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry, targets, rank = draw_lora_setup(rng)
+    dtype = rng.choice(("float32", "bfloat16"))
+    size = adapter_bytes(geometry, targets, rank, dtype=dtype)
+    n, per = lora_trainable_parameters(geometry, targets, rank), 4 if dtype == "float32" else 2
+    return NumericQuestion(
+        id=qid,
+        kind="adapter_mb",
+        topic="serving",
+        prompt=f"{geometry.name}: a rank-{rank} LoRA adapter on {', '.join(targets)}, saved in {dtype}. "
+        "How large is the file, in MB (10^6 bytes; ignore the header)?",
+        answer=size / 1e6,
+        unit="MB",
+        rel_tol=0.01,
+        worked=f"{lora_worked(geometry, targets, rank)} = {fmt(n)} parameters; × {per} bytes ({dtype}) "
+        f"= {fmt(size)} bytes = {size / 1e6:.3f} MB",
+    )
+
+
+def ia3_trainable(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry = _geometry(rng)
+    targets, ff = IA3_DEFAULT_TARGETS[geometry.family]
+    n = ia3_trainable_parameters(geometry)
+    per_layer = [(name, i if name.endswith(tuple(ff)) else o) for name, i, o in layer0(geometry, targets)]
+    terms = " + ".join(f"{v} ({name}{', input side' if name in ff else ''})" for name, v in per_layer)
+    return NumericQuestion(
+        id=qid,
+        kind="ia3_trainable",
+        topic="adapters",
+        prompt=f"{geometry.name}: IA³ with PEFT's default targets for this family ({', '.join(targets)}; "
+        f"feed-forward: {', '.join(ff)}). How many trainable parameters?",
+        answer=float(n),
+        unit="parameters",
+        rel_tol=0.005,
+        worked=f"one vector per target, as long as its output (its input for a feed-forward module): "
+        f"({terms}) per layer × {geometry.num_layers} layers = {fmt(n)} parameters",
+    )
+
+
+def bottleneck_params(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry = _geometry(rng, ("bert", "gpt2"))
+    reduction = rng.choice((8, 16, 32, 64))
+    preset, per_layer = rng.choice((("Pfeiffer (one adapter per layer)", 1), ("Houlsby (two per layer)", 2)))
+    d, m = geometry.hidden_size, geometry.hidden_size // reduction
+    one = 2 * d * m + m + d
+    n = one * per_layer * geometry.num_layers
+    return NumericQuestion(
+        id=qid,
+        kind="bottleneck_params",
+        topic="adapters",
+        prompt=f"{geometry.name} (d = {d}, {geometry.num_layers} layers): bottleneck adapters, {preset}, "
+        f"reduction factor {reduction}, with biases. How many trainable parameters?",
+        answer=float(n),
+        unit="parameters",
+        rel_tol=0.005,
+        worked=f"m = d / {reduction} = {m}; one adapter: down d·m + m, up m·d + d = 2·{d}·{m} + {m} + {d} "
+        f"= {fmt(one)}; × {per_layer} per layer × {geometry.num_layers} layers = {fmt(n)} parameters",
+    )
+
+
+def nf4_bits_per_parameter(rng: random.Random, qid: str) -> NumericQuestion:
+    blocksize = rng.choice((32, 64, 128, 256))
+    double = rng.random() < 0.5
+    bits = nf4_bits(blocksize, double)
+    dq = (
+        "with double quantisation (8-bit constants, second-level blocks of 256)"
+        if double
+        else "without double quantisation"
+    )
+    return NumericQuestion(
+        id=qid,
+        kind="nf4_bits",
+        topic="quantisation",
+        prompt=f"NF4 with blocks of {blocksize} and a float32 absmax per block, {dq}. How many bits "
+        "does a large weight matrix take per parameter, on average?",
+        answer=bits,
+        unit="bits",
+        rel_tol=0.0005,
+        worked=nf4_worked(blocksize, double),
+    )
+
+
+def nf4_model_gb(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry = _geometry(rng, ("llama",))
+    shapes = model_linear_shapes(geometry)
+    head = {p for p in shapes if p == "lm_head"}
+    n = sum(i * o for p, (i, o) in shapes.items() if p not in head)
+    bits = nf4_bits(64, True)
+    gb = n * bits / 8 / 1e9
+    return NumericQuestion(
+        id=qid,
+        kind="nf4_model_gb",
+        topic="quantisation",
+        prompt=f"{geometry.name}: QLoRA stores the linear layers inside the transformer blocks in NF4 "
+        "(blocks of 64, double quantisation). How many GB (10^9 bytes) do those weights take?",
+        answer=gb,
+        unit="GB",
+        rel_tol=0.01,
+        worked=f"{geometry.num_layers} layers × (q, k, v, o, gate, up, down) = {fmt(n)} weights; "
+        f"× {bits:.4f} bits ({nf4_worked(64, True)}) / 8 = {gb:.3f} GB "
+        f"(in bfloat16: {2 * n / 1e9:.2f} GB)",
+    )
+
+
+def optimizer_memory(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry, targets, rank = draw_lora_setup(rng)
+    full = rng.random() < 0.5
+    mem = training_memory(geometry, None if full else targets, None if full else rank)
+    what = "full fine-tuning" if full else f"LoRA at rank {rank} on {', '.join(targets)}"
+    scale, unit = (1e9, "GB") if full else (1e6, "MB")
+    return NumericQuestion(
+        id=qid,
+        kind="optimizer_memory",
+        topic="lora",
+        prompt=f"{geometry.name}, {what}, AdamW with float32 moments. How much memory do the optimizer "
+        f"states take, in {unit} (10^{9 if full else 6} bytes)?",
+        answer=mem.optimizer_states / scale,
+        unit=unit,
+        rel_tol=0.01,
+        worked=f"{fmt(mem.trainable)} trainable parameters"
+        + ("" if full else f" ({lora_worked(geometry, targets, rank)})")
+        + f" × 2 moments × 4 bytes = {fmt(mem.optimizer_states)} bytes = {mem.optimizer_states / scale:.3f} {unit}",
+    )
+
+
+def dynamic_flops(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry, targets, rank = draw_lora_setup(rng)
+    flops = serving_flops(geometry, targets, rank, head=False)
+    extra = flops.lora_a_gemm + flops.lora_b_gemm
+    return NumericQuestion(
+        id=qid,
+        kind="dynamic_flops",
+        topic="serving",
+        prompt=f"{geometry.name}: a rank-{rank} LoRA on {', '.join(targets)}, served unmerged. How many "
+        "extra FLOPs per token do the two LoRA matrix products add over the merged model, in MFLOPs "
+        "(count a multiply-add as 2 FLOPs; ignore the scale and the add)?",
+        answer=extra / 1e6,
+        unit="MFLOPs",
+        rel_tol=0.01,
+        worked=f"2 FLOPs × r·(d_in + d_out) per adapted module: 2 × ({lora_worked(geometry, targets, rank)}) "
+        f"= {fmt(extra)} FLOPs = {extra / 1e6:.3f} MFLOPs per token (merged: 0 extra)",
+    )
+
+
+def break_even(rng: random.Random, qid: str) -> NumericQuestion:
+    geometry, targets, rank = draw_lora_setup(rng)
+    flops = serving_flops(geometry, targets, rank, head=False)
+    tokens = flops.break_even_tokens(unmerge=True)
+    return NumericQuestion(
+        id=qid,
+        kind="break_even",
+        topic="serving",
+        prompt=f"{geometry.name}: a rank-{rank} LoRA on {', '.join(targets)}. Switching adapters by merging "
+        "costs an unmerge of the old one plus a merge of the new one (B·A, scale, add into W0, per module). "
+        "After how many tokens per switch does merging cost fewer FLOPs than serving unmerged?",
+        answer=tokens,
+        unit="tokens",
+        rel_tol=0.02,
+        worked="merging one module costs B·A (2·r·in·out FLOPs) plus the scale and the add (2·in·out); "
+        f"switch M = 2 × (merge GEMMs {fmt(flops.merge_gemm)} + elementwise {fmt(flops.merge_elementwise)}) "
+        f"= {fmt(flops.switch_flops())} FLOPs; unmerged extra per token d = {fmt(flops.dynamic_extra)} FLOPs "
+        f"(two GEMMs + scale and add); M / d = {tokens:,.0f} tokens",
+    )
+
+
+KINDS: dict[str, Kind] = {
+    "lora_trainable": lora_trainable,
+    "adapter_mb": adapter_mb,
+    "ia3_trainable": ia3_trainable,
+    "bottleneck_params": bottleneck_params,
+    "nf4_bits": nf4_bits_per_parameter,
+    "nf4_model_gb": nf4_model_gb,
+    "optimizer_memory": optimizer_memory,
+    "dynamic_flops": dynamic_flops,
+    "break_even": break_even,
+}
+_TOPIC = {
+    "lora_trainable": "lora",
+    "optimizer_memory": "lora",
+    "ia3_trainable": "adapters",
+    "bottleneck_params": "adapters",
+    "nf4_bits": "quantisation",
+    "nf4_model_gb": "quantisation",
+    "adapter_mb": "serving",
+    "dynamic_flops": "serving",
+    "break_even": "serving",
+}
+
+
+def kinds(topic: str) -> tuple[str, ...]:
+    """The kinds of numeric question for ``topic`` (one of ``TOPICS``, or ``"all"``)."""
+    if topic != "all" and topic not in TOPICS:
+        raise ValueError(f"unknown topic {topic!r}: choose one of {', '.join(TOPICS)} or all")
+    return tuple(k for k in KINDS if topic in ("all", _TOPIC[k]))
+
+
+def generate(kind: str, seed: object) -> NumericQuestion:
+    """The question ``<kind>:<seed>``: the same kind and seed always give the same question."""
+    if kind not in KINDS:
+        raise KeyError(f"no numeric question kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return KINDS[kind](random.Random(f"{kind}:{seed}"), f"{kind}:{seed}")
+
+
+def from_id(qid: str) -> NumericQuestion:
+    """The question a stored id ``<kind>:<seed>`` names."""
+    kind, _, seed = qid.partition(":")
+    if not seed.isdigit():
+        raise ValueError(f"not a numeric question id: {qid!r} (expected <kind>:<seed>)")
+    return generate(kind, int(seed))
