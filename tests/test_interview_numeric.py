@@ -37,7 +37,7 @@ def test_questions_are_deterministic_varied_and_graded_right_and_wrong(kind: str
     for q in questions:
         assert q.id == f"{kind}:{q.id.split(':')[1]}" and numeric.from_id(q.id) == q
         assert (
-            q.topic in TOPICS and q.answer > 0 and q.worked and q.unit in q.prompt or q.unit == "parameters"
+            (q.topic in TOPICS and q.answer > 0 and q.worked and q.unit in q.prompt) or q.unit == "parameters"
         )
         assert numeric.grade(q, repr(q.answer)) and numeric.grade(q, f"{q.answer:,.6g}")
         assert numeric.grade(q, f"{q.answer:.6g} {q.unit}")
