@@ -17,12 +17,13 @@ from typing import Any
 from ..manifest import BY_NUMBER, CHALLENGES, TRACK, Challenge
 from .commands import cmd_build, cmd_check, cmd_hint, cmd_list, cmd_reset, cmd_solution, cmd_status
 from .constants import DEFAULT_TIMEOUT, ROOT_ENV, RunnerError
+from .interview_cmd import add_interview_arguments
 from .output import emit
 from .paths import Paths, find_root
 from .practice import cmd_practice_status
 from .watch import cmd_watch
 
-COMMANDS = ("status", "list", "check", "hint", "watch", "solution", "reset", "build")
+COMMANDS = ("status", "list", "check", "hint", "watch", "solution", "reset", "build", "interview", "review")
 
 
 def challenge_arg(value: str) -> Challenge:
@@ -159,6 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser, sub: Any) -> None:
     p = sub.add_parser("build", parents=[common], help="write the generated stubs, answers and README")
     p.add_argument("--check", action="store_true", help="only list drifted files; exit 1 if any")
     p.set_defaults(func=run_build)
+    add_interview_arguments(sub, common, timed)
 
 
 def run(args: argparse.Namespace, *, no_root: Callable[[], int] | None = None) -> int:

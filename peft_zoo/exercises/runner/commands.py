@@ -13,14 +13,14 @@ from pathlib import Path
 
 from ...core.io import atomic_write
 from .. import builder
+from ..interview.coding import TOPIC_OF
+from ..interview.guides import GuideSyncError, guide_pages
 from ..manifest import TRACK, Challenge
 from ..readme import generated_pages
 from .constants import DEFAULT_TIMEOUT, LEVELS, NOT_IMPLEMENTED, RunnerError
 from .grade import grade_one
 from .output import dot, emit, marks, progress_bar
 from .paths import Paths, grader_fingerprint, pristine_stub, sha256_bytes, sha256_file
-from ..interview.coding import TOPIC_OF
-from ..interview.guides import GuideSyncError, guide_pages
 from .practice import guide_link
 from .progress import Progress
 from .status import next_line, next_status, statuses

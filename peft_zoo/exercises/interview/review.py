@@ -1,0 +1,42 @@
+"""``peft-zoo review``: the questions an interview missed, asked again when they are due.
+
+The schedule lives in the history (:mod:`.history`): a miss is due a day later, then 3, 7 and
+16 days after each right answer. A numeric card is asked with a fresh geometry of the same kind
+(seeded by the day and the kind, so a scripted review is repeatable), because remembering one
+number is not knowing the computation. A concept card asks the same question; a coding card the
+same task, in the same work file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+from typing import Any
+
+from .history import Card, History
+
+
+def plan_item(card: Card, now: dt.datetime) -> dict[str, str]:
+    """The question that reviews ``card`` on ``now``'s day."""
+    if card.type == "numeric":
+        seed = random.Random(f"review:{now.date().isoformat()}:{card.card}").randrange(10**6)
+        return {"type": "numeric", "id": f"{card.card}:{seed}"}
+    return {"type": card.type, "id": card.card}
+
+
+def review_state(practice: Path, now: dt.datetime) -> tuple[dict[str, Any] | None, str]:
+    """The review to run now (None when nothing is due) and a line for the candidate."""
+    history = History(practice)
+    due = history.due(now)
+    note = f" ({history.problems()})" if history.problems() else ""
+    if not due:
+        upcoming = sorted(c.due for c in history.cards().values())
+        when = (
+            f"next one due {upcoming[0]:%Y-%m-%d %H:%M} UTC" if upcoming else "no missed question on record"
+        )
+        return None, f"Nothing to review now: {when}.{note}"
+    plan = [plan_item(card, now) for card in due]
+    state = {"version": 1, "seed": 0, "topic": "review", "minutes": 0.0, "plan": plan, "results": [],
+             "started": now.isoformat(), "coding_started": None}  # fmt: skip
+    return state, f"{len(plan)} question(s) due for review.{note}"
