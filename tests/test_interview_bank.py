@@ -89,3 +89,27 @@ def test_checklists_are_the_answers_sentences_unless_given() -> None:
     for question in bank.all_questions():
         joined = " ".join(split_sentences(question.answer))
         assert joined == " ".join(question.answer.split()), question.id
+
+
+def test_every_question_has_two_to_five_short_distinct_key_points() -> None:
+    for q in bank.all_questions():
+        assert 2 <= len(q.points) <= 5, q.id
+        assert q.checklist() == q.points, q.id
+        assert len(set(q.points)) == len(q.points), q.id
+        for point in q.points:
+            assert point.strip() == point and point and len(point) <= 120, (q.id, point)
+            assert not point.endswith("."), (q.id, point)
+
+
+def test_validate_names_bad_key_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = bank.all_questions()[0]
+    bad = (
+        ConceptQuestion("lora.one", "lora", "lora.md", "Q?", "A.", points=("only one",)),
+        ConceptQuestion("lora.rep", "lora", "lora.md", "Q?", "A.", points=("same", "same")),
+        ConceptQuestion("lora.long", "lora", "lora.md", "Q?", "A.", points=("x" * 121, "ok")),
+        ConceptQuestion("lora.empty", "lora", "lora.md", "Q?", "A.", points=(" ", "ok")),
+    )
+    monkeypatch.setattr(bank, "SECTIONS", {"lora": ("lora.md", (good, *bad))})
+    problems = bank.validate()
+    assert [p.split(":")[1].strip() for p in problems] == ["lora.one", "lora.rep", "lora.long", "lora.empty"]
+    assert "1 key points (want 2-5)" in problems[0] and "repeated key point" in problems[1]

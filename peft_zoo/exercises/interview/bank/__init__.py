@@ -110,7 +110,18 @@ def validate() -> list[str]:
                 problems.append(f"{where}: guide {q.guide} differs from the module's {guide}")
             if not q.prompt.strip() or "\n" in q.prompt or not q.answer.strip():
                 problems.append(f"{where}: empty answer, or a prompt that is empty or spans lines")
-            if not 1 <= len(q.checklist()) <= 12:
-                problems.append(f"{where}: {len(q.checklist())} key points (want 1-12)")
+            problems += [f"{where}: {p}" for p in _point_problems(q.points)]
             problems += [f"{where}: no challenge {n}" for n in q.challenges if n not in BY_NUMBER]
+    return problems
+
+
+def _point_problems(points: tuple[str, ...]) -> list[str]:
+    """What is wrong with a question's key points: 2-5 distinct, non-empty one-line strings of at
+    most 120 characters each."""
+    problems = [] if 2 <= len(points) <= 5 else [f"{len(points)} key points (want 2-5)"]
+    for point in points:
+        if not point.strip() or "\n" in point or len(point) > 120:
+            problems.append(f"key point {point!r} is empty, spans lines or is over 120 characters")
+    if len(set(points)) != len(points):
+        problems.append("repeated key point")
     return problems

@@ -23,6 +23,14 @@ QUESTIONS = (
             "cubic schedule from `init_r` to `target_r` per layer on average, is met. Masked triplets keep\n"
             "their vectors and can return."
         ),
+        challenges=(28,),
+        points=(
+            "The update is $P\\operatorname{diag}(\\lambda)Q$; pruning sets a $\\lambda_i$ to zero",
+            "Each triplet is scored by smoothed sensitivity times uncertainty",
+            "Lowest-scoring triplets across all layers are masked until the budget $b(t)$ is met",
+            "$b(t)$ follows a cubic schedule from `init_r` to `target_r`",
+            "Masked triplets keep their vectors and can return",
+        ),
     ),
     ConceptQuestion(
         id="adalora.svd-form-not-prune-lora",
@@ -36,6 +44,13 @@ QUESTIONS = (
             "$\\lambda_i$ is a single scalar that measures component $i$'s magnitude, so zeroing it is a clean,\n"
             "reversible cut. Zeroing a whole LoRA component would also lose its $B$ and $A$ vectors for good."
         ),
+        challenges=(28,),
+        points=(
+            "LoRA's components $B_{:,i}A_{i,:}$ overlap, so one's importance depends on the others",
+            "With near-orthonormal $P$ and $Q$, components are nearly independent",
+            "$\\lambda_i$ alone measures component $i$'s magnitude: zeroing it is clean and reversible",
+            "Zeroing a LoRA component would lose its $B$ and $A$ vectors for good",
+        ),
     ),
     ConceptQuestion(
         id="adalora.multiply-sensitivity-uncertainty",
@@ -47,6 +62,12 @@ QUESTIONS = (
             "$U$ (how much $I$ deviates from its average) keeps triplets whose importance is still changing\n"
             "from being pruned too early on a lucky or unlucky streak. That is the paper's motivation for\n"
             "scoring with the product rather than the raw sensitivity."
+        ),
+        challenges=(28,),
+        points=(
+            "One mini-batch's sensitivity is noisy; the EMA smooths it",
+            "The uncertainty $U$ measures how much $I$ deviates from its average",
+            "The product keeps triplets whose importance is still changing from early pruning",
         ),
     ),
     ConceptQuestion(
@@ -60,6 +81,12 @@ QUESTIONS = (
             "Final phase ($t_\\text{final}$): with the pattern frozen, the surviving triplets adapt to the\n"
             "absence of the pruned ones."
         ),
+        challenges=(28,),
+        points=(
+            "Warm-up: scores need some training before they mean anything",
+            "Cubic decrease: prune clearly useless triplets early, then slow down",
+            "Final phase: the pattern is frozen and the survivors adapt",
+        ),
     ),
     ConceptQuestion(
         id="adalora.adalora-save-memory-over-lora",
@@ -70,6 +97,12 @@ QUESTIONS = (
             "No: tensors stay at `init_r`, and optimizer state too. It saves *capacity placement*, not memory.\n"
             "A deployment can drop the zeroed triplets afterwards (smaller matrices, same function), or merge\n"
             "$s P \\operatorname{diag}(\\lambda) Q$ into $W_0$ as with LoRA."
+        ),
+        challenges=(28,),
+        points=(
+            "No: tensors and optimizer state stay at `init_r`",
+            "It changes where capacity goes, not memory",
+            "Afterwards, drop zeroed triplets or merge $sP\\operatorname{diag}(\\lambda)Q$ into $W_0$",
         ),
     ),
 )

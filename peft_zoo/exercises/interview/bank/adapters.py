@@ -20,6 +20,13 @@ QUESTIONS = (
             "of the model. Pfeiffer's single adapter after the FFN halves this."
         ),
         challenges=(2,),
+        points=(
+            "Two per block: after the attention output projection and after the FFN",
+            "Each sits before the residual add and the LayerNorm",
+            "One adapter has $2dm + m + d$ parameters, a block $2(2dm + m + d)$",
+            "BERT-base with $m = 64$: about 2.4 M, 2 % of the model",
+            "Pfeiffer's single adapter after the FFN halves this",
+        ),
     ),
     ConceptQuestion(
         id="adapters.zero-initialise-up-projection-rather",
@@ -35,6 +42,12 @@ QUESTIONS = (
             "what LoRA's $B = 0$ avoids. Zeroing both leaves no learning signal in either matrix."
         ),
         challenges=(2,),
+        points=(
+            "$W_\\text{up} = 0$, $b_\\text{up} = 0$: the adapter outputs zero, so training starts at the pretrained model",
+            "Random $W_\\text{down}$ makes the first gradient of $W_\\text{up}$ informative",
+            "Zero $W_\\text{down}$ instead: output $W_\\text{up}\\phi(b_\\text{down}) + b_\\text{up}$ is not zero in general",
+            "Zeroing both leaves no learning signal in either matrix",
+        ),
     ),
     ConceptQuestion(
         id="adapters.serial-parallel-adapters-each-see",
@@ -50,6 +63,13 @@ QUESTIONS = (
             "found the parallel form stronger at the same budget."
         ),
         challenges=(3,),
+        points=(
+            "Serial sees $h = x + F(x)$ and outputs $h + \\delta(h)$: it can correct $F$ but waits for it",
+            "Serial: gradients to lower layers pass through $I + \\partial\\delta/\\partial h$",
+            "Parallel sees $x$ and outputs $F(x) + \\delta(x)$; its gradient does not pass through $F$",
+            "Parallel: the gradient to $x$ is the sum of both branches'",
+            "He et al. found the parallel form stronger at the same budget",
+        ),
     ),
     ConceptQuestion(
         id="adapters.parallel-adapter-computed-concurrently-sublayer",
@@ -63,6 +83,12 @@ QUESTIONS = (
             "latency to every layer."
         ),
         challenges=(6,),
+        points=(
+            "Neither branch reads the other's output; they meet only in the final sum",
+            "They can run on separate streams",
+            "Or $W_\\text{down}$ can be concatenated onto the FFN's first projection in one GEMM",
+            "A serial adapter must wait for $F$, adding latency every layer",
+        ),
     ),
     ConceptQuestion(
         id="adapters.would-combine-lora-adapters-each",
@@ -77,6 +103,12 @@ QUESTIONS = (
             "the same spirit. The price is that the adapter part can never be merged away."
         ),
         challenges=(5,),
+        points=(
+            "LoRA changes existing linear maps and merges, so it adds no latency",
+            "A bottleneck adapter adds a new non-linear function of the hidden state",
+            "Combined: more capacity per parameter when LoRA alone plateaus",
+            "Price: the adapter part can never be merged away",
+        ),
     ),
     ConceptQuestion(
         id="adapters.would-serve-many-task-adapters",
@@ -93,5 +125,12 @@ QUESTIONS = (
             "of the traffic."
         ),
         challenges=(11,),
+        points=(
+            "Load the base once; keep adapters in a bank and pick one per request by a validated id",
+            "`-1` must not silently mean the last adapter",
+            "Group requests by adapter, or gather per-row LoRA matrices for batched GEMMs",
+            "Cache keyed by (input, adapter, version), so retraining invalidates exactly its entries",
+            "Merge into a separate weight copy only for an adapter carrying most traffic",
+        ),
     ),
 )

@@ -23,6 +23,12 @@ QUESTIONS = (
             "token per layer."
         ),
         challenges=(16,),
+        points=(
+            "Merging folds one adapter into $W_0$: a mixed batch would need one model copy per adapter",
+            "Or a merge and unmerge (a full weight write) per request",
+            "Keep $W_0$ shared, stack adapters, compute $y_b = W_0x_b + s_iB_iA_ix_b$ per sample",
+            "One base GEMM per batch plus $2r(d_{in}+d_{out})$ FLOPs per token per layer",
+        ),
     ),
     ConceptQuestion(
         id="batched.gather-gather-bmm-cost-segmented",
@@ -40,6 +46,13 @@ QUESTIONS = (
             "reading the stacked tables in place with `embedding_bag`."
         ),
         challenges=(16,),
+        points=(
+            "`A[ids]`, `B[ids]` copy $B\\,r\\,(d_{in}+d_{out})$ numbers per layer",
+            "Small next to the matmuls for long sequences; in decoding the copy costs as much as the product",
+            "SGMV segments the batch by adapter and reads each adapter's weights once per segment",
+            "S-LoRA adds paging of adapter weights in GPU memory",
+            'peft_zoo\'s `"bag"` strategy reads the stacked tables in place with `embedding_bag`',
+        ),
     ),
     ConceptQuestion(
         id="batched.1-dangerous-sentinel-no-adapter",
@@ -55,6 +68,12 @@ QUESTIONS = (
             "and so is its gradient into the gathered adapter. Use a *copy* for the clamp, not the caller's tensor."
         ),
         challenges=(16,),
+        points=(
+            "Negative indices wrap: `A[-1]` quietly gathers the last adapter",
+            "Gather with `ids.clamp(min=0)` on a copy, not the caller's tensor",
+            "Multiply the LoRA path by a per-sample scale that is exactly 0 for those rows",
+            "The product and its gradient into the gathered adapter are then exactly zero",
+        ),
     ),
     ConceptQuestion(
         id="batched.peft-supports-mixed-batches-adapter",
@@ -67,6 +86,13 @@ QUESTIONS = (
             "with the number of distinct adapters, and small groups use the hardware poorly. With one adapter\n"
             "per batch the two approaches cost about the same."
         ),
+        challenges=(16,),
+        points=(
+            "Each LoRA layer loops over the distinct adapters in the batch",
+            "Per adapter: find the rows (a host sync on GPU), a small matmul pair, a scatter back",
+            "Launches and Python iterations grow with the number of distinct adapters; small groups underuse hardware",
+            "With one adapter per batch both approaches cost about the same",
+        ),
     ),
     ConceptQuestion(
         id="batched.adapters-different-ranks-one-bank",
@@ -77,6 +103,13 @@ QUESTIONS = (
             "Zero-pad to the largest rank: $B_iA_i$ is unchanged\n"
             "and each slot keeps its own $\\alpha/r_i$. Everyone pays compute and memory at $r_{max}$; with very\n"
             "different ranks, group adapters into banks by rank."
+        ),
+        challenges=(16,),
+        points=(
+            "Zero-pad to the largest rank: $B_iA_i$ is unchanged",
+            "Each slot keeps its own $\\alpha/r_i$",
+            "Everyone pays compute and memory at $r_{max}$",
+            "With very different ranks, group adapters into banks by rank",
         ),
     ),
     ConceptQuestion(
@@ -93,6 +126,12 @@ QUESTIONS = (
             "memory only until the LRU evicts them."
         ),
         challenges=(17,),
+        points=(
+            "Bumping a version is O(1) and cannot be forgotten on one code path",
+            "An old entry can never be hit again, even if a late write with old weights lands",
+            "Deleting is O(entries) and races with in-flight work",
+            "Stale entries cost memory only until the LRU evicts them",
+        ),
     ),
     ConceptQuestion(
         id="batched.lru-cache-built-so-get",
@@ -105,6 +144,11 @@ QUESTIONS = (
             "the front. Python's `collections.OrderedDict` is exactly that (`move_to_end`, `popitem(last=False)`)."
         ),
         challenges=(17,),
+        points=(
+            "A hash map from key to a node of a doubly linked list ordered by recency",
+            "A hit moves its node to the back; eviction pops the front",
+            "`collections.OrderedDict` is exactly that: `move_to_end`, `popitem(last=False)`",
+        ),
     ),
     ConceptQuestion(
         id="batched.one-adapter-many-retrained-else",
@@ -121,5 +165,12 @@ QUESTIONS = (
             "derived artefact by (adapter, version) turns invalidation into a lookup."
         ),
         challenges=(17,),
+        points=(
+            "Cached embeddings: version the key",
+            "Merged copies of its weights: re-merge from the new checkpoint",
+            "KV caches of sessions that used it: drop or recompute",
+            "Vector indexes built on its embeddings, compiled graphs that baked in a weight",
+            "Keying every derived artefact by (adapter, version) makes invalidation a lookup",
+        ),
     ),
 )

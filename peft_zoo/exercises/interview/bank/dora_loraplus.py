@@ -22,6 +22,12 @@ QUESTIONS = (
             "fine-tuning. It costs $d_{out}$ extra parameters per adapted layer."
         ),
         challenges=(20,),
+        points=(
+            "Each row is split into magnitude and direction: $W' = m \\odot V/\\|V\\|$, $V = W_0 + sBA$",
+            "LoRA adapts the direction; the magnitude $m$ is learned directly",
+            "Length and direction change independently, as in full fine-tuning",
+            "Costs $d_{out}$ extra parameters per adapted layer",
+        ),
     ),
     ConceptQuestion(
         id="dora_loraplus.dora-detach-w-0-sba",
@@ -35,6 +41,12 @@ QUESTIONS = (
             "gradient direction changes slightly, which is why the grader checks gradients, not only outputs."
         ),
         challenges=(20,),
+        points=(
+            "Backpropagating through the norms needs the full $(d_{out}, d_{in})$ $V$ in the backward graph",
+            "Treating the norm as a constant keeps backward memory LoRA-like",
+            "The paper finds no accuracy loss",
+            "Gradients change slightly, so the grader checks gradients, not only outputs",
+        ),
     ),
     ConceptQuestion(
         id="dora_loraplus.dora-adapter-merged-serving-zero",
@@ -50,6 +62,12 @@ QUESTIONS = (
             "`merge()` refuses one."
         ),
         challenges=(20,),
+        points=(
+            "Yes: $W' = (m/\\|V\\|)V$ is a plain matrix written into the base weight",
+            "To unmerge, keep $\\|V\\|$ from merge time",
+            "Then $V = W'\\|V\\|/m$ and $W_0 = V - sBA$",
+            "A zero magnitude makes that impossible, so `merge()` refuses one",
+        ),
     ),
     ConceptQuestion(
         id="dora_loraplus.t-dora-served-dynamically-cheaply",
@@ -61,6 +79,13 @@ QUESTIONS = (
             "$O(d_{out}d_{in}r)$ cost that LoRA's two thin GEMMs avoid. The norm could be cached while the\n"
             "adapter is frozen. In practice DoRA adapters are merged for inference, or the norm is\n"
             "precomputed per adapter."
+        ),
+        challenges=(20,),
+        points=(
+            "Unmerged, each forward needs $\\|W_0 + sBA\\|$, forming a $(d_{out}, d_{in})$ matrix",
+            "That costs $O(d_{out}d_{in}r)$, which LoRA's two thin GEMMs avoid",
+            "The norm can be cached while the adapter is frozen",
+            "In practice DoRA is merged for inference or the norm precomputed per adapter",
         ),
     ),
     ConceptQuestion(
@@ -75,6 +100,13 @@ QUESTIONS = (
             "learning inefficient in wide models. The reported gain is up to about 2× faster fine-tuning at\n"
             "no extra cost."
         ),
+        points=(
+            "LoRA+ sets $\\eta_B = \\lambda\\eta_A$ with $\\lambda \\approx 16$",
+            "$B$ starts at zero and its updates first move the output",
+            "$A$ is a random projection that mainly needs to stay well-conditioned",
+            "Equal rates make feature learning inefficient in wide models (width-scaling analysis)",
+            "Reported gain: up to about 2× faster fine-tuning at no extra cost",
+        ),
     ),
     ConceptQuestion(
         id="dora_loraplus.under-lora-learning-rate-dora",
@@ -85,6 +117,11 @@ QUESTIONS = (
             "PEFT puts every 1-D trainable tensor in the $B$ group, so the magnitude trains at $\\lambda\\eta$.\n"
             'Reproducing a PEFT run with a different grouping (e.g. `"lora_B" in name` only) gives a\n'
             "different optimiser and different results. peft_zoo reproduces PEFT's grouping exactly."
+        ),
+        points=(
+            "PEFT puts every 1-D trainable tensor in the $B$ group",
+            "So DoRA's magnitude trains at $\\lambda\\eta$",
+            'A different grouping (e.g. `"lora_B" in name`) gives a different optimiser and results',
         ),
     ),
 )

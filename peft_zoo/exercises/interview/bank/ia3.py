@@ -22,6 +22,12 @@ QUESTIONS = (
             "(or columns, in the input form) by $l$ once, and the adapter disappears from the forward pass."
         ),
         challenges=(8,),
+        points=(
+            "One parameter per rescaled activation: $d_\\text{out}$ (keys, values) or $d_\\text{in}$ (FFN form)",
+            "A block gets $2d + d_\\text{ff}$: 19,200 for $d = 4096$, $d_\\text{ff} = 11008$",
+            "Compare 65,536 for rank-8 LoRA on one $4096^2$ matrix",
+            "Elementwise scaling is $\\operatorname{diag}(l)$, a linear map: scale $W_0$'s rows or columns once",
+        ),
     ),
     ConceptQuestion(
         id="ia3.layers-ia-paper-rescale-those",
@@ -37,6 +43,12 @@ QUESTIONS = (
             "non-linearity's operating point."
         ),
         challenges=(9,),
+        points=(
+            "Keys and values in every attention block, and the intermediate FFN activation",
+            "Keys change where heads attend, values what they read, FFN scales gate features",
+            "Queries would be redundant: a scale on $q_i$ acts like the same scale on $k_i$",
+            "The FFN vector goes after the non-linearity, so it gates rather than shifts",
+        ),
     ),
     ConceptQuestion(
         id="ia3.ia-lora-would-pick",
@@ -50,6 +62,13 @@ QUESTIONS = (
             "reweighting) at still-small cost. Choose it when the task needs the network to compute\n"
             "something new."
         ),
+        challenges=(8,),
+        points=(
+            "IA³: kilobyte adapters, no rank to tune, mergeable, many tasks in memory",
+            "IA³ suits bases that already compute the right features (large instruction-tuned, few-shot)",
+            "LoRA: more capacity (new directions, not just reweighting) at small cost",
+            "Choose LoRA when the network must compute something new",
+        ),
     ),
     ConceptQuestion(
         id="ia3.unmerging-ia-need-care-lora",
@@ -60,6 +79,13 @@ QUESTIONS = (
             "LoRA unmerges by subtraction, which always works. IA³ unmerges by dividing by $l$: a zero entry\n"
             "would have wiped that row or column of $W_0$ for good, and a tiny entry amplifies rounding\n"
             "error. peft_zoo refuses to merge a scale with zeros for this reason."
+        ),
+        challenges=(8,),
+        points=(
+            "LoRA unmerges by subtraction, which always works",
+            "IA³ unmerges by dividing by $l$",
+            "A zero entry wipes a row or column of $W_0$ for good; a tiny one amplifies rounding",
+            "peft_zoo refuses to merge a scale with zeros",
         ),
     ),
 )

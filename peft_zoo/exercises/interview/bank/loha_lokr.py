@@ -24,6 +24,13 @@ QUESTIONS = (
             "matrix products instead of one large one, which is how Kronecker layers can run fast.\n"
             "(peft_zoo, like PEFT, forms $\\Delta W$ explicitly: simpler, and merging needs it anyway.)"
         ),
+        challenges=(26,),
+        points=(
+            "$A \\otimes B$ is the block matrix with blocks $A_{ij}B$",
+            "Rank and size multiply, while the parameter count is the sum $ac + bd$",
+            "A full-rank $768 \\times 768$ update from $24 \\times 24$ and $32 \\times 32$: 1,600 numbers",
+            "$(A \\otimes B)x = A X B^\\top$ flattened: two small matmuls, no need to form the product",
+        ),
     ),
     ConceptQuestion(
         id="loha_lokr.loha-reach-rank-r-2",
@@ -38,6 +45,13 @@ QUESTIONS = (
             "builds a dense $(d_\\text{out}, d_\\text{in})$ matrix, and the set of reachable updates is\n"
             "structured (sums of elementwise products), not every rank-$r^2$ matrix."
         ),
+        challenges=(25,),
+        points=(
+            "The Hadamard product of two rank-$r$ matrices is a sum of $r^2$ rank-one terms",
+            "$2r(d_\\text{in} + d_\\text{out})$ parameters reach rank $r^2$, against $2r$ for LoRA",
+            "Cost: no factored forward; each step builds a dense $(d_\\text{out}, d_\\text{in})$ matrix",
+            "Reachable updates are structured, not every rank-$r^2$ matrix",
+        ),
     ),
     ConceptQuestion(
         id="loha_lokr.exactly-one-factor-initialised-zero",
@@ -49,6 +63,12 @@ QUESTIONS = (
             "non-zero. Zeroing one factor of one product does both: the gradient of the zero factor\n"
             "contains only non-zero factors. Zero two (both factors of a product, or $W_1$ and $W_2$ in LoKr)\n"
             "and every gradient contains a zero factor: a saddle point."
+        ),
+        challenges=(25, 26),
+        points=(
+            "$\\Delta W$ must start at 0 to start from the pretrained model",
+            "Zeroing one factor of one product keeps some gradient non-zero",
+            "Zeroing two factors makes every gradient contain a zero: a saddle point",
         ),
     ),
     ConceptQuestion(
@@ -63,6 +83,13 @@ QUESTIONS = (
             "Kronecker-structured. Which wins is empirical; the rank argument only says which updates are\n"
             "*reachable*."
         ),
+        challenges=(25, 26),
+        points=(
+            "LoRA $r = 8$ on query and value: 294,912 parameters, rank 8",
+            "LoHa $r = 4$: same budget, rank 16, but a dense $\\Delta W$ per step",
+            "LoKr reaches full rank on about an eighth of the budget, so it can cover every linear layer",
+            "Which wins is empirical; rank only says which updates are reachable",
+        ),
     ),
     ConceptQuestion(
         id="loha_lokr.decompose-factor-control",
@@ -75,6 +102,13 @@ QUESTIONS = (
             "$W_2$ large (then $W_2$ is usually stored low-rank, and the update looks like a few repeated\n"
             "low-rank blocks); a factor equal to both dimensions makes $W_2$ a single number and $W_1$ the\n"
             "whole update."
+        ),
+        challenges=(26,),
+        points=(
+            "It sets how each dimension splits into the two Kronecker sizes",
+            "Default: sizes near $\\sqrt n$, balanced factors, fewest parameters",
+            "A small factor gives a small $W_1$ and a large (often low-rank) $W_2$",
+            "A factor equal to both dimensions makes $W_2$ a scalar and $W_1$ the whole update",
         ),
     ),
 )

@@ -21,6 +21,12 @@ QUESTIONS = (
             "so nothing ever trains. Random values in both would start from a perturbed model."
         ),
         challenges=(1,),
+        points=(
+            "$B = 0$ makes $\\Delta W = BA = 0$, so training starts at the pretrained model",
+            "The random $A$ gives $B$ a non-zero first gradient $s\\,g(Ax)^\\top$",
+            "$A = 0$ with random $B$ would also work; zero $B$ is the paper's convention",
+            "Both zero: both gradients are zero, so nothing ever trains",
+        ),
     ),
     ConceptQuestion(
         id="lora.many-parameters-lora-add-d",
@@ -34,6 +40,10 @@ QUESTIONS = (
             "$r = 8$, $d = 4096$."
         ),
         challenges=(1,),
+        points=(
+            "$r(d_\\text{in} + d_\\text{out})$ parameters per layer",
+            "A fraction $2r/d$ of a square layer: 0.39 % at $r = 8$, $d = 4096$",
+        ),
     ),
     ConceptQuestion(
         id="lora.alpha-divide-r-rslora-change",
@@ -47,6 +57,12 @@ QUESTIONS = (
             "$1/\\sqrt r$, so large ranks learn no better than small ones. It uses $\\alpha/\\sqrt r$."
         ),
         challenges=(1,),
+        points=(
+            "The LoRA path is scaled by $\\alpha/r$; $\\alpha$ acts like a learning-rate multiplier for it",
+            "Dividing by $r$ keeps the update's size comparable across ranks: set $\\alpha$ once, sweep $r$",
+            "rsLoRA: $1/r$ over-corrects, so large ranks learn no better than small ones",
+            "rsLoRA scales by $\\alpha/\\sqrt r$ instead",
+        ),
     ),
     ConceptQuestion(
         id="lora.llama-7b-rank-16-q",
@@ -57,6 +73,11 @@ QUESTIONS = (
             "32 layers × 4 matrices × $16 \\cdot (4096 + 4096)$ = 16,777,216, about 16.8 M, or 0.25 % of 6.7 B."
         ),
         challenges=(14,),
+        points=(
+            "Per matrix: $16 \\cdot (4096 + 4096) = 131{,}072$",
+            "32 layers × 4 matrices × 131,072 = 16,777,216, about 16.8 M",
+            "About 0.25 % of 6.7 B",
+        ),
     ),
     ConceptQuestion(
         id="lora.inject-lora-return-lora-parameters",
@@ -72,6 +93,12 @@ QUESTIONS = (
             "returned list is exactly what should train, and it is also what to save."
         ),
         challenges=(4,),
+        points=(
+            "`model.parameters()` also yields every frozen base weight",
+            "Giving those to AdamW allocates two moments each: the memory LoRA is meant to save",
+            "If their gradients are re-enabled by mistake, they train silently",
+            "The returned list is exactly what should train and what to save",
+        ),
     ),
     ConceptQuestion(
         id="lora.dotted-names-named-modules-map",
@@ -88,6 +115,12 @@ QUESTIONS = (
             "not follow dots."
         ),
         challenges=(4,),
+        points=(
+            "Container children are named by index: `encoder.2.branch.fc1`",
+            '`model.get_submodule(name)` follows the dots; `getattr(model, "a.b")` does not',
+            'Replace via the parent (`name.rpartition(".")[0]`) and `setattr(parent, last, new)`',
+            "`setattr` with a numeric name works on `Sequential` and `ModuleList` too",
+        ),
     ),
     ConceptQuestion(
         id="lora.goes-wrong-if-replace-modules",
@@ -100,6 +133,12 @@ QUESTIONS = (
             "iteration and raise. Collect the names first, then replace."
         ),
         challenges=(10,),
+        points=(
+            "`named_modules()` is a generator over the live module tree",
+            "A replacement can be visited again and wrapped twice (its `.base` is an `nn.Linear`): LoRA of LoRA",
+            "Or a dict changes during iteration and raises",
+            "Fix: collect the names first, then replace",
+        ),
     ),
     ConceptQuestion(
         id="lora.merge-keep-adapters-separate-serving",
@@ -115,6 +154,13 @@ QUESTIONS = (
             "[cost model](cost_model.md)."
         ),
         challenges=(12,),
+        points=(
+            "Merged: one-off $d_\\text{out} d_\\text{in} r$ multiply-adds, then exactly the base cost per token",
+            "Merged allows one adapter per copy of the weights; switching means unmerge + merge",
+            "Separate: $2r(d_\\text{in} + d_\\text{out})$ extra FLOPs per token per layer, plus extra kernels",
+            "Separate adapters share one base, even within one batch",
+            "Merge for one hot adapter, keep separate for many tenants",
+        ),
     ),
     ConceptQuestion(
         id="lora.merge-unload-unload-each-return",
@@ -128,6 +174,13 @@ QUESTIONS = (
             "before adaptation, exactly (`torch.equal`) for layers that were never merged: use it to get the\n"
             "base back, say to attach another adapter. In both, the layer put back is the very module that was\n"
             "wrapped, so no peft_zoo class remains."
+        ),
+        challenges=(23,),
+        points=(
+            "`merge_and_unload` folds every update into its weight and returns the plain model",
+            "Use it to ship one fine-tuned model at the base model's cost",
+            "`unload` discards the adapters and returns the base exactly (`torch.equal`) for unmerged layers",
+            "Both put back the very module that was wrapped: no peft_zoo class remains",
         ),
     ),
     ConceptQuestion(
@@ -149,6 +202,14 @@ QUESTIONS = (
             "positions to the sequence, which no weight can express. That is why those methods keep an\n"
             "inference cost, and `merge_and_unload` refuses them with `pz.UnloadError`, changing nothing."
         ),
+        challenges=(23,),
+        points=(
+            "Merging needs the layer to stay one linear map $y = W'x + b'$",
+            "LoRA, IA³ and DoRA each give a matrix of the same shape as $W_0$",
+            "A bottleneck adapter $h + W_\\text{up}\\sigma(W_\\text{down}h)$ is not linear in $h$",
+            "Even with identity $\\sigma$ it sits after a whole sublayer, so no single weight can absorb it",
+            "Prefixes and virtual tokens add sequence positions; `merge_and_unload` refuses them, changing nothing",
+        ),
     ),
     ConceptQuestion(
         id="lora.happens-if-merge-lora-tied",
@@ -165,6 +226,13 @@ QUESTIONS = (
             "it its own copy of the weight), or leave `lm_head` out of the targets; the head is usually a\n"
             "poor target anyway."
         ),
+        challenges=(23,),
+        points=(
+            "In GPT-2, `lm_head.weight` is the same tensor as `transformer.wte.weight`",
+            "Merging into it would also change every input embedding, which the adapter never trained",
+            "`merge_and_unload` raises `UnloadError` naming both, before changing anything; `unload` is allowed",
+            "Fix: untie the head (own copy of the weight) or leave `lm_head` out of the targets",
+        ),
     ),
     ConceptQuestion(
         id="lora.after-merge-unload-check-export",
@@ -177,6 +245,12 @@ QUESTIONS = (
             "`merge_and_unload()`, with difference 0). Then check that no peft_zoo class is left\n"
             "(`type(m).__module__` of every module), save with `save_pretrained`, and reload with\n"
             "`from_pretrained` in a fresh environment without peft_zoo."
+        ),
+        challenges=(23,),
+        points=(
+            "Outputs on a fixed batch agree with the adapted model within float32 rounding",
+            "No peft_zoo class is left (check `type(m).__module__` of every module)",
+            "Save with `save_pretrained`, reload with `from_pretrained` in an environment without peft_zoo",
         ),
     ),
     ConceptQuestion(
@@ -195,6 +269,13 @@ QUESTIONS = (
             "copied file is refused instead of silently training from corrupt weights."
         ),
         challenges=(13,),
+        points=(
+            "An adapter is megabytes, the base gigabytes; one base serves many adapters",
+            "An adapter file carries no copy of (possibly licensed) base weights",
+            "Loading needs the same base, the same adapted module names and the same shapes",
+            "Hyperparameters not in tensors must match too: $\\alpha$, rsLoRA, dropout, targets",
+            "`load_adapter` checks keys, shapes, dtypes, hyperparameters and a SHA-256 digest before copying",
+        ),
     ),
     ConceptQuestion(
         id="lora.cheap-checks-would-run-before",
@@ -210,6 +291,12 @@ QUESTIONS = (
             "asks you to write these checks."
         ),
         challenges=(15,),
+        points=(
+            "Trainable fraction small, no base parameter requires grad: catches a forgotten freeze",
+            "Output equals the base at init with $\\alpha \\ne r$: catches non-zero $B$ or a misplaced scale",
+            "A few steps on one batch lower the loss: catches a detached LoRA path",
+            "Perturbing $B$ changes the output: catches an adapter missing from the forward pass",
+        ),
     ),
     ConceptQuestion(
         id="lora.merge-unload-give-inference-lose",
@@ -223,6 +310,11 @@ QUESTIONS = (
             "after rounding; keep the original weights if you need them back)."
         ),
         challenges=(23,),
+        points=(
+            "Gain: a plain model, no extra matmuls or wrappers, loadable by any library",
+            "Lose: cheap adapter switching (one merged copy per adapter)",
+            "Lose: exact unmerging in low precision ($W + \\Delta - \\Delta \\ne W$ after rounding)",
+        ),
     ),
     ConceptQuestion(
         id="lora.fan-fan-out-change-merging",
@@ -236,6 +328,12 @@ QUESTIONS = (
             "`c_proj` ($768 \\times 768$): the merged model computes $x(W + s\\,BA)$ instead of\n"
             "$x(W + (s\\,BA)^\\top)$ and its outputs drift."
         ),
+        challenges=(23,),
+        points=(
+            "GPT-2's `Conv1D` stores $(in, out)$ and computes $xW + b$",
+            "So the update $s\\,BA$ of shape $(out, in)$ must be added transposed",
+            "Ignoring it fails loudly on a non-square matrix, silently on a square one such as `c_proj`",
+        ),
     ),
     ConceptQuestion(
         id="lora.adapters-cannot-merge-refuse-before",
@@ -248,6 +346,13 @@ QUESTIONS = (
             "tuning (extra keys and values, or extra inputs). A refusal after half the layers were merged\n"
             "would leave a model that is neither adapted nor plain, so every layer is checked first and the\n"
             "error names each layer that cannot merge (challenge 23)."
+        ),
+        challenges=(23,),
+        points=(
+            "Cannot merge: anything that is not a change of one weight matrix",
+            "Examples: bottleneck adapters with a non-linearity, prefix and prompt tuning",
+            "Refusing halfway would leave a model neither adapted nor plain",
+            "So every layer is checked first and the error names each layer that cannot merge",
         ),
     ),
 )

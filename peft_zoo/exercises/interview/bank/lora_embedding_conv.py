@@ -23,6 +23,13 @@ QUESTIONS = (
             "$B$ would change every token's embedding, seen or not. The convention itself comes from the\n"
             "LoRA reference implementation (loralib), and PEFT keeps it."
         ),
+        challenges=(30,),
+        points=(
+            "Either choice gives $\\Delta W = 0$ with a non-zero first gradient",
+            "Column $A_{:,t}$ gets a gradient only when token $t$ appears (sparse lookup backward)",
+            "So unseen tokens keep exactly their pretrained embedding",
+            "With random $A$ and $B = 0$, every $B$ update changes every token's embedding",
+        ),
     ),
     ConceptQuestion(
         id="lora_embedding_conv.lora-convolution-work-full-kernel",
@@ -35,6 +42,13 @@ QUESTIONS = (
             "exactly a $k$-sized convolution to $r$ channels, and $B$ $(C_\\text{out}, r)$, a pointwise\n"
             "convolution back. Composing them gives a kernel of the base's shape, so it merges; the spatial\n"
             "structure lives in $A$, the channel mixing in $B$."
+        ),
+        challenges=(30,),
+        points=(
+            "A convolution is a $(C_\\text{out}, C_\\text{in}\\prod k)$ matrix applied to each receptive field",
+            "$A$ is a $k$-sized convolution to $r$ channels",
+            "$B$ is a pointwise convolution back to $C_\\text{out}$",
+            "Composed they give a kernel of the base's shape, so it merges",
         ),
     ),
     ConceptQuestion(
@@ -51,6 +65,13 @@ QUESTIONS = (
             "PEFT pads the LoRA path with zeros whatever the base does, so a reflect-padded base's unmerged and\n"
             "merged outputs differ at the borders; peft_zoo refuses such a base."
         ),
+        challenges=(30,),
+        points=(
+            "$A$ must read the same pixels as $W_0$: stride, padding, dilation, padding values",
+            "Without the base's dilation: a shape error, or a function the merged kernel does not compute",
+            "PEFT 0.21.2 builds `lora_A` without dilation; peft_zoo uses it",
+            "PEFT zero-pads the LoRA path whatever the base does; peft_zoo refuses a reflect-padded base",
+        ),
     ),
     ConceptQuestion(
         id="lora_embedding_conv.many-parameters-lora-add-bert",
@@ -60,6 +81,12 @@ QUESTIONS = (
         answer=(
             "$8 \\times (30522 + 768) = 250{,}320$, about 1.1 % of the table's 23.4 M, and comparable to the\n"
             "294,912 of rank-8 LoRA on all 24 query and value projections."
+        ),
+        challenges=(30,),
+        points=(
+            "$8 \\times (30522 + 768) = 250{,}320$",
+            "About 1.1 % of the table's 23.4 M",
+            "Comparable to the 294,912 of rank-8 LoRA on all query and value projections",
         ),
     ),
     ConceptQuestion(
@@ -71,6 +98,12 @@ QUESTIONS = (
             "No. It changes how existing rows are used; a new token needs a new row. Resize the embedding\n"
             "and train the new rows fully (PEFT also offers `trainable_token_indices` for training only\n"
             "selected rows; peft_zoo does not)."
+        ),
+        challenges=(30,),
+        points=(
+            "No: LoRA changes how existing rows are used; a new token needs a new row",
+            "Resize the embedding and train the new rows fully",
+            "PEFT offers `trainable_token_indices`; peft_zoo does not",
         ),
     ),
 )

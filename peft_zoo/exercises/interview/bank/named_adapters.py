@@ -18,6 +18,12 @@ QUESTIONS = (
             "weights dominate memory; adapters are a few megabytes. One copy of $W_0$ with $N$ small pairs\n"
             "serves every task, and switching is a list assignment, not a weight load."
         ),
+        challenges=(11,),
+        points=(
+            "Base weights dominate memory; adapters are a few megabytes",
+            "One copy of $W_0$ with $N$ small pairs serves every task",
+            "Switching is a list assignment, not a weight load",
+        ),
     ),
     ConceptQuestion(
         id="named_adapters.set-adapter-b-compute-same",
@@ -28,6 +34,11 @@ QUESTIONS = (
             "The sum\n"
             "$s_a B_a A_a + s_b B_b A_b$ on top of $W_0$: linear, so merging both gives the same function (up\n"
             "to float rounding), which is what `merge_and_unload` does with two active adapters."
+        ),
+        points=(
+            "It computes $W_0 + s_aB_aA_a + s_bB_bA_b$",
+            "The sum is linear, so merging both gives the same function up to rounding",
+            "`merge_and_unload` with two active adapters does exactly that",
         ),
     ),
     ConceptQuestion(
@@ -42,6 +53,13 @@ QUESTIONS = (
             "grow with the number of distinct adapters in the batch, which at one token per sample is about\n"
             "the size of the base weights for 64 rank-8 adapters."
         ),
+        challenges=(16,),
+        points=(
+            "Stack adapters per layer, zero-padding the ranks",
+            "Map each sample's name to a slot once",
+            "Run a gathered batched matmul or an `embedding_bag` over the stacked tables",
+            "Bytes read grow with distinct adapters: 64 rank-8 adapters ≈ base weights at one token per sample",
+        ),
     ),
     ConceptQuestion(
         id="named_adapters.peft-refuse-adapter-names-training",
@@ -52,6 +70,11 @@ QUESTIONS = (
             "Dropout and gradient flow per\n"
             "sub-batch would make each adapter's update depend on which other samples share the batch; the\n"
             "feature is meant for serving. Train one adapter at a time with `set_adapter`."
+        ),
+        points=(
+            "Per-sub-batch dropout and gradients would make each update depend on the other samples",
+            "The feature is meant for serving",
+            "Train one adapter at a time with `set_adapter`",
         ),
     ),
 )

@@ -25,6 +25,14 @@ QUESTIONS = (
             "approximation $R$ is only nearly orthogonal, and the guarantee is about the neurons *within* a\n"
             "layer, not about the function of the network."
         ),
+        challenges=(27,),
+        points=(
+            "Hyperspherical energy depends only on pairwise angles between normalised neurons",
+            "OFT maps every $w_i$ to $Rw_i$ with one orthogonal $R$",
+            "$R^\\top R = I$ keeps every inner product and norm, hence every angle and the energy",
+            "An additive update $W_0 + \\Delta W$ has no such guarantee",
+            "Caveats: the Neumann $R$ is only nearly orthogonal; the guarantee is within a layer",
+        ),
     ),
     ConceptQuestion(
         id="oft.cayley-transform-skew-symmetric",
@@ -37,6 +45,13 @@ QUESTIONS = (
             "trained with any optimizer without projection, and $b(b-1)/2$ numbers parameterise each block\n"
             "exactly. Alternatives: the matrix exponential (exact, costlier) or Householder products."
         ),
+        challenges=(27,),
+        points=(
+            "Cayley $(I - Q)(I + Q)^{-1}$ maps skew-symmetric $Q$ to an orthogonal matrix, $Q = 0$ to $I$",
+            "Skew matrices form a vector space: any optimizer works without projection",
+            "$b(b-1)/2$ numbers parameterise each block exactly",
+            "Alternatives: the matrix exponential (exact, costlier) or Householder products",
+        ),
     ),
     ConceptQuestion(
         id="oft.many-parameters-oft-add-compare",
@@ -46,6 +61,12 @@ QUESTIONS = (
         answer=(
             "$d_\\text{in}(b - 1)/2$ per layer: 11,904 for a $768$-input layer with $b = 32$, against LoRA's\n"
             "12,288 at $r = 8$ on a square layer. Unlike LoRA, the count does not grow with $d_\\text{out}$."
+        ),
+        challenges=(27,),
+        points=(
+            "$d_\\text{in}(b - 1)/2$ per layer",
+            "11,904 for a 768-input layer with $b = 32$, against LoRA's 12,288 at $r = 8$",
+            "Unlike LoRA, the count does not grow with $d_\\text{out}$",
         ),
     ),
     ConceptQuestion(
@@ -58,6 +79,13 @@ QUESTIONS = (
             "composes several sparse orthogonal factors in a butterfly pattern, so information from every\n"
             "input feature can reach every other, at $O(d \\log d)$ parameters."
         ),
+        challenges=(27,),
+        points=(
+            "With block-diagonal $R$, features in different blocks never mix",
+            "The reachable rotations are a small subgroup",
+            "BOFT composes sparse orthogonal factors in a butterfly pattern, so every feature reaches every other",
+            "BOFT costs $O(d \\log d)$ parameters",
+        ),
     ),
     ConceptQuestion(
         id="oft.oft-merged-unmerging-exact",
@@ -68,6 +96,12 @@ QUESTIONS = (
             "Yes: $W_0 R^\\top$ is an ordinary weight. Unmerging needs $R^{-\\top}$; for an exactly\n"
             "orthogonal $R$ that is $R$ itself, but PEFT's default Neumann form is only approximately\n"
             "orthogonal, so peft_zoo inverts, and the result is $W_0$ up to rounding."
+        ),
+        challenges=(27,),
+        points=(
+            "Merging works: $W_0 R^\\top$ is an ordinary weight",
+            "Unmerging needs $R^{-\\top}$, which is $R$ only for an exactly orthogonal $R$",
+            "PEFT's default Neumann form is approximate, so peft_zoo inverts: $W_0$ up to rounding",
         ),
     ),
 )

@@ -23,6 +23,14 @@ QUESTIONS = (
             "benefits: $A$ and $B$ start balanced (each holds $\\sqrt{S}$), and quantising the residual, whose\n"
             "range no longer includes the largest components, loses less than quantising $W_0$."
         ),
+        challenges=(29,),
+        points=(
+            "The top-$r$ SVD part is the best rank-$r$ approximation of $W_0$ (Eckart–Young)",
+            "Training adjusts the most important directions from step one, with useful gradient sizes",
+            "The frozen residual holds the many small components; $W_\\text{res} + s\\,BA = W_0$",
+            "$A$ and $B$ start balanced, each holding $\\sqrt S$",
+            "Quantising the residual loses less than quantising $W_0$",
+        ),
     ),
     ConceptQuestion(
         id="pissa_olora.pissa-change-model-initialisation",
@@ -34,6 +42,12 @@ QUESTIONS = (
             "about $10^{-7}$ relative. What changes is the *parameterisation*, hence the gradients and the\n"
             "optimizer's trajectory."
         ),
+        challenges=(29,),
+        points=(
+            "No: $W_\\text{res} + s\\,BA = W_0$ exactly in real arithmetic",
+            "In float32 outputs match to about $10^{-7}$ relative",
+            "The parameterisation changes, hence the gradients and the optimizer's path",
+        ),
     ),
     ConceptQuestion(
         id="pissa_olora.pissa-lora-same-parameters-same",
@@ -43,6 +57,12 @@ QUESTIONS = (
         answer=(
             "Same shapes, same forward and backward cost. Extra: one SVD per layer at the start, and a\n"
             "modified base that must travel with the adapter (or a conversion to rank $2r$)."
+        ),
+        challenges=(29,),
+        points=(
+            "Same shapes, same forward and backward cost",
+            "Extra: one SVD per layer at the start",
+            "The modified base must travel with the adapter, or be converted to rank $2r$",
         ),
     ),
     ConceptQuestion(
@@ -56,6 +76,13 @@ QUESTIONS = (
             "Doubling the rank halves $\\alpha/r$; doubling $\\alpha$ keeps the scale (with rsLoRA,\n"
             "$\\alpha/\\sqrt{r}$ needs $\\sqrt 2\\,\\alpha$)."
         ),
+        challenges=(29,),
+        points=(
+            "Relative to $W_0$ the update is $s(BA - B_0A_0)$",
+            "That is two rank-$r$ products stacked into one rank-$2r$ pair",
+            "Doubling the rank halves $\\alpha/r$, so $\\alpha$ doubles to keep the scale",
+            "With rsLoRA, $\\alpha/\\sqrt r$ needs $\\sqrt 2\\,\\alpha$",
+        ),
     ),
     ConceptQuestion(
         id="pissa_olora.pissa-olora",
@@ -66,6 +93,12 @@ QUESTIONS = (
             "PiSSA picks the directions by importance (singular values), at the price of an SVD (or a\n"
             "randomized one). OLoRA's QR is cheaper and gives an orthonormal $B$, but the leading QR columns\n"
             "are just the first columns of $W_0$ orthogonalised, not its most important directions."
+        ),
+        challenges=(29,),
+        points=(
+            "PiSSA picks directions by singular value, at the cost of an SVD",
+            "OLoRA's QR is cheaper and gives an orthonormal $B$",
+            "OLoRA's leading columns are the first columns of $W_0$ orthogonalised, not the most important",
         ),
     ),
     ConceptQuestion(
@@ -79,6 +112,13 @@ QUESTIONS = (
             "approximate (better with more iterations $K$, and when the spectrum decays fast) and depends on\n"
             "the random seed, but the output at initialisation is still the base's (up to rounding): the\n"
             "residual is computed from whatever factors were found."
+        ),
+        challenges=(29,),
+        points=(
+            "Randomized SVD costs about $O(d_\\text{in} d_\\text{out} r K)$",
+            "A full SVD costs $O(d_\\text{in} d_\\text{out} \\min(d_\\text{in}, d_\\text{out}))$",
+            "The top-$r$ subspace is approximate and depends on the seed",
+            "The output at initialisation is still the base's: the residual uses the factors found",
         ),
     ),
 )

@@ -27,6 +27,13 @@ QUESTIONS = (
             "parameter budget."
         ),
         challenges=(7,),
+        points=(
+            "Trained: prompt $Pd$, prefix $2Pd\\,n_\\text{layers}$ keys and values, LoRA $r(d_\\text{in} + d_\\text{out})$",
+            "Prefix methods add $P$ positions: more FLOPs, KV-cache memory, less context; not mergeable",
+            "Merged LoRA costs nothing at inference",
+            "Prefix methods leave weights untouched, so one batch mixes tasks trivially",
+            "Prefix is more expressive than prompt tuning (every layer); LoRA is usually stronger than both",
+        ),
     ),
     ConceptQuestion(
         id="prefix_tuning.prefixed-model-not-start-out",
@@ -38,6 +45,13 @@ QUESTIONS = (
             'their values into every output, so there is no "zero" prefix. Training therefore starts from a\n'
             "slightly perturbed model. Small inits, initialisation from real token activations, and Li &\n"
             "Liang's MLP reparameterisation keep the perturbation mild and the optimisation stable."
+        ),
+        challenges=(7,),
+        points=(
+            "Softmax gives every key positive weight, so there is no zero prefix",
+            "Zero prefix keys still take $e^0$ of the mass and mix their values in",
+            "Training starts from a slightly perturbed model",
+            "Small inits, real-token initialisation or the MLP reparameterisation keep it mild",
         ),
     ),
     ConceptQuestion(
@@ -51,6 +65,13 @@ QUESTIONS = (
             "first $P$ entries of the cache for every layer. Insert them once per sequence; decoding then\n"
             "continues as usual, with positions shifted by $P$ in the cache."
         ),
+        challenges=(22,),
+        points=(
+            "Extend the mask by $P$ always-kept columns (`LearnablePrefix.extend_mask`)",
+            "Padding stays masked and the prefix stays visible",
+            "With a KV cache, the prefix is the first $P$ cache entries of every layer, inserted once per sequence",
+            "Decoding continues as usual, with positions shifted by $P$",
+        ),
     ),
     ConceptQuestion(
         id="prefix_tuning.prefix-s-gradient-sum-over",
@@ -61,6 +82,12 @@ QUESTIONS = (
             "The same parameter is copied into every row. By the chain rule, its gradient is the sum of the\n"
             "gradients at each row's prefix positions. A bug that detaches the prefix, or gives only row 0\n"
             "a copy, shows up exactly here."
+        ),
+        challenges=(7,),
+        points=(
+            "The same parameter is copied into every row",
+            "By the chain rule, its gradient sums the gradients at each row's prefix positions",
+            "A detached prefix, or a copy only in row 0, shows up exactly here",
         ),
     ),
 )

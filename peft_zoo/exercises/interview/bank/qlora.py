@@ -20,6 +20,12 @@ QUESTIONS = (
             "with double quantisation."
         ),
         challenges=(18,),
+        points=(
+            "One scale per tensor lets a single outlier set the step for millions of weights",
+            "Per-block scales confine an outlier to its 63 neighbours",
+            "Cost: one float32 per 64 weights, 0.5 bits per parameter",
+            "With double quantisation the overhead is 0.127 bits",
+        ),
     ),
     ConceptQuestion(
         id="qlora.makes-nf4-better-int4-pretrained",
@@ -31,6 +37,13 @@ QUESTIONS = (
             "scaling that distribution is fixed (normal-shaped in $[-1, 1]$), so one table fits all\n"
             "tensors. Levels are dense where weights are dense. With the same 4 bits the RMSE is about 15%\n"
             "lower than int4's, and the code usage entropy is 3.9 rather than 3.5 bits."
+        ),
+        challenges=(18,),
+        points=(
+            "NF4 is a quantile quantiser for normal-shaped weights",
+            "After absmax scaling the distribution is fixed, so one table fits all tensors",
+            "Levels are dense where weights are dense",
+            "About 15 % lower RMSE than int4; code entropy 3.9 against 3.5 bits",
         ),
     ),
     ConceptQuestion(
@@ -44,6 +57,11 @@ QUESTIONS = (
             "and 7 negative quantiles plus 0, so the table is slightly asymmetric."
         ),
         challenges=(18,),
+        points=(
+            "Sixteen levels cannot be symmetric and contain 0",
+            "An exact zero keeps padding, pruned and zero-initialised entries exact",
+            "The table has 8 positive and 7 negative quantiles plus 0",
+        ),
     ),
     ConceptQuestion(
         id="qlora.double-quantisation-buy",
@@ -54,6 +72,13 @@ QUESTIONS = (
             "The fp32 block constants are quantised too: mean-subtracted, 8 bits each, one fp32 scale per\n"
             "256 constants. The cost drops from 4.5 to 4.127 bits per parameter (about 3 GB on a 65B model)\n"
             "and the reconstruction error barely changes (RMSE ratio 1.0002 in the benchmark, 0.02 %)."
+        ),
+        challenges=(18,),
+        points=(
+            "The fp32 block constants are quantised: mean-subtracted, 8 bits each",
+            "One fp32 scale per 256 constants",
+            "Cost drops from 4.5 to 4.127 bits per parameter, about 3 GB on a 65B model",
+            "Reconstruction error barely changes (RMSE ratio 1.0002)",
         ),
     ),
     ConceptQuestion(
@@ -67,6 +92,12 @@ QUESTIONS = (
             "the dequantisation; plain PyTorch on a CPU does not (about 16× an `nn.Linear` for a small\n"
             "batch in the benchmark)."
         ),
+        points=(
+            "QLoRA is slower than LoRA, not faster",
+            "Every forward and backward dequantises to bf16, then runs an ordinary GEMM",
+            "QLoRA buys memory, not speed",
+            "Fused GPU kernels hide much of the dequantisation; plain PyTorch on CPU does not (about 16×)",
+        ),
     ),
     ConceptQuestion(
         id="qlora.many-bits-per-parameter-nf4",
@@ -79,6 +110,13 @@ QUESTIONS = (
             "weights, $4 + 8/64 + 32/16384 \\approx 4.127$. The mean $\\mu$ is one float32 per tensor, which\n"
             "rounds to nothing. For a 7B model that is 3.94 GB against 3.61 GB. Against bf16 (16 bits) the\n"
             "linear layers shrink $16/4.127 \\approx 3.9\\times$, against float32 about $7.8\\times$."
+        ),
+        challenges=(18,),
+        points=(
+            "Without double quantisation: $4 + 32/64 = 4.5$ bits",
+            "With: $4 + 8/64 + 32/16384 \\approx 4.127$ bits",
+            "7B model: 3.94 GB against 3.61 GB",
+            "Against bf16, linear layers shrink about 3.9×; against float32 about 7.8×",
         ),
     ),
     ConceptQuestion(
@@ -98,6 +136,13 @@ QUESTIONS = (
             "instead. Either way the effect on the weights is small (RMSE ratio 1.0002), and reusing $D$ keeps\n"
             "the bytes equal to bitsandbytes'."
         ),
+        points=(
+            "It reuses the dynamic 8-bit type made for optimizer states",
+            "Dense near 0 (steps down to $10^{-6}$), coarse near $\\pm 1$ (steps of 0.014)",
+            "Most centred constants $c_b - \\mu$ are small and land where the table is dense",
+            "Only rare outlier blocks get the coarse steps",
+            "Reusing it keeps the bytes equal to bitsandbytes'",
+        ),
     ),
     ConceptQuestion(
         id="qlora.odd-number-weights-last-block",
@@ -111,6 +156,13 @@ QUESTIONS = (
             "two rows, and the last block simply has fewer elements and its own absmax:\n"
             "$\\lceil n/64 \\rceil$ constants. A $33 \\times 1000$ weight takes 16,500 bytes of codes and 516\n"
             "constants."
+        ),
+        challenges=(18,),
+        points=(
+            "No padding, as in bitsandbytes; codes packed two per byte, first in the high nibble",
+            "An odd $n$ fills the last low nibble with the code of 0: $\\lceil n/2 \\rceil$ bytes",
+            "Blocks run over the flattened weight and may straddle rows",
+            "The last block is shorter with its own absmax: $\\lceil n/64 \\rceil$ constants",
         ),
     ),
     ConceptQuestion(
@@ -127,6 +179,12 @@ QUESTIONS = (
             "alpha)` puts a LoRA on the same stored base. Only NF4 converts: peft_zoo's `int4` is not\n"
             "bitsandbytes' `fp4`."
         ),
+        points=(
+            "Yes: the stored bytes are the same; conversion only renames and reshapes",
+            "`nf4_linear_from_bnb_state_dict` reads `transformers`' keys without bitsandbytes installed",
+            "`nf4_linear_from_bnb` and the `..._to_bnb` functions convert layers both ways",
+            "Only NF4 converts: peft_zoo's `int4` is not bitsandbytes' `fp4`",
+        ),
     ),
     ConceptQuestion(
         id="qlora.qlora-adapter-not-simply-merged",
@@ -141,6 +199,12 @@ QUESTIONS = (
             "quantisation with its own error."
         ),
         challenges=(18,),
+        points=(
+            "The merged weight would have to be re-quantised",
+            "The update is usually far smaller than the NF4 level spacing, so most entries round back",
+            "Serve unmerged with the 4-bit base, or dequantise and merge into bf16/fp16 (`merge_qlora`)",
+            "Re-quantising the merged model is a new quantisation with its own error",
+        ),
     ),
     ConceptQuestion(
         id="qlora.qlora-lose-quality-against-16",
@@ -153,6 +217,11 @@ QUESTIONS = (
             "give clearly worse perplexity than NF4 (paper Table 2). The targets matter too: LoRA on\n"
             "attention only does not close the gap. In notebook 05 the QLoRA and float-LoRA runs reach the\n"
             "same loss."
+        ),
+        points=(
+            "The paper: NF4 + double quantisation + LoRA on every linear matches 16-bit LoRA and full tuning",
+            "Int4 and FP4 give clearly worse perplexity than NF4",
+            "LoRA on attention only does not close the gap",
         ),
     ),
 )

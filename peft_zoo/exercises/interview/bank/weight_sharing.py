@@ -20,6 +20,12 @@ QUESTIONS = (
             "memory, optimizer state and checkpoint size shrink."
         ),
         challenges=(19,),
+        points=(
+            "One set of block matrices is stored and reused by all $L$ blocks",
+            "Blocks cost $\\approx 12C^2$ once: 85 M to 7 M for $C = 768$, $L = 12$",
+            "FLOPs and activation memory are unchanged",
+            "Parameter memory, optimizer state and checkpoint size shrink",
+        ),
     ),
     ConceptQuestion(
         id="weight_sharing.per-layer-lora-give-back",
@@ -30,6 +36,12 @@ QUESTIONS = (
             "Layer $l$ applies $W + sB_lA_l$, so layers can specialise again. It costs $16rC$ per layer for all\n"
             "four matrices, about 1% of a block at $r = 8$, $C = 768$. In the notebook it recovers part of the\n"
             "accuracy gap to the unshared model."
+        ),
+        challenges=(19,),
+        points=(
+            "Layer $l$ applies $W + sB_lA_l$, so layers can specialise again",
+            "It costs $16rC$ per layer for four matrices, about 1 % of a block at $r = 8$, $C = 768$",
+            "In the notebook it recovers part of the gap to the unshared model",
         ),
     ),
     ConceptQuestion(
@@ -47,6 +59,11 @@ QUESTIONS = (
             "lists may not."
         ),
         challenges=(19,),
+        points=(
+            "The gradient is the sum over uses, $\\sum_l \\partial\\mathcal L/\\partial W^{(l)}$, in one `.grad`",
+            "Listed twice, it would be stepped twice per iteration with inconsistent Adam moments",
+            "`parameters()` deduplicates; hand-built lists may not",
+        ),
     ),
     ConceptQuestion(
         id="weight_sharing.t-merge-per-layer-lora",
@@ -59,6 +76,11 @@ QUESTIONS = (
             "copies."
         ),
         challenges=(19,),
+        points=(
+            "There is only one base tensor",
+            "Merging would apply layer $l$'s update to every layer",
+            "Serve unmerged (a few percent more FLOPs) or materialise per-layer merged copies",
+        ),
     ),
     ConceptQuestion(
         id="weight_sharing.breaks-save-load-checkpoint-shared",
@@ -71,6 +93,12 @@ QUESTIONS = (
             "save aliased tensors. Deduplicate on save and re-alias on load."
         ),
         challenges=(19,),
+        points=(
+            "The `state_dict` repeats the shared tensor under every block's name",
+            "Loading an unshared checkpoint into a shared model: the last block wins silently",
+            "safetensors refuses to save aliased tensors",
+            "Deduplicate on save and re-alias on load",
+        ),
     ),
     ConceptQuestion(
         id="weight_sharing.alias-copy-tell-debugger",
@@ -81,6 +109,12 @@ QUESTIONS = (
             "`a is b` (same Parameter) or `a.data_ptr() == b.data_ptr()`. Equal values prove nothing,\n"
             "since a copy is equal until the first optimizer step. `shared_parameters(model)` lists every\n"
             "tensor reachable under more than one name."
+        ),
+        challenges=(19,),
+        points=(
+            "`a is b` or `a.data_ptr() == b.data_ptr()` shows an alias",
+            "Equal values prove nothing: a copy is equal until the first optimizer step",
+            "`shared_parameters(model)` lists tensors reachable under more than one name",
         ),
     ),
 )
