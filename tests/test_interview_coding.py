@@ -157,3 +157,19 @@ def test_an_unparsable_work_file_fails_with_its_line(tmp_path: Path, monkeypatch
 def test_the_work_folder_is_ignored_by_git() -> None:
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert f"practice/*/{coding.WORK_DIR}/" in ignored, TRACK
+
+
+def test_every_interview_module_imports_on_its_own() -> None:
+    """No import cycle through the runner: each module loads first in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    names = [
+        f"peft_zoo.exercises.interview.{p.stem}" for p in (ROOT / "peft_zoo/exercises/interview").glob("*.py")
+    ]
+    names += ["peft_zoo.exercises.runner.commands", "peft_zoo.exercises.runner.interview_cmd"]
+    for name in names:
+        run = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, f"{name}: {run.stderr[-800:]}"

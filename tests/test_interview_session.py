@@ -1,33 +1,35 @@
-"""`peft-zoo interview` and `peft-zoo review` end to end, from scripted answers, on a temporary
-copy of challenge 01, with the clock under the test's control."""
+"""`peft-zoo interview` end to end, from scripted answers, on a temporary copy of challenge 01,
+with the clock under the test's control; the session engine with fake question sources."""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from runner_helpers import CH1, cli, make_root
+from interview_helpers import (
+    CONCEPT,
+    NUMERIC,
+    T0,
+    Clock,
+    answers,
+    history,
+    install_clock,
+    practice,
+    run,
+    saved_plan,
+)
+from runner_helpers import CH1, make_root
 
 from peft_zoo.cli import main
 from peft_zoo.exercises import builder
 from peft_zoo.exercises.interview import bank, coding, numeric
 from peft_zoo.exercises.interview import session as sessions
-from peft_zoo.exercises.interview.history import HISTORY_NAME, History
-from peft_zoo.exercises.manifest import TRACK
-
-T0 = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
-CONCEPT = bank.by_id(bank.questions("lora")[0].id)
-NUMERIC = numeric.generate("lora_trainable", 3)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
+from peft_zoo.exercises.interview.console import Console
+from peft_zoo.exercises.interview.history import History
 
 
 @pytest.fixture
@@ -37,34 +39,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(sessions, "CLOCK", fake)
-    return fake
-
-
-def practice(root: Path) -> Path:
-    return root / "practice" / TRACK
-
-
-def answers(tmp_path: Path, *lines: str) -> str:
-    path = tmp_path / f"answers{len(list(tmp_path.glob('answers*')))}.txt"
-    path.write_text("".join(f"{line}\n" for line in lines))
-    return str(path)
-
-
-def saved_plan(root: Path, *items: tuple[str, str], minutes: float = 45.0) -> None:
-    """Put an interrupted interview with exactly ``items`` in place, to be run with --resume."""
-    plan = [{"type": t, "id": i} for t, i in items]
-    state = sessions.new_state(1, "all", minutes, plan, T0)
-    (practice(root) / sessions.SESSION_NAME).write_text(json.dumps(state))
-
-
-def history(root: Path) -> list[dict]:
-    return History(practice(root)).records
-
-
-def run(capsys, root: Path, *args: str) -> tuple[int, str]:
-    return cli(capsys, root, *args)
+    return install_clock(monkeypatch)
 
 
 # ----------------------------------------------------------------------------- the three kinds
@@ -148,12 +123,26 @@ def test_the_coding_clock_keeps_running_across_an_interruption(root, tmp_path, c
     assert result["right"] is False and result["seconds"] == 660.0
 
 
-def test_the_interview_stops_when_its_minutes_are_spent(root, tmp_path, capsys, clock) -> None:
-    saved_plan(root, ("numeric", NUMERIC.id), ("concept", CONCEPT.id), minutes=5)
-    clock.now += dt.timedelta(minutes=6)
-    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path))
+def test_the_interview_stops_when_its_minutes_are_spent(root, tmp_path, capsys, monkeypatch) -> None:
+    class Ticking(Clock):  # every look at the clock is a minute later
+        def __call__(self) -> dt.datetime:
+            self.now += dt.timedelta(minutes=1)
+            return self.now
+
+    monkeypatch.setattr(sessions, "CLOCK", Ticking())
+    items = [("numeric", NUMERIC.id)] * 4
+    saved_plan(root, *items, minutes=2)
+    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path, "1", "2", "3"))
     assert code == 0 and "Time is up: 2 question(s) not asked." in out
-    assert history(root)[0]["results"] == []
+    assert [r["seconds"] for r in history(root)[0]["results"]] == [60.0, 60.0]
+    assert "right, 2 wrong" in out  # the two not asked are not counted wrong
+
+
+def test_time_away_between_an_interruption_and_resume_does_not_count(root, tmp_path, capsys, clock) -> None:
+    saved_plan(root, ("numeric", NUMERIC.id), minutes=3)
+    clock.now += dt.timedelta(days=1)
+    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path, "1"))
+    assert code == 0 and "3.0 of 3 min left" in out and "Time is up" not in out
 
 
 def test_resume_and_bad_session_files_are_clear_errors(root, tmp_path, capsys, clock) -> None:
@@ -183,21 +172,35 @@ def test_resume_and_bad_session_files_are_clear_errors(root, tmp_path, capsys, c
 # ----------------------------------------------------------------------------- plans and arguments
 
 
-def test_a_seed_repeats_the_interview_exactly(root, tmp_path, capsys, clock, monkeypatch) -> None:
-    monkeypatch.setattr(
-        coding, "grade_task", lambda task, paths, timeout: coding.CodingResult(False, "graded")
-    )
-    script = answers(tmp_path, *["1", "none"] * 20)
+def script_for(plan: list[dict[str, str]]) -> list[str]:
+    """Answers that get through ``plan``: a concept answer and ticks, a number, a skip."""
+    lines = {"concept": ["my answer", "1"], "numeric": ["42"], "coding": ["skip"]}
+    return [line for item in plan for line in lines[item["type"]]]
+
+
+def test_a_seed_repeats_the_interview_exactly(root, tmp_path, capsys, clock) -> None:
+    plan = sessions.build_plan(11, "all", 30, True)
+    assert {item["type"] for item in plan} == {"concept", "numeric", "coding"}
+    script = answers(tmp_path, *script_for(plan))
     outputs = []
     for _ in range(2):
-        code, out = run(
-            capsys, root, "interview", "--seed", "11", "--minutes", "30", "--answers", script, "--discard"
-        )
-        assert code in (0, sessions.EXIT_INTERRUPTED), out
+        code, out = run(capsys, root, "interview", "--seed", "11", "--minutes", "30", "--answers", script)
+        assert code == 0, out
         outputs.append(out)
-    assert outputs[0] == outputs[1] and "seed 11" in outputs[0]
-    assert sessions.build_plan(11, "all", 30, True) == sessions.build_plan(11, "all", 30, True)
+    assert outputs[0] == outputs[1] and "seed 11" in outputs[0] and "Summary" in outputs[0]
+    assert "\x1b[" not in outputs[0]  # no colour when the output is not a terminal
+    assert [r["id"] for r in history(root)[0]["results"]] == [item["id"] for item in plan]
+    assert history(root)[0]["results"] == history(root)[1]["results"]
     assert sessions.build_plan(11, "all", 30, True) != sessions.build_plan(12, "all", 30, True)
+
+
+def test_without_a_seed_one_is_drawn_and_printed(root, tmp_path, capsys, clock) -> None:
+    code, out = run(
+        capsys, root, "interview", "--no-coding", "--minutes", "3", "--answers", answers(tmp_path)
+    )
+    assert code == sessions.EXIT_INTERRUPTED
+    seed = json.loads((practice(root) / sessions.SESSION_NAME).read_text())["seed"]
+    assert f"repeat it with --seed {seed}" in out
 
 
 @pytest.mark.parametrize("topic", ["lora", "adapters", "quantisation", "serving"])
@@ -226,61 +229,133 @@ def test_bad_arguments_exit_2_and_write_nothing(root, capsys, args: list[str]) -
     assert not any(p.name.startswith(".interview") for p in practice(root).iterdir())
 
 
-# ----------------------------------------------------------------------------- history and review
+# ----------------------------------------------------------------------------- injected fakes
 
 
-def record(at: dt.datetime, card: str, right: bool) -> dict:
-    result = {"card": card, "id": card, "type": "concept", "topic": "lora", "right": right, "seconds": 5.0}
-    return {"kind": "interview", "at": at.isoformat(), "seed": 1, "topic": "lora", "results": [result]}
+def fake_sources(grades: list[bool]) -> sessions.Sources:
+    """One concept question with three points, one numeric question (answer 12), and a coding
+    task whose successive gradings return ``grades``; nothing touches the bank or pytest."""
+    concept = bank.ConceptQuestion(
+        id="fake.q", topic="lora", guide="lora.md", prompt="Why?", answer="Because.", points=("a", "b", "c")
+    )
+    number = numeric.NumericQuestion(
+        id="fake:1", kind="fake", topic="serving", prompt="How many?", answer=12.0, unit="things",
+        rel_tol=0.0, worked="3 * 4 = 12",
+    )  # fmt: skip
+    task = coding.CodingTask(1, "plain", 10.0)
+    results = iter(grades)
+    return sessions.Sources(
+        concepts=lambda topic: (concept,),
+        concept=lambda qid: concept,
+        kinds=lambda topic: ("fake",),
+        numeric=lambda qid: number,
+        grade_numeric=lambda q, text: text.strip() == "12",
+        choose_task=lambda rng, topic, minutes: task,
+        task=lambda qid: task,
+        prepare=lambda task, paths: Path("/nowhere/ex01.py"),
+        grade=lambda task, paths, timeout: coding.CodingResult(next(results), "fake report"),
+    )
 
 
-def test_a_corrupt_history_line_is_set_aside_and_the_rest_kept(root, tmp_path, capsys, clock) -> None:
-    good = json.dumps(record(T0 - dt.timedelta(days=9), CONCEPT.id, True))
-    path = practice(root) / HISTORY_NAME
-    path.write_text(f"{good}\n{{garbled\n{json.dumps({'kind': 'interview'})}\n{good}\n")
+def fake_session(lines: list[str], grades: list[bool], clock: Clock, tmp_path: Path):
+    plan = [{"type": "concept", "id": "fake.q"}, {"type": "numeric", "id": "fake:1"},
+            {"type": "coding", "id": "coding:1:plain"}]  # fmt: skip
+    out = io.StringIO()
+    state = sessions.new_state(5, "all", 30.0, plan, clock())
+    session = sessions.Session(
+        SimpleNamespace(practice=tmp_path), Console(iter(lines), out), state, clock=clock,
+        sources=fake_sources(grades),
+    )  # fmt: skip
+    return session, out
+
+
+def test_injected_sources_a_failed_grading_allows_another_done(tmp_path) -> None:
+    clock = Clock()
+    session, out = fake_session(["answer", "1 2", "12", "done", "done"], [False, True], clock, tmp_path)
+    assert session.run() == 0
+    text = out.getvalue()
+    assert "Right: 2 of 3 points" in text and "Right: 12 things" in text
+    assert text.count("fake report") == 2 and "Passed." in text
+    assert [r["right"] for r in History(tmp_path).records[0]["results"]] == [True, True, True]
+
+
+def test_injected_sources_wrong_answers_and_a_keyboard_interrupt(tmp_path) -> None:
+    clock = Clock()
+    session, out = fake_session(["answer", "1", "13", "skip"], [], clock, tmp_path)
+    assert session.run() == 0
+    assert "Not yet: 1 of 3 points" in out.getvalue() and "Worked: 3 * 4 = 12" in out.getvalue()
+
+    def interrupt(task, paths, timeout):
+        raise KeyboardInterrupt
+
+    session, out = fake_session(["answer", "all", "12", "done"], [], clock, tmp_path)
+    session.sources = sessions.Sources(**{**vars(fake_sources([])), "grade": interrupt})
+    assert session.run() == sessions.EXIT_INTERRUPTED and "--resume" in out.getvalue()
+    saved = json.loads((tmp_path / sessions.SESSION_NAME).read_text())
+    assert len(saved["results"]) == 2 and saved["coding_started"] == T0.isoformat()
+
+
+def test_a_saved_plan_naming_an_unknown_question_is_a_clear_error(root, tmp_path, capsys, clock) -> None:
+    saved_plan(root, ("concept", "no.such-question"))
+    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path, "x"))
+    assert code == 2 and "cannot be resumed" in out and "--discard" in out
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"started": "yesterday"}, {"minutes": "45"}, {"results": [{"right": "yes"}]}, {"plan": "none"}],
+)
+def test_a_damaged_session_file_is_refused_naming_discard(root, tmp_path, capsys, clock, change) -> None:
     saved_plan(root, ("numeric", NUMERIC.id))
-    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path, "0"))
-    assert code == 0 and "2 unreadable line(s)" in out
-    assert len(history(root)) == 3
-    corrupt = (practice(root) / (HISTORY_NAME + ".corrupt")).read_text()
-    assert "{garbled" in corrupt and '{"kind": "interview"}' in corrupt
+    path = practice(root) / sessions.SESSION_NAME
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    before = path.read_bytes()
+    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path, "1"))
+    assert code == 2 and "cannot be resumed" in out and "--discard" in out
+    assert path.read_bytes() == before
 
 
-def test_a_binary_history_file_is_copied_aside_before_a_new_one_starts(root, tmp_path, capsys, clock) -> None:
-    junk = bytes(range(128, 256)) * 4
-    (practice(root) / HISTORY_NAME).write_bytes(junk)
+def test_answers_from_stdin(root, capsys, clock, monkeypatch) -> None:
     saved_plan(root, ("numeric", NUMERIC.id))
-    code, out = run(capsys, root, "interview", "--resume", "--answers", answers(tmp_path, "0"))
-    assert code == 0 and "is not text" in out
-    assert (practice(root) / (HISTORY_NAME + ".corrupt")).read_bytes() == junk
-    assert len(history(root)) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{NUMERIC.answer}\n"))
+    code, out = run(capsys, root, "interview", "--resume", "--answers", "-")
+    assert code == 0 and "Right:" in out and history(root)[0]["results"][0]["right"] is True
 
 
-def test_review_spaces_a_missed_question_out_over_the_days(root, tmp_path, capsys) -> None:
-    (practice(root) / HISTORY_NAME).write_text(json.dumps(record(T0, CONCEPT.id, False)) + "\n")
-    day = dt.timedelta(days=1)
-
-    def review(at: dt.datetime, *lines: str) -> tuple[int, str]:
-        return run(capsys, root, "review", "--now", at.isoformat(), "--answers", answers(tmp_path, *lines))
-
-    code, out = review(T0 + day / 2)
-    assert code == 0 and "next one due 2026-12-02 09:00" in out
-    code, out = review(T0 + day, "x", "all")
-    assert code == 0 and "1 question(s) due" in out and CONCEPT.prompt in out
-    assert "next one due 2026-12-05 09:00" in review(T0 + 2 * day)[1]  # right: 3 days later
-    review(T0 + 4 * day, "x", "none")  # a miss starts over: due a day later
-    assert "next one due 2026-12-06 09:00" in review(T0 + 4 * day)[1]
-    for at in (5, 8, 15, 31):  # right at 1, 3, 7, 16 days: learned
-        review(T0 + at * day, "x", "all")
-    assert "no missed question on record" in review(T0 + 60 * day)[1]
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
-def test_review_asks_a_missed_numeric_kind_with_a_fresh_geometry(root, tmp_path, capsys) -> None:
-    missed = record(T0, "lora_trainable", False)
-    missed["results"][0].update(type="numeric", id=NUMERIC.id)
-    (practice(root) / HISTORY_NAME).write_text(json.dumps(missed) + "\n")
-    at = T0 + dt.timedelta(days=1)
-    code, out = run(capsys, root, "review", "--now", at.isoformat(), "--answers", answers(tmp_path, "1"))
-    assert code == 0 and "How many trainable parameters?" in out
-    asked = History(practice(root)).records[-1]["results"][0]
-    assert asked["card"] == "lora_trainable" and asked["id"].startswith("lora_trainable:")
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    tty = Tty()
+    Console(iter(()), tty).verdict("Right.", True)
+    assert tty.getvalue() == "\x1b[32mRight.\x1b[0m\n"
+    monkeypatch.setenv("NO_COLOR", "1")
+    tty = Tty()
+    Console(iter(()), tty).verdict("Not yet.", False)
+    plain = io.StringIO()
+    monkeypatch.delenv("NO_COLOR")
+    Console(iter(()), plain).verdict("Right.", True)
+    assert tty.getvalue() == "Not yet.\n" and plain.getvalue() == "Right.\n"
+
+
+def test_numbers_are_shown_as_a_reader_writes_them() -> None:
+    shown = [sessions.show_number(x) for x in (1622016.0, 4.126953125, 3592.9824561, 0.00123456789)]
+    assert shown == ["1,622,016", "4.12695", "3,592.98", "0.00123457"]
+
+
+def test_a_missing_answers_file_is_a_clear_error_and_writes_nothing(root, tmp_path, capsys, clock) -> None:
+    code, out = run(capsys, root, "interview", "--seed", "1", "--answers", str(tmp_path / "nope.txt"))
+    assert code == 2 and "nope.txt: cannot read it" in out
+    assert not any(p.name.startswith(".interview") for p in practice(root).iterdir())
+
+
+def test_the_grade_keyword_replaces_only_the_coding_grader(tmp_path) -> None:
+    def grade(task, paths, timeout):
+        return coding.CodingResult(True, "ok")
+
+    state = sessions.new_state(1, "all", 10.0, [], T0)
+    session = sessions.Session(SimpleNamespace(practice=tmp_path), Console(iter(())), state, grade=grade)
+    assert session.sources.grade is grade and session.sources.concept is bank.by_id

@@ -6,7 +6,9 @@ to the page, as a repository browser resolves it. At build time this hook checks
 exists inside the repository (the build stops with an error naming the page and the link if
 not), adds it to the site as a static file under ``repo/``, and points the link there, so
 mkdocs's own link validation sees a file it knows. A linked Markdown file (``README.md``) is
-published as ``README.md.txt``: raw text, not a second documentation page.
+published as ``README.md.txt``: raw text, not a second documentation page. A linked notebook
+(``../notebooks/01_lora_from_scratch.ipynb``) lands on its rendered page
+(``notebooks/01_lora_from_scratch.md``, made by ``notebooks.py``) instead of the raw file.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     # Normalise without resolving symlinks: a checkout may link parts of the tree in.
     docs = Path(os.path.normpath(os.path.abspath(config["docs_dir"])))
     repo = docs.parent
-    page_dir = Path(os.path.abspath(page.file.abs_src_path)).parent
+    # from src_uri, not abs_src_path: a generated page (a rendered notebook) has no source file
+    page_dir = Path(os.path.normpath(docs / posixpath.dirname(page.file.src_uri)))
 
     def rewrite(match: re.Match[str]) -> str:
         target = Path(os.path.normpath(page_dir / match["target"]))
@@ -42,7 +45,11 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
             raise PluginError(
                 f"{page.file.src_uri}: link {match['target']!r} points to {rel}, which does not exist"
             )
-        src_uri = f"repo/{rel}" + (".txt" if target.suffix == ".md" else "")
+        rendered = rel.removesuffix(".ipynb") + ".md"
+        if target.suffix == ".ipynb" and files.get_file_from_path(rendered) is not None:
+            src_uri = rendered  # the notebook's page, not a download
+        else:
+            src_uri = f"repo/{rel}" + (".txt" if target.suffix == ".md" else "")
         if files.get_file_from_path(src_uri) is None:
             files.append(File.generated(config, src_uri, abs_src_path=str(target)))
         link = posixpath.relpath(src_uri, posixpath.dirname(page.file.src_uri) or ".")

@@ -217,5 +217,5 @@ def grade_task(task: CodingTask, paths: Paths, timeout: float) -> CodingResult:
         return CodingResult(True, f"challenge {task.number:02d} ({task.variant}): every property holds")
     if verdict is None:
         return CodingResult(False, "the grader could not decide (see its output above)")
-    first = messages[0].strip() if messages else "a property failed"
-    return CodingResult(False, first[:2000])
+    lines = messages[0].strip().splitlines() if messages else ["a property failed"]
+    return CodingResult(False, "\n".join(dict.fromkeys(lines))[:2000])  # message and text often repeat

@@ -3,8 +3,9 @@
 With ``--answers FILE`` (``-`` for stdin) each answer is one line of the file and is echoed
 after its prompt, so the output reads as a transcript; at the end of the file the interview
 stops as if interrupted (and can be resumed). In a terminal a concept answer may span several
-lines and ends with an empty line. Nothing here writes colour: the output is plain text,
-which also respects ``NO_COLOR``.
+lines and ends with an empty line. Verdicts are coloured only on a terminal with ``NO_COLOR``
+unset (as ``peft-zoo status`` does); a file, a pipe or a test gets plain text. A character the
+output cannot encode is replaced, never a crash.
 """
 
 from __future__ import annotations
@@ -13,16 +14,27 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from ..runner.output import dot, emit
+from ..runner.practice import paint, use_colour
+
 
 class Console:
     """Questions out, answers in. ``answers`` None reads the terminal with ``input()``."""
 
-    def __init__(self, answers: Iterator[str] | None = None, out: TextIO | None = None) -> None:
+    def __init__(
+        self, answers: Iterator[str] | None = None, out: TextIO | None = None, *, colour: bool | None = None
+    ) -> None:
         self.answers = answers
         self.out = out if out is not None else sys.stdout
+        self.colour = use_colour(self.out) if colour is None else colour
+        self.dot = dot()
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        emit(text, stream=self.out)
+
+    def verdict(self, text: str, right: bool) -> None:
+        """A line saying right or wrong: green or red on a colour terminal, plain otherwise."""
+        self.say(paint(text, "passed" if right else "failing", self.colour))
 
     def ask(self, prompt: str, *, multiline: bool = False) -> str | None:
         """The candidate's answer to ``prompt``; None when the answers run out (end of file)."""

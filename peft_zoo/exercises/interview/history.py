@@ -56,6 +56,11 @@ def _valid_result(r: Any) -> bool:
     )
 
 
+def valid_results(results: list[Any]) -> bool:
+    """Whether every item of ``results`` is one answer as the module docstring describes."""
+    return all(_valid_result(r) for r in results)
+
+
 def valid_record(record: Any) -> bool:
     """Whether ``record`` has the shape described in the module docstring."""
     if not isinstance(record, dict) or record.get("kind") not in RECORD_KINDS:
@@ -65,7 +70,7 @@ def valid_record(record: Any) -> bool:
     except ValueError:
         return False
     results = record.get("results")
-    return at.tzinfo is not None and isinstance(results, list) and all(_valid_result(r) for r in results)
+    return at.tzinfo is not None and isinstance(results, list) and valid_results(results)
 
 
 class History:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .history import Card, History
+from .session import Sources, new_state, plan_problems
 
 
 def plan_item(card: Card, now: dt.datetime) -> dict[str, str]:
@@ -25,18 +26,31 @@ def plan_item(card: Card, now: dt.datetime) -> dict[str, str]:
     return {"type": card.type, "id": card.card}
 
 
-def review_state(practice: Path, now: dt.datetime) -> tuple[dict[str, Any] | None, str]:
-    """The review to run now (None when nothing is due) and a line for the candidate."""
+def review_state(
+    practice: Path, now: dt.datetime, sources: Sources | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """The review to run now (None when nothing is due) and a line for the candidate.
+
+    A card whose question is no longer in the bank (or whose kind or task is gone) is left
+    out and counted in the line; the history keeps it."""
     history = History(practice)
-    due = history.due(now)
-    note = f" ({history.problems()})" if history.problems() else ""
+    due, gone = [], 0
+    for card in history.due(now):
+        if plan_problems([plan_item(card, now)], sources):
+            gone += 1
+        else:
+            due.append(card)
+    notes = [f"{gone} card(s) no longer asked: their question left the bank"] if gone else []
+    problem = history.problems()
+    if problem:
+        notes.append(problem)
+    note = f" ({'; '.join(notes)})" if notes else ""
     if not due:
-        upcoming = sorted(c.due for c in history.cards().values())
+        upcoming = sorted(c.due for c in history.cards().values() if c.due > now)
         when = (
             f"next one due {upcoming[0]:%Y-%m-%d %H:%M} UTC" if upcoming else "no missed question on record"
         )
         return None, f"Nothing to review now: {when}.{note}"
     plan = [plan_item(card, now) for card in due]
-    state = {"version": 1, "seed": 0, "topic": "review", "minutes": 0.0, "plan": plan, "results": [],
-             "started": now.isoformat(), "coding_started": None}  # fmt: skip
+    state = new_state(0, "review", 0.0, plan, now)
     return state, f"{len(plan)} question(s) due for review.{note}"

@@ -1,10 +1,26 @@
 """The mock interview: a seeded plan of questions, asked against the clock, saved after every
 answer so that an interruption loses nothing, and summarised into the history.
 
-A concept question counts as right when the candidate ticks at least two thirds of its key
-points; a numeric question when :func:`.numeric.grade` accepts the answer; the coding question
-when its grader passes within the task's time budget. When the interview's minutes are spent
-the remaining questions are not asked (they count as neither right nor wrong).
+Grading rules:
+
+- a concept question is right when the candidate ticks at least two thirds of its key points
+  (2 of 3, 3 of 4, 4 of 5; 1 of 1 or 2 of 2 for short lists);
+- a numeric question is right when :func:`.numeric.grade` accepts the answer (the question's
+  stated relative tolerance);
+- the coding question is right when its grader passes within the task's own time budget.
+  Its clock starts when the task is first shown and keeps running across interruptions (the
+  start time is in the session file), as it would while someone works on the code.
+
+The interview's time is the sum of the time spent on its questions (from showing each one to
+its last answer; the coding question's by its own clock). Before each question that sum is
+compared with ``--minutes``; once it is spent the rest of the plan is not asked, and counts
+as neither right nor wrong. Time between an interruption and ``--resume`` is not counted,
+except on the coding question's clock.
+
+The session file (``practice/<track>/.interview-session.json``, written atomically after each
+answer) holds ``{"version": 1, "seed", "topic", "minutes", "plan": [{"type", "id"}, ...],
+"results": [history results], "started": ISO time, "coding_started": ISO time | null}``. An
+interruption in the middle of a concept or numeric question asks that question again on resume.
 """
 
 from __future__ import annotations
@@ -14,19 +30,23 @@ import json
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ...core.io import atomic_write
 from . import bank, coding, numeric
 from .console import Console, parse_points
-from .history import History
+from .history import History, valid_results
+from .questions import ConceptQuestion, NumericQuestion
 
 SESSION_NAME = ".interview-session.json"
 CONCEPT_MINUTES, NUMERIC_MINUTES = 4.0, 3.0
 EXIT_INTERRUPTED = 3
+ITEM_TYPES = ("concept", "numeric", "coding")
+STATE_KEYS = ("version", "seed", "topic", "minutes", "plan", "results", "started", "coding_started")
 Clock = Callable[[], dt.datetime]
-Grader = Callable[[coding.CodingTask, Any, float], coding.CodingResult]
+Grader = Callable[["coding.CodingTask", Any, float], "coding.CodingResult"]
 
 
 class Interrupted(Exception):
@@ -34,22 +54,49 @@ class Interrupted(Exception):
 
 
 def utc_now() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
     return dt.datetime.now(dt.timezone.utc)
 
 
 CLOCK: Clock = utc_now  # the commands read the time here (tests replace it)
 
 
-def build_plan(seed: int, topic: str, minutes: float, with_coding: bool) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class Sources:
+    """Where questions come from and how the coding task is graded; tests pass fakes.
+
+    The defaults look the functions up when a ``Sources`` is made, so a test that
+    monkeypatches e.g. ``coding.grade_task`` is seen by the next session."""
+
+    concepts: Callable[[str], tuple[ConceptQuestion, ...]] = field(default_factory=lambda: bank.questions)
+    concept: Callable[[str], ConceptQuestion] = field(default_factory=lambda: bank.by_id)
+    kinds: Callable[[str], tuple[str, ...]] = field(default_factory=lambda: numeric.kinds)
+    numeric: Callable[[str], NumericQuestion] = field(default_factory=lambda: numeric.from_id)
+    grade_numeric: Callable[[NumericQuestion, str], bool] = field(default_factory=lambda: numeric.grade)
+    choose_task: Callable[[random.Random, str, float], coding.CodingTask | None] = field(
+        default_factory=lambda: coding.choose_task
+    )
+    task: Callable[[str], coding.CodingTask] = field(default_factory=lambda: coding.task_from_id)
+    prepare: Callable[[coding.CodingTask, Any], Path] = field(default_factory=lambda: coding.prepare)
+    grade: Callable[[coding.CodingTask, Any, float], coding.CodingResult] = field(
+        default_factory=lambda: coding.grade_task
+    )
+
+
+def build_plan(
+    seed: int, topic: str, minutes: float, with_coding: bool, sources: Sources | None = None
+) -> list[dict[str, str]]:
     """The questions of a ``minutes``-long interview on ``topic``, drawn from ``seed`` only:
-    concept and numeric questions in turn, and (when it fits in half the time) a coding task
-    last. Each item is ``{"type": ..., "id": ...}``."""
+    concept and numeric questions in turn (about 4 and 3 minutes each), and (when it fits in
+    half the time) one coding task last, sized by its own estimate. Each item is
+    ``{"type": "concept" | "numeric" | "coding", "id": ...}``."""
+    src = sources or Sources()
     rng = random.Random(f"interview:{seed}:{topic}")
-    task = coding.choose_task(rng, topic, minutes / 2) if with_coding else None
+    task = src.choose_task(rng, topic, minutes / 2) if with_coding else None
     budget = minutes - (task.minutes if task else 0.0)
-    concepts = list(bank.questions(topic))
+    concepts = list(src.concepts(topic))
     rng.shuffle(concepts)
-    kinds = list(numeric.kinds(topic))
+    kinds = list(src.kinds(topic))
     plan: list[dict[str, str]] = []
     while budget >= NUMERIC_MINUTES and (concepts or kinds):
         if concepts and (len(plan) % 2 == 0 or not kinds) and budget >= CONCEPT_MINUTES:
@@ -66,9 +113,65 @@ def build_plan(seed: int, topic: str, minutes: float, with_coding: bool) -> list
     return plan
 
 
+def plan_problems(plan: object, sources: Sources | None = None) -> list[str]:
+    """What is wrong with a stored plan (items of unknown type, ids no source knows); []."""
+    if not isinstance(plan, list):
+        return ["the plan is not a list"]
+    src, problems = sources or Sources(), []
+    lookup = {"concept": src.concept, "numeric": src.numeric, "coding": src.task}
+    for k, item in enumerate(plan, 1):
+        if not isinstance(item, dict) or item.get("type") not in ITEM_TYPES:
+            problems.append(f"item {k} is not a question")
+            continue
+        try:
+            lookup[item["type"]](str(item.get("id")))
+        except (KeyError, ValueError, TypeError) as err:
+            problems.append(f"item {k}: {err}")
+    return problems
+
+
+def _aware(value: object) -> bool:
+    try:
+        return dt.datetime.fromisoformat(str(value)).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def state_problems(state: object, sources: Sources | None = None) -> list[str]:
+    """What keeps a session file's content from being resumed; [] when it is sound."""
+    if not isinstance(state, dict):
+        return ["not a JSON object"]
+    problems = [f"no {key!r}" for key in STATE_KEYS if key not in state]
+    if problems:
+        return problems
+    if not _aware(state["started"]) or not (
+        state["coding_started"] is None or _aware(state["coding_started"])
+    ):
+        problems.append("a start time is not an ISO time with a zone")
+    minutes = state["minutes"]
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes < 0:
+        problems.append("'minutes' is not a number")
+    if not isinstance(state["results"], list) or not valid_results(state["results"]):
+        problems.append("'results' are not answers")
+    return problems + plan_problems(state["plan"], sources)
+
+
+def show_number(x: float) -> str:
+    """``x`` for a reader: ``1,622,016`` for a whole number, else 6 significant digits
+    without an exponent (``3,592.98``, ``4.12695``)."""
+    if not math.isfinite(x) or abs(x) < 1:
+        return f"{x:.6g}"
+    if x == int(x):
+        return f"{int(x):,}"
+    digits = max(0, 6 - len(str(int(abs(x)))))
+    text = f"{x:,.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def new_state(
     seed: int, topic: str, minutes: float, plan: list[dict[str, str]], now: dt.datetime
 ) -> dict[str, Any]:
+    """The session file's content at the start: plan, seed, no results, the start time."""
     return {"version": 1, "seed": seed, "topic": topic, "minutes": minutes, "plan": plan, "results": [],
             "started": now.isoformat(), "coding_started": None}  # fmt: skip
 
@@ -84,11 +187,14 @@ class Session:
         *,
         clock: Clock = utc_now,
         grade: Grader | None = None,
+        sources: Sources | None = None,
         timeout: float = 900.0,
         kind: str = "interview",
     ) -> None:
         self.paths, self.console, self.state, self.clock = paths, console, state, clock
-        self.grade = grade or coding.grade_task
+        self.sources = sources or Sources()
+        if grade is not None:  # the original keyword: only the coding grader replaced
+            self.sources = replace(self.sources, grade=grade)
         self.timeout, self.kind = timeout, kind
 
     @property
@@ -100,7 +206,17 @@ class Session:
             atomic_write(self.state_path, json.dumps(self.state, indent=1).encode("utf-8"))
 
     def elapsed(self) -> float:
-        return (self.clock() - dt.datetime.fromisoformat(self.state["started"])).total_seconds()
+        """Seconds spent on the questions answered so far, and on the coding question by its
+        clock if it was shown and is not answered yet (see the module docstring)."""
+        results, started = self.state["results"], self.state["coding_started"]
+        spent = float(sum(r["seconds"] for r in results))
+        if started is not None and not any(r["type"] == "coding" for r in results):
+            spent += (self.clock() - dt.datetime.fromisoformat(started)).total_seconds()
+        return spent
+
+    def minutes_left(self) -> float:
+        """What is left of the interview's time budget, in minutes (never below 0)."""
+        return max(0.0, self.state["minutes"] - self.elapsed() / 60)
 
     def run(self) -> int:
         """Ask what is left of the plan; 0 when finished, EXIT_INTERRUPTED when interrupted."""
@@ -121,13 +237,13 @@ class Session:
     def ask(self, item: dict[str, str]) -> dict[str, Any]:
         shown = self.clock()
         if item["type"] == "concept":
-            q = bank.by_id(item["id"])
+            q = self.sources.concept(item["id"])
             right, card, topic = self.concept(q), q.id, q.topic
         elif item["type"] == "numeric":
-            nq = numeric.from_id(item["id"])
+            nq = self.sources.numeric(item["id"])
             right, card, topic = self.numeric(nq), nq.kind, nq.topic
         else:
-            task = coding.task_from_id(item["id"])
+            task = self.sources.task(item["id"])
             right, card, topic = self.coding(task), task.id, task.topic
             shown = dt.datetime.fromisoformat(self.state["coding_started"])
         seconds = round((self.clock() - shown).total_seconds(), 1)
@@ -140,9 +256,9 @@ class Session:
             raise Interrupted
         return text
 
-    def concept(self, q: bank.ConceptQuestion) -> bool:
+    def concept(self, q: ConceptQuestion) -> bool:
         say = self.console.say
-        say(f"{q.topic} · worked answer in docs/{q.guide}\n{q.prompt}")
+        say(f"{q.topic} {self.console.dot} worked answer in docs/{q.guide}\n{q.prompt}")
         self.answer("Your answer (an empty line ends it): ", multiline=True)
         points = q.checklist()
         say("Model answer:\n" + q.answer.strip() + "\nKey points:")
@@ -158,23 +274,27 @@ class Session:
             say(f"Give point numbers between 1 and {len(points)}, 'all' or 'none'.")
         right = covered is not None and 3 * len(covered) >= 2 * len(points)
         needed = math.ceil(2 * len(points) / 3)
-        say(
-            f"{'Right' if right else 'Not yet'}: {len(covered or ())} of {len(points)} points (right needs {needed})."
+        self.console.verdict(
+            f"{'Right' if right else 'Not yet'}: {len(covered or ())} of {len(points)} points "
+            f"(right needs {needed}).",
+            right,
         )
         return right
 
-    def numeric(self, q: numeric.NumericQuestion) -> bool:
-        self.console.say(f"{q.topic} · numeric\n{q.prompt}")
-        right = numeric.grade(q, self.answer(f"Your answer ({q.unit}): "))
+    def numeric(self, q: NumericQuestion) -> bool:
+        self.console.say(f"{q.topic} {self.console.dot} numeric\n{q.prompt}")
+        right = self.sources.grade_numeric(q, self.answer(f"Your answer ({q.unit}): "))
         if right:
-            self.console.say(f"Right: {q.answer:,.6g} {q.unit}.")
+            self.console.verdict(f"Right: {show_number(q.answer)} {q.unit}.", True)
         else:
-            self.console.say(f"Not quite: {q.answer:,.6g} {q.unit}.\nWorked: {q.worked}")
+            within = f" (answers within {q.rel_tol:.2%} count)" if q.rel_tol else " (exactly)"
+            self.console.verdict(f"Not quite: the answer is {show_number(q.answer)} {q.unit}{within}.", False)
+            self.console.say(f"Worked: {q.worked}")
         return right
 
     def coding(self, task: coding.CodingTask) -> bool:
         say = self.console.say
-        path = coding.prepare(task, self.paths)
+        path = self.sources.prepare(task, self.paths)
         if self.state["coding_started"] is None:
             self.state["coding_started"] = self.clock().isoformat()
             self.save()
@@ -192,11 +312,12 @@ class Session:
             if reply != "done":
                 say("Type done or skip.")
                 continue
-            result = self.grade(task, self.paths, self.timeout)
+            result = self.sources.grade(task, self.paths, self.timeout)
             say(result.report)
             if result.passed:
-                say("Passed.")
+                self.console.verdict("Passed.", True)
                 return True
+            self.console.verdict("Not passing yet: fix it and type 'done' again, or 'skip'.", False)
 
     def interrupted(self) -> int:
         if self.kind == "interview":
@@ -213,14 +334,16 @@ class Session:
         """Print the summary, append it to the history, forget the session file."""
         results = self.state["results"]
         say = self.console.say
-        say(f"\nSummary ({self.kind}, seed {self.state['seed']}):")
+        seed = f", seed {self.state['seed']}" if self.kind == "interview" else ""
+        say(f"\nSummary ({self.kind}{seed}):")
         for topic in sorted({r["topic"] for r in results}):
             rows = [r for r in results if r["topic"] == topic]
             right = sum(r["right"] for r in rows)
             minutes = sum(r["seconds"] for r in rows) / 60
             say(f"  {topic:<13} {right} right, {len(rows) - right} wrong, {minutes:.1f} min")
-        total = sum(r["right"] for r in results)
-        say(f"  {'total':<13} {total} / {len(results)} right")
+        total, unasked = sum(r["right"] for r in results), len(self.state["plan"]) - len(results)
+        line = f"  {'total':<13} {total} right, {len(results) - total} wrong, {self.elapsed() / 60:.1f} min"
+        say(line + (f"; {unasked} not asked" if unasked else ""))
         history = History(Path(self.paths.practice))
         if history.problems():
             say(f"Note: {history.problems()}")

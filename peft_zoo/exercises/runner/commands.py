@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ...core.io import atomic_write
 from .. import builder
-from ..interview.coding import TOPIC_OF
 from ..interview.guides import GuideSyncError, guide_pages
 from ..manifest import TRACK, Challenge
 from ..readme import generated_pages
@@ -135,6 +134,8 @@ def _report_pass(ch: Challenge) -> None:
         for question in ch.interview:
             emit(f"  - {question}")
     emit(f"Worked interview answers: {guide_link(ch)}")
+    from ..interview.coding import TOPIC_OF  # deferred: interview.coding imports the runner
+
     emit(f"Rehearse them against the clock: `peft-zoo interview --topic {TOPIC_OF[ch.number]}`")
     emit(f"Compare with the reference answer: `peft-zoo solution {ch.number}`")
 
