@@ -2,20 +2,24 @@
 and the library's own cost model computes the exact answer.
 
 Every question is reproducible from its id ``<kind>:<seed>``: :func:`generate` draws with
-``random.Random(seed)`` only. Grading (:func:`grade`) accepts what a candidate would say out
+``random.Random("<kind>:<seed>")`` only. Prompts spell out the dimensions a count needs. Grading (:func:`grade`) accepts what a candidate would say out
 loud: ``16777216``, ``16,777,216``, ``16.8M``, ``~16.8 M``, ``1.68e7``. The tolerance is per kind:
 
 - counts (parameters): 0.5 %, so that three significant figures pass ("16.8M" for 16,777,216)
   while a forgotten factor (layers, the two matrices, the kv width under GQA) fails;
 - sizes in MB / GB and FLOPs: 1 %;
-- NF4 bits per parameter: 0.002 bits absolute-ish (0.05 %), because 4.127 and 4.125 differ in
-  the answer's meaning (double quantisation's second-level constants);
-- the break-even token count: 2 %, since whether the elementwise scale-and-add is counted
-  moves it by about 1 %.
+- NF4 bits per parameter: 0.05 % without double quantisation (the answers are exact: 4.5,
+  4.25, ...); with it, half the second-level term ``32 / (blocksize * 256)`` bits (0.001 bits at
+  blocks of 64), so that 4.125 for 4.127 fails (the second-level constants left out) while an
+  answer to four decimals passes;
+- the break-even token count: 1 %; the prompt states what to count (GEMMs and the elementwise
+  scale and add, for the merge and per token). Leaving the elementwise terms out moves the
+  answer by under 1.5 % at rank 64 but by 10-20 % at rank 4.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable
@@ -24,14 +28,29 @@ from ...cost.counts import IA3_DEFAULT_TARGETS, ia3_trainable_parameters, lora_t
 from ...cost.flops import serving_flops
 from ...cost.geometry import ModelGeometry, model_linear_shapes
 from ...cost.memory import adapter_bytes, training_memory
-from .numeric_parts import GEOMETRIES, draw_lora_setup, fmt, layer0, lora_worked, nf4_bits, nf4_worked
+from .numeric_parts import (
+    ABSMAX_BITS,
+    DQ_BLOCK,
+    GEOMETRIES,
+    draw_lora_setup,
+    fmt,
+    layer0,
+    lora_worked,
+    named,
+    nf4_bits,
+    nf4_worked,
+    spell,
+)
 from .questions import TOPICS, NumericQuestion
 
 Kind = Callable[[random.Random, str], NumericQuestion]
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+# A multiplier letter counts only when no letter follows it ("16.8M", "16.8 M params"); glued to
+# a word it is that word's prefix ("16.8MB", "4.127bits": a unit, ignored).
 _NUMBER = re.compile(
-    r"^(?P<num>[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*(?P<suffix>[kKmMbBgGtT])?\b\s*(?P<unit>[A-Za-z%/ ]*)$"
+    r"^(?P<num>[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?)\s*"
+    r"((?P<suffix>[kKmMbBgGtT])(?![A-Za-z]))?\s*(?P<unit>[A-Za-z%/ ]*)$"
 )
 
 
@@ -50,6 +69,8 @@ def parse_number(text: str) -> float | None:
         return None
     value = float(match["num"])
     suffix, unit = match["suffix"], match["unit"].strip()
+    if not math.isfinite(value) or unit == "e":  # "1e400"; "1e" is a broken exponent, not a unit
+        return None
     if suffix is not None:
         if unit and suffix in "mgt" and unit[0] == "b":  # "4.5 GB", "13 MB": a unit, not a multiplier
             return value
@@ -82,7 +103,7 @@ def lora_trainable(rng: random.Random, qid: str) -> NumericQuestion:
         id=qid,
         kind="lora_trainable",
         topic="lora",
-        prompt=f"{geometry.name}: LoRA at rank {rank} on {', '.join(targets)} in every layer. "
+        prompt=f"{spell(geometry)}: LoRA at rank {rank} on {named(geometry, targets)} in every layer. "
         "How many trainable parameters?",
         answer=float(n),
         unit="parameters",
@@ -100,7 +121,7 @@ def adapter_mb(rng: random.Random, qid: str) -> NumericQuestion:
         id=qid,
         kind="adapter_mb",
         topic="serving",
-        prompt=f"{geometry.name}: a rank-{rank} LoRA adapter on {', '.join(targets)}, saved in {dtype}. "
+        prompt=f"{spell(geometry)}: a rank-{rank} LoRA adapter on {named(geometry, targets)}, saved in {dtype}. "
         "How large is the file, in MB (10^6 bytes; ignore the header)?",
         answer=size / 1e6,
         unit="MB",
@@ -120,7 +141,7 @@ def ia3_trainable(rng: random.Random, qid: str) -> NumericQuestion:
         id=qid,
         kind="ia3_trainable",
         topic="adapters",
-        prompt=f"{geometry.name}: IA³ with PEFT's default targets for this family ({', '.join(targets)}; "
+        prompt=f"{spell(geometry)}: IA³ with PEFT's default targets for this family ({named(geometry, targets)}; "
         f"feed-forward: {', '.join(ff)}). How many trainable parameters?",
         answer=float(n),
         unit="parameters",
@@ -160,15 +181,18 @@ def nf4_bits_per_parameter(rng: random.Random, qid: str) -> NumericQuestion:
         if double
         else "without double quantisation"
     )
+    # Double quantisation: half the second-level term 32 / (blocksize * 256), so that leaving
+    # it out (4.125 for 4.127 at blocks of 64) fails and four decimals pass.
+    tol = (ABSMAX_BITS / (blocksize * DQ_BLOCK) / 2 / bits) if double else 0.0005
     return NumericQuestion(
         id=qid,
         kind="nf4_bits",
         topic="quantisation",
         prompt=f"NF4 with blocks of {blocksize} and a float32 absmax per block, {dq}. How many bits "
-        "does a large weight matrix take per parameter, on average?",
+        "does a large weight matrix take per parameter, on average (four decimals)?",
         answer=bits,
         unit="bits",
-        rel_tol=0.0005,
+        rel_tol=tol,
         worked=nf4_worked(blocksize, double),
     )
 
@@ -184,7 +208,7 @@ def nf4_model_gb(rng: random.Random, qid: str) -> NumericQuestion:
         id=qid,
         kind="nf4_model_gb",
         topic="quantisation",
-        prompt=f"{geometry.name}: QLoRA stores the linear layers inside the transformer blocks in NF4 "
+        prompt=f"{spell(geometry)}: QLoRA stores the linear layers inside the transformer blocks in NF4 "
         "(blocks of 64, double quantisation). How many GB (10^9 bytes) do those weights take?",
         answer=gb,
         unit="GB",
@@ -198,21 +222,39 @@ def nf4_model_gb(rng: random.Random, qid: str) -> NumericQuestion:
 def optimizer_memory(rng: random.Random, qid: str) -> NumericQuestion:
     geometry, targets, rank = draw_lora_setup(rng)
     full = rng.random() < 0.5
-    mem = training_memory(geometry, None if full else targets, None if full else rank)
-    what = "full fine-tuning" if full else f"LoRA at rank {rank} on {', '.join(targets)}"
+    mixed = rng.random() < 0.5  # bfloat16 weights: AdamW also keeps a float32 master copy
+    mem = training_memory(
+        geometry,
+        None if full else targets,
+        None if full else rank,
+        param_dtype="bfloat16" if mixed else "float32",
+    )
+    total = mem.optimizer_states + mem.master_weights
+    what = (
+        f"full fine-tuning ({fmt(mem.trainable)} parameters)"
+        if full
+        else f"LoRA at rank {rank} on {named(geometry, targets)}"
+    )
+    setup = (
+        "bfloat16 weights with float32 master weights and AdamW's float32 moments. How much memory do "
+        "the moments and the master weights take together"
+        if mixed
+        else "float32 weights, AdamW with float32 moments. How much memory do the optimizer states take"
+    )
     scale, unit = (1e9, "GB") if full else (1e6, "MB")
+    per = "(2 moments + 1 master copy) × 4 bytes" if mixed else "2 moments × 4 bytes"
     return NumericQuestion(
         id=qid,
         kind="optimizer_memory",
         topic="lora",
-        prompt=f"{geometry.name}, {what}, AdamW with float32 moments. How much memory do the optimizer "
-        f"states take, in {unit} (10^{9 if full else 6} bytes)?",
-        answer=mem.optimizer_states / scale,
+        prompt=f"{spell(geometry)}, {what}, {setup}, in {unit} (10^{9 if full else 6} bytes)?",
+        answer=total / scale,
         unit=unit,
         rel_tol=0.01,
         worked=f"{fmt(mem.trainable)} trainable parameters"
         + ("" if full else f" ({lora_worked(geometry, targets, rank)})")
-        + f" × 2 moments × 4 bytes = {fmt(mem.optimizer_states)} bytes = {mem.optimizer_states / scale:.3f} {unit}",
+        + f" × {per} = {fmt(total)} bytes = {total / scale:.3f} {unit}"
+        + ("; the frozen bfloat16 weights need neither" if mixed and not full else ""),
     )
 
 
@@ -224,7 +266,7 @@ def dynamic_flops(rng: random.Random, qid: str) -> NumericQuestion:
         id=qid,
         kind="dynamic_flops",
         topic="serving",
-        prompt=f"{geometry.name}: a rank-{rank} LoRA on {', '.join(targets)}, served unmerged. How many "
+        prompt=f"{spell(geometry)}: a rank-{rank} LoRA on {named(geometry, targets)}, served unmerged. How many "
         "extra FLOPs per token do the two LoRA matrix products add over the merged model, in MFLOPs "
         "(count a multiply-add as 2 FLOPs; ignore the scale and the add)?",
         answer=extra / 1e6,
@@ -243,13 +285,16 @@ def break_even(rng: random.Random, qid: str) -> NumericQuestion:
         id=qid,
         kind="break_even",
         topic="serving",
-        prompt=f"{geometry.name}: a rank-{rank} LoRA on {', '.join(targets)}. Switching adapters by merging "
-        "costs an unmerge of the old one plus a merge of the new one (B·A, scale, add into W0, per module). "
-        "After how many tokens per switch does merging cost fewer FLOPs than serving unmerged?",
+        prompt=f"{spell(geometry)}: a rank-{rank} LoRA on {named(geometry, targets)}. Switching adapters by merging "
+        "costs an unmerge of the old one plus a merge of the new one (per module: B·A, then scale and "
+        "add into W0); serving unmerged costs, per token and module, x·A, then ·B, then scale and add "
+        "to the base output. Count a multiply-add as 2 FLOPs and each scale or add as 1 FLOP per "
+        "element. After how many tokens per switch does merging cost fewer FLOPs than serving unmerged?",
         answer=tokens,
         unit="tokens",
-        rel_tol=0.02,
+        rel_tol=0.01,
         worked="merging one module costs B·A (2·r·in·out FLOPs) plus the scale and the add (2·in·out); "
+        "unmerged, a token costs 2·r·(in + out) for the two products plus 2·out for the scale and the add; "
         f"switch M = 2 × (merge GEMMs {fmt(flops.merge_gemm)} + elementwise {fmt(flops.merge_elementwise)}) "
         f"= {fmt(flops.switch_flops())} FLOPs; unmerged extra per token d = {fmt(flops.dynamic_extra)} FLOPs "
         f"(two GEMMs + scale and add); M / d = {tokens:,.0f} tokens",
@@ -278,6 +323,26 @@ _TOPIC = {
     "dynamic_flops": "serving",
     "break_even": "serving",
 }
+
+
+_DESCRIPTION = {
+    "lora_trainable": "trainable parameters of LoRA on given targets and rank",
+    "optimizer_memory": "AdamW state memory (float32 moments, maybe float32 master weights), full or LoRA",
+    "ia3_trainable": "trainable parameters of IA³ with PEFT's default targets",
+    "bottleneck_params": "trainable parameters of Houlsby / Pfeiffer bottleneck adapters",
+    "nf4_bits": "NF4 bits per parameter, with or without double quantisation",
+    "nf4_model_gb": "GB of a LLaMA-family model's block weights in NF4 (QLoRA)",
+    "adapter_mb": "size of a LoRA adapter file in MB for a dtype",
+    "dynamic_flops": "extra MFLOPs per token of unmerged LoRA over the merged model",
+    "break_even": "tokens per adapter switch beyond which merging costs fewer FLOPs",
+}
+
+
+def describe(kind: str) -> str:
+    """One line saying what ``kind`` asks, e.g. for a listing: ``"nf4_bits [quantisation]: ..."``."""
+    if kind not in KINDS:
+        raise KeyError(f"no numeric question kind {kind!r}: choose one of {', '.join(KINDS)}")
+    return f"{kind} [{_TOPIC[kind]}]: {_DESCRIPTION[kind]}"
 
 
 def kinds(topic: str) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ GEOMETRIES: tuple[ModelGeometry, ...] = (
         source="Llama-2-13b config",
     ),
     ModelGeometry(
-        "Mistral-7B (GQA, 8 kv heads)",
+        "Mistral-7B",
         "llama",
         4096,
         32,
@@ -57,7 +57,7 @@ GEOMETRIES: tuple[ModelGeometry, ...] = (
         source="mistralai/Mistral-7B-v0.1 config",
     ),
     ModelGeometry(
-        "Llama-3-8B (GQA, 8 kv heads)",
+        "Llama-3-8B",
         "llama",
         4096,
         32,
@@ -87,6 +87,30 @@ def draw_lora_setup(rng: random.Random) -> tuple[ModelGeometry, list[str], int]:
     geometry = rng.choice(GEOMETRIES)
     targets = list(rng.choice(TARGET_CHOICES[geometry.family]))
     return geometry, targets, rng.choice((4, 8, 16, 32, 64))
+
+
+def spell(geometry: ModelGeometry) -> str:
+    """The name with the dimensions a count needs, for a prompt: ``"LLaMA-7B (hidden 4096,
+    32 layers, feed-forward 11008, 32 query heads and 32 key/value heads of 128)"``."""
+    dims = f"hidden {geometry.hidden_size}, {geometry.num_layers} layers, feed-forward {geometry.intermediate_size}"
+    if geometry.family == "llama":
+        gqa = ", grouped-query attention" if geometry.num_kv_heads != geometry.num_heads else ""
+        dims += (
+            f", {geometry.num_heads} query heads and {geometry.num_kv_heads} key/value heads "
+            f"of {geometry.head_dim}{gqa}"
+        )
+    return f"{geometry.name} ({dims})"
+
+
+def named(geometry: ModelGeometry, targets: list[str] | tuple[str, ...]) -> str:
+    """``targets`` for a prompt, saying which modules a suffix shared by several selects (as in
+    PEFT, a target matches every module whose path ends in it)."""
+    text = ", ".join(targets)
+    for target in targets:
+        paths = [name for name, _, _ in layer0(geometry, [target])]
+        if len(paths) > 1:
+            text += f" ({target} matches {' and '.join(paths)})"
+    return text
 
 
 def fmt(n: int | float) -> str:
