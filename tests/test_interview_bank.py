@@ -113,3 +113,10 @@ def test_validate_names_bad_key_points(monkeypatch: pytest.MonkeyPatch) -> None:
     problems = bank.validate()
     assert [p.split(":")[1].strip() for p in problems] == ["lora.one", "lora.rep", "lora.long", "lora.empty"]
     assert "1 key points (want 2-5)" in problems[0] and "repeated key point" in problems[1]
+
+
+def test_a_root_without_the_guides_has_nothing_to_write(tmp_path: Path) -> None:
+    assert guides.guide_pages(tmp_path) == {}
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "vera.md", tmp_path / "docs" / "vera.md")
+    assert list(guides.guide_pages(tmp_path)) == [tmp_path / "docs" / "vera.md"]

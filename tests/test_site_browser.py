@@ -57,8 +57,9 @@ def find_chromium() -> str | None:
     return None
 
 
-def apt_install_chromium() -> None:
-    """``apt-get install chromium`` once, even with several pytest-xdist workers asking."""
+def apt_install_chromium() -> str:
+    """``apt-get install chromium`` once, even with several pytest-xdist workers asking; the
+    end of apt-get's output, for the failure message."""
     import fcntl
 
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -66,18 +67,25 @@ def apt_install_chromium() -> None:
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits here, then finds it installed
         if find_chromium() is not None:
-            return
+            return ""
         wait = ["-o", "DPkg::Lock::Timeout=120"]
+        output = ""
         for cmd in (["apt-get", "update", "-qq"], [*INSTALL.split(), "-qq"]):
-            subprocess.run([*cmd, *wait], env=env, capture_output=True, timeout=600, check=False)
+            run = subprocess.run(
+                [*cmd, *wait], env=env, capture_output=True, text=True, timeout=600, check=False
+            )
+            output += run.stdout + run.stderr
+        return output[-2000:]
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
     path = find_chromium()
     if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        apt_install_chromium()
+        output = apt_install_chromium()
         path = find_chromium()
+        if path is None:  # root with apt-get (CI): a failed install is a failure, not a skip
+            pytest.fail(f"apt-get could not install chromium:\n{output}")
     if path is None:
         pytest.skip(f"no headless browser: install Debian's chromium ({INSTALL}, as root)")
     return path

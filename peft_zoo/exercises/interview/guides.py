@@ -84,10 +84,13 @@ def sync_guides(docs_dir: Path, *, write: bool) -> list[str]:
 
 
 def guide_pages(root: Path) -> dict[Path, str]:
-    """``path -> text`` of every guide with a bank section, as ``peft-zoo build`` writes it."""
+    """``path -> text`` of every guide with a bank section, as ``peft-zoo build`` writes it.
+    A root without that guide (a learner's copy of the exercises alone) gets nothing for it."""
     pages: dict[Path, str] = {}
     for guide in sorted({g for g, _ in bank.SECTIONS.values()}):
         path = root / "docs" / guide
+        if not path.exists():
+            continue
         try:
             pages[path] = render_guide(path.read_text(encoding="utf-8"), guide)
         except OSError as err:
