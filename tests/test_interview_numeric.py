@@ -302,3 +302,19 @@ def test_parse_number_reads_units_glued_or_spaced(text: str, value: float) -> No
 @settings(deadline=None, max_examples=60)
 def test_a_unit_word_never_scales_the_number(x: float, unit: str, space: str) -> None:
     assert numeric.parse_number(f"{x!r}{space}{unit}") == pytest.approx(x)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sizes_and_flops_in_another_unit_of_the_same_kind_are_converted(seed: int) -> None:
+    gb = numeric.generate("nf4_model_gb", seed)
+    assert numeric.grade(gb, f"{gb.answer * 1000:.2f} MB") and numeric.grade(
+        gb, f"{gb.answer * 1e9:.5e} bytes"
+    )
+    assert not numeric.grade(gb, f"{gb.answer * 1000:.2f}")  # a bare number is read in the question's unit
+    assert not numeric.grade(gb, f"{gb.answer:.3f} MFLOPs")  # another kind of unit is not converted
+    flops = numeric.generate("dynamic_flops", seed)
+    assert numeric.grade(flops, f"{flops.answer * 1e6:.0f} FLOPs")
+    assert numeric.grade(flops, f"{flops.answer / 1e3:.7f} GFLOPs")
+    assert not numeric.grade(flops, f"{flops.answer * 1e6:.0f} MB")
+    count = numeric.generate("lora_trainable", seed)
+    assert not numeric.grade(count, f"{count.answer / 1e6:.3f} MB")  # parameters are not bytes

@@ -78,15 +78,46 @@ def parse_number(text: str) -> float | None:
     return value
 
 
+# Decimal units a size or a FLOP count may be written in: name -> (family, scale).
+_SCALES = {"b": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_UNIT_AT_END = re.compile(r"^(?P<number>.*?[0-9.])\s*(?P<prefix>[kmgt]?)(?P<base>b|bytes|flops?)\s*$")
+
+
+def _unit_scale(unit: str) -> tuple[str, float] | None:
+    """``"MB" -> ("bytes", 1e6)``, ``"GFLOPs" -> ("flops", 1e9)``; None for other units."""
+    match = re.fullmatch(r"(?P<prefix>[kmgt]?)(?P<base>b|bytes|flops?)", unit.strip().lower())
+    if match is None:
+        return None
+    family = "bytes" if match["base"] in ("b", "bytes") else "flops"
+    return family, _SCALES[match["prefix"] or "b"]
+
+
+def _converted(q: NumericQuestion, text: str) -> float | None:
+    """The value of ``text`` in ``q.unit`` when it names a unit of the same family ("4500 MB"
+    for a question in GB); NaN (never right) for a unit of the other family ("3.3 MFLOPs" for
+    a size); None when ``text`` or the question names no such unit."""
+    target = _unit_scale(q.unit)
+    match = _UNIT_AT_END.match(text.strip().lower())
+    if target is None or match is None:
+        return None
+    given = _unit_scale(match["prefix"] + match["base"])
+    number = parse_number(match["number"])
+    if given is None or number is None:
+        return None
+    return number * given[1] / target[1] if given[0] == target[0] else math.nan
+
+
 def grade(q: NumericQuestion, text: str) -> bool:
-    """Whether ``text`` states ``q.answer`` within ``q.rel_tol`` (the question's own unit may
-    follow the number: "12.6 MFLOPs" for a question in MFLOPs)."""
+    """Whether ``text`` states ``q.answer`` within ``q.rel_tol``. A unit may follow the number:
+    the question's own ("12.6 MFLOPs"), or another decimal unit of the same kind, which is
+    converted ("4500 MB" for a question in GB, "1.26e7 FLOPs" for one in MFLOPs)."""
     if not isinstance(text, str):
         return False
     stripped = text.strip()
     if stripped.lower().endswith(q.unit.lower()):
         stripped = stripped[: -len(q.unit)]
-    value = parse_number(stripped)
+    converted = _converted(q, text)
+    value = converted if converted is not None else parse_number(stripped)
     if value is None:
         return False
     return abs(value - q.answer) <= q.rel_tol * abs(q.answer)
