@@ -27,6 +27,7 @@ from ..manifest import CHALLENGES, Challenge
 from ..runner.grade import grade_one
 from ..runner.paths import Paths
 from ..runner.practice import estimate_minutes
+from .questions import TOPIC_OF
 
 WORK_DIR = ".interview"  # under practice/<track>: the interview's own copies of the stubs
 VARIANTS = ("plain", "no_loops", "einsum")
@@ -35,13 +36,6 @@ MATMUL_CALLS = frozenset(
     {"matmul", "mm", "bmm", "mv", "linear", "addmm", "baddbmm", "tensordot", "inner", "outer", "dot"}
 )
 
-# The topic each challenge trains for (the interview's --topic filter).
-TOPIC_OF: dict[int, str] = {
-    **dict.fromkeys((1, 4, 10, 12, 13, 14, 15, 20, 23, 24, 25, 26, 27, 28, 29, 30), "lora"),
-    **dict.fromkeys((2, 3, 5, 6, 7, 8, 9, 11, 21, 22), "adapters"),
-    18: "quantisation",
-    **dict.fromkeys((16, 17, 19), "serving"),
-}
 # Variants offered beyond "plain": where the constraint is a real exercise (the tensor maths
 # of a layer), not where loops are the point (walking a model's modules).
 EXTRA_VARIANTS: dict[int, tuple[str, ...]] = {

@@ -61,16 +61,22 @@ def valid_results(results: list[Any]) -> bool:
     return all(_valid_result(r) for r in results)
 
 
+def aware_time(value: object) -> dt.datetime | None:
+    """``value`` read as an ISO time that names its zone; None for anything else (the files
+    here always write the zone, so a naive time means the file was edited or damaged)."""
+    try:
+        stamp = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else None
+
+
 def valid_record(record: Any) -> bool:
     """Whether ``record`` has the shape described in the module docstring."""
     if not isinstance(record, dict) or record.get("kind") not in RECORD_KINDS:
         return False
-    try:
-        at = dt.datetime.fromisoformat(str(record.get("at")))
-    except ValueError:
-        return False
     results = record.get("results")
-    return at.tzinfo is not None and isinstance(results, list) and valid_results(results)
+    return aware_time(record.get("at")) is not None and isinstance(results, list) and valid_results(results)
 
 
 class History:

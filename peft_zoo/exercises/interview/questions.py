@@ -12,6 +12,13 @@ from dataclasses import dataclass
 
 # The topics `peft-zoo interview --topic` accepts ("all" means every one of them).
 TOPICS: tuple[str, ...] = ("lora", "adapters", "quantisation", "serving")
+# The topic each challenge trains for (the interview's --topic filter, the pass message).
+TOPIC_OF: dict[int, str] = {
+    **dict.fromkeys((1, 4, 10, 12, 13, 14, 15, 20, 23, 24, 25, 26, 27, 28, 29, 30), "lora"),
+    **dict.fromkeys((2, 3, 5, 6, 7, 8, 9, 11, 21, 22), "adapters"),
+    18: "quantisation",
+    **dict.fromkeys((16, 17, 19), "serving"),
+}
 
 
 # A sentence ends at . ! or ? followed by space and a capital, a digit, maths or code; not

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ...core.io import atomic_write
+from ..runner.progress import Clock, utc_now
 from . import bank, coding, numeric
 from .console import Console, parse_points
-from .history import History, valid_results
+from .history import History, aware_time, valid_results
 from .questions import ConceptQuestion, NumericQuestion
 
 SESSION_NAME = ".interview-session.json"
@@ -45,17 +46,11 @@ CONCEPT_MINUTES, NUMERIC_MINUTES = 4.0, 3.0
 EXIT_INTERRUPTED = 3
 ITEM_TYPES = ("concept", "numeric", "coding")
 STATE_KEYS = ("version", "seed", "topic", "minutes", "plan", "results", "started", "coding_started")
-Clock = Callable[[], dt.datetime]
 Grader = Callable[["coding.CodingTask", Any, float], "coding.CodingResult"]
 
 
 class Interrupted(Exception):
     """The answers ran out (or Ctrl-C) in the middle of a question."""
-
-
-def utc_now() -> dt.datetime:
-    """The current time, timezone-aware UTC."""
-    return dt.datetime.now(dt.timezone.utc)
 
 
 CLOCK: Clock = utc_now  # the commands read the time here (tests replace it)
@@ -130,13 +125,6 @@ def plan_problems(plan: object, sources: Sources | None = None) -> list[str]:
     return problems
 
 
-def _aware(value: object) -> bool:
-    try:
-        return dt.datetime.fromisoformat(str(value)).tzinfo is not None
-    except ValueError:
-        return False
-
-
 def state_problems(state: object, sources: Sources | None = None) -> list[str]:
     """What keeps a session file's content from being resumed; [] when it is sound."""
     if not isinstance(state, dict):
@@ -144,8 +132,8 @@ def state_problems(state: object, sources: Sources | None = None) -> list[str]:
     problems = [f"no {key!r}" for key in STATE_KEYS if key not in state]
     if problems:
         return problems
-    if not _aware(state["started"]) or not (
-        state["coding_started"] is None or _aware(state["coding_started"])
+    if aware_time(state["started"]) is None or not (
+        state["coding_started"] is None or aware_time(state["coding_started"]) is not None
     ):
         problems.append("a start time is not an ISO time with a zone")
     minutes = state["minutes"]
@@ -345,8 +333,9 @@ class Session:
         line = f"  {'total':<13} {total} right, {len(results) - total} wrong, {self.elapsed() / 60:.1f} min"
         say(line + (f"; {unasked} not asked" if unasked else ""))
         history = History(Path(self.paths.practice))
-        if history.problems():
-            say(f"Note: {history.problems()}")
+        problem = history.problems()
+        if problem:
+            say(f"Note: {problem}")
         record = {"kind": self.kind, "at": self.clock().isoformat(), "seed": self.state["seed"],
                   "topic": self.state["topic"], "results": results}  # fmt: skip
         history.append(record, self.clock())

@@ -14,6 +14,7 @@ from pathlib import Path
 from ...core.io import atomic_write
 from .. import builder
 from ..interview.guides import GuideSyncError, guide_pages
+from ..interview.questions import TOPIC_OF
 from ..manifest import TRACK, Challenge
 from ..readme import generated_pages
 from .constants import DEFAULT_TIMEOUT, LEVELS, NOT_IMPLEMENTED, RunnerError
@@ -134,8 +135,6 @@ def _report_pass(ch: Challenge) -> None:
         for question in ch.interview:
             emit(f"  - {question}")
     emit(f"Worked interview answers: {guide_link(ch)}")
-    from ..interview.coding import TOPIC_OF  # deferred: interview.coding imports the runner
-
     emit(f"Rehearse them against the clock: `peft-zoo interview --topic {TOPIC_OF[ch.number]}`")
     emit(f"Compare with the reference answer: `peft-zoo solution {ch.number}`")
 
